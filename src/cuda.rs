@@ -1,0 +1,58 @@
+//! Small helpers shared by every op's CUDA path: the embedded PTX, function loading, typed
+//! slices at a layout's offset, output allocation (poisoned in tests) and launch shapes.
+
+use candle_core::cuda_backend::cudarc::driver::{result, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
+
+/// PTX of every `kernels/*.cu`, compiled by build.rs (`ptx::BIAS_ACT`, ...).
+pub mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+}
+
+/// Loads `fn_name` from the module `ptx`, cached by candle per device under `module`.
+pub(crate) fn load_func(dev: &CudaDevice, module: &str, ptx: &'static str, fn_name: &str) -> Result<CudaFunc> {
+    dev.get_or_load_custom_func(fn_name, &format!("tiny_gemm::{module}"), ptx)
+}
+
+/// The dtype suffix of kernel entry points (`bias_act_f16_gelu`, ...).
+pub(crate) fn dtype_suffix(dtype: DType, op: &'static str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        DType::BF16 => Ok("bf16"),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, op)),
+    }
+}
+
+/// The elements of `storage` that `layout` describes, which must be contiguous.
+pub(crate) fn contiguous_view<'a, T: CudaDType>(storage: &'a CudaStorage, layout: &Layout) -> Result<CudaView<'a, T>> {
+    let (start, end) =
+        layout.contiguous_offsets().ok_or_else(|| candle_core::Error::RequiresContiguous { op: "tiny_gemm" }.bt())?;
+    Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// Allocates an output buffer the kernel will fully overwrite. With
+/// [`crate::testing::set_poison_outputs`] on, it is first filled with 0xFF bytes (NaN in every
+/// float dtype), so elements a kernel forgets to write show up in tests.
+pub(crate) fn alloc_output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every caller launches a kernel that writes all `len` elements before any read.
+    let mut out = unsafe { dev.alloc::<T>(len)? };
+    if crate::testing::poison_outputs() && len > 0 {
+        let stream = dev.cuda_stream();
+        let bytes = len * std::mem::size_of::<T>();
+        let (ptr, _guard) = out.device_ptr_mut(&stream);
+        // SAFETY: `ptr` is a live allocation of `bytes` bytes on this stream.
+        unsafe { result::memset_d8_async(ptr, 0xFF, bytes, stream.cu_stream()) }.w()?;
+    }
+    Ok(out)
+}
+
+/// A 1-D grid for an elementwise kernel with a grid-stride loop.
+pub(crate) fn elementwise_config(numel: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    // Enough blocks to fill any current GPU several times over; the loop covers the rest.
+    const MAX_BLOCKS: usize = 65_535;
+    let blocks = numel.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
