@@ -74,7 +74,11 @@ fn main() {
             );
         }
         let stem = src.file_stem().unwrap().to_string_lossy().to_uppercase();
-        consts.push_str(&format!("pub const {stem}: &str = include_str!({:?});\n", ptx.display().to_string()));
+        consts.push_str(&format!(
+            "/// PTX of `{}`.\npub const {stem}: &str = include_str!({:?});\n",
+            src.display(),
+            ptx.display().to_string()
+        ));
     }
     consts.push_str(&format!("/// The GPU architecture the PTX was built for.\npub const ARCH: &str = {arch:?};\n"));
     std::fs::write(out_dir.join("ptx.rs"), consts).expect("writing ptx.rs");

@@ -156,7 +156,8 @@ mod cuda {
         if numel > 0 {
             let (numel, cols) = (numel as i64, cols as i64);
             let null = 0u64; // a null `const T*`: no bias
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xs);
             match &bs {
                 Some(bs) => b.arg(bs),

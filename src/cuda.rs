@@ -1,8 +1,14 @@
 //! Small helpers shared by every op's CUDA path: the embedded PTX, function loading, typed
 //! slices at a layout's offset, output allocation (poisoned in tests) and launch shapes.
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig};
-use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::{
+    result, CudaFunction, CudaModule, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result};
 
 /// PTX of every `kernels/*.cu`, compiled by build.rs (`ptx::BIAS_ACT`, ...).
@@ -10,9 +16,28 @@ pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 
-/// Loads `fn_name` from the module `ptx`, cached by candle per device under `module`.
-pub(crate) fn load_func(dev: &CudaDevice, module: &str, ptx: &'static str, fn_name: &str) -> Result<CudaFunc> {
-    dev.get_or_load_custom_func(fn_name, &format!("tiny_gemm::{module}"), ptx)
+/// Loaded modules, one per (device, kernels/*.cu file).
+type ModuleCache = HashMap<(DeviceId, &'static str), Arc<CudaModule>>;
+
+/// Loads `fn_name` from the PTX module `ptx` (named `module`, e.g. "bias_act"), loading the
+/// module on first use per device. Launch it on candle's stream:
+/// `dev.cuda_stream().launch_builder(&func)`. We keep our own module cache rather than candle's
+/// `get_or_load_custom_func` because we need the `CudaFunction` itself (for attributes such as
+/// the dynamic shared-memory limit), which candle's wrapper does not expose.
+pub(crate) fn load_func(dev: &CudaDevice, module: &'static str, ptx: &'static str, fn_name: &str) -> Result<CudaFunction> {
+    static MODULES: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
+    let mdl = {
+        let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(&(dev.id(), module)) {
+            Some(m) => m.clone(),
+            None => {
+                let m = dev.cuda_stream().context().load_module(Ptx::from_src(ptx)).w()?;
+                cache.insert((dev.id(), module), m.clone());
+                m
+            }
+        }
+    };
+    mdl.load_function(fn_name).w()
 }
 
 /// The dtype suffix of kernel entry points (`bias_act_f16_gelu`, ...).
