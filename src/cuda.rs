@@ -24,7 +24,12 @@ type ModuleCache = HashMap<(DeviceId, &'static str), Arc<CudaModule>>;
 /// `dev.cuda_stream().launch_builder(&func)`. We keep our own module cache rather than candle's
 /// `get_or_load_custom_func` because we need the `CudaFunction` itself (for attributes such as
 /// the dynamic shared-memory limit), which candle's wrapper does not expose.
-pub(crate) fn load_func(dev: &CudaDevice, module: &'static str, ptx: &'static str, fn_name: &str) -> Result<CudaFunction> {
+pub(crate) fn load_func(
+    dev: &CudaDevice,
+    module: &'static str,
+    ptx: &'static str,
+    fn_name: &str,
+) -> Result<CudaFunction> {
     static MODULES: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
     let mdl = {
         let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
