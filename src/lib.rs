@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod activation;
+pub mod attention;
 mod bias_act;
 mod cpu;
 #[cfg(feature = "cuda")]
@@ -10,4 +11,5 @@ pub mod reference;
 pub mod testing;
 
 pub use activation::Activation;
+pub use attention::{fused_attention, fused_attention_with, AttentionConfig, Dropout};
 pub use bias_act::bias_act;

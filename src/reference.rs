@@ -13,3 +13,43 @@ pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: Activation) -> Result<Te
     };
     act.apply_tensor(&x)
 }
+
+/// Attention the stock-candle way: kv heads repeated for GQA, `q.matmul(kᵀ) * scale`, the causal
+/// mask (bottom-right aligned: query `i` sees keys `0..=i + Nk - Nq`) added as `-inf`,
+/// `softmax_last_dim`, the dropout mask of [`crate::attention::dropout_mask`], `matmul(v)`. Rows
+/// with no visible key give 0 (stock softmax would give NaN), as the fused op does.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &crate::AttentionConfig) -> Result<Tensor> {
+    let (b, hq, nq, d) = q.dims4()?;
+    let (_, hkv, nk, _) = k.dims4()?;
+    let rep = hq / hkv;
+    let repeat_kv = |t: &Tensor| -> Result<Tensor> {
+        if rep == 1 {
+            t.contiguous()
+        } else {
+            t.unsqueeze(2)?.expand((b, hkv, rep, nk, d))?.reshape((b, hq, nk, d))
+        }
+    };
+    let (k, v) = (repeat_kv(k)?, repeat_kv(v)?);
+    let s = (q.contiguous()?.matmul(&k.t()?)? * f64::from(cfg.scale(d)))?;
+    let offset = nk as i64 - nq as i64;
+    let s = if cfg.causal {
+        let mask: Vec<f32> = (0..nq as i64)
+            .flat_map(|i| (0..nk as i64).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (nq, nk), q.device())?.to_dtype(s.dtype())?;
+        s.broadcast_add(&mask)?
+    } else {
+        s
+    };
+    let mut p = candle_nn::ops::softmax_last_dim(&s)?;
+    if cfg.causal && offset < 0 {
+        let valid: Vec<u8> = (0..nq as i64).map(|i| u8::from(i + offset >= 0)).collect();
+        let valid = Tensor::from_vec(valid, (nq, 1), q.device())?.broadcast_as(p.shape())?;
+        p = valid.where_cond(&p, &p.zeros_like()?)?;
+    }
+    if let Some(dropout) = cfg.dropout.filter(|d| d.p > 0.0) {
+        let mask = crate::attention::dropout_mask(dropout, b, hq, nq, nk, q.device())?.to_dtype(p.dtype())?;
+        p = (p * mask)?;
+    }
+    p.matmul(&v)
+}

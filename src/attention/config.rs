@@ -1,0 +1,124 @@
+//! Which CUDA kernel runs a call and with what split: pure functions of the shapes and the SM
+//! count, so they are unit-tested without a GPU. The constants mirror the traits structs of
+//! `kernels/attention.cu`.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+/// Head dims with a tensor-core prefill instance (`attn_prefill_<dtype>_d<HD>`); a call runs the
+/// smallest one `>= D`, zero-padding D (64, 80, 96 and 128 run unpadded).
+pub(crate) const PREFILL_HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
+/// Head-dim capacities of the split-KV instances (`attn_splitkv_<dtype>_d<HD>`).
+pub(crate) const SPLITKV_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
+/// Query rows per prefill block (4 warps x 16 rows).
+pub(crate) const PREFILL_BLOCK_M: usize = 64;
+/// Threads of every attention kernel block.
+pub(crate) const THREADS: u32 = 128;
+/// Query rows per split-KV block (one per warp in its softmax phase).
+pub(crate) const SPLITKV_QROWS: usize = 4;
+/// Keys per split-KV tile; splits are whole tiles.
+pub(crate) const SPLITKV_TILE_N: usize = 64;
+/// Queries up to this run the split-KV (decode) kernel; more run the prefill kernel (f16/bf16).
+pub(crate) const DECODE_MAX_NQ: usize = 16;
+/// Upper bound on KV splits: the combine kernel's work and the partial buffers grow with it.
+pub(crate) const MAX_SPLITS: usize = 64;
+/// Split-KV aims for this many blocks per SM, enough loads in flight to stream K/V at full
+/// bandwidth with 128-thread blocks.
+pub(crate) const TARGET_BLOCKS_PER_SM: usize = 4;
+
+/// How the keys of one (batch, head, query block) are divided among blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SplitPlan {
+    pub num_splits: usize,
+    /// Multiple of `SPLITKV_TILE_N`; the last split may have fewer keys.
+    pub keys_per_split: usize,
+}
+
+/// The kernel family for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Tensor-core FlashAttention-2 prefill, instance head dim `head_dim`.
+    Prefill { head_dim: usize },
+    /// SIMT split-KV kernel (+ combine when `splits.num_splits > 1`).
+    SplitKv { head_dim: usize, splits: SplitPlan },
+}
+
+/// Smallest entry of `dims` that is `>= d` (`d <= 256` is validated before).
+fn instance_dim(dims: &[usize], d: usize) -> usize {
+    dims.iter().copied().find(|&x| x >= d).unwrap_or(dims[dims.len() - 1])
+}
+
+/// Splits the `nk` keys so that `blocks` (batch x heads x query blocks) times the split count
+/// fills `sm_count` SMs about `TARGET_BLOCKS_PER_SM` deep, with at least one tile per split.
+pub(crate) fn choose_splits(blocks: usize, nk: usize, sm_count: usize) -> SplitPlan {
+    let tiles = nk.div_ceil(SPLITKV_TILE_N).max(1);
+    let wanted = (TARGET_BLOCKS_PER_SM * sm_count.max(1)).div_ceil(blocks.max(1));
+    let splits = wanted.clamp(1, MAX_SPLITS).min(tiles);
+    let keys_per_split = tiles.div_ceil(splits) * SPLITKV_TILE_N;
+    SplitPlan { num_splits: nk.div_ceil(keys_per_split).max(1), keys_per_split }
+}
+
+/// Picks the kernel: f16/bf16 with more than `DECODE_MAX_NQ` queries take the tensor-core
+/// prefill; decode-sized queries and every f32 call take split-KV.
+pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usize, d: usize, sm: usize) -> Plan {
+    if !is_f32 && nq > DECODE_MAX_NQ {
+        return Plan::Prefill { head_dim: instance_dim(&PREFILL_HEAD_DIMS, d) };
+    }
+    let blocks = b * hq * nq.div_ceil(SPLITKV_QROWS);
+    Plan::SplitKv { head_dim: instance_dim(&SPLITKV_HEAD_DIMS, d), splits: choose_splits(blocks, nk, sm) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100_SMS: usize = 132;
+
+    #[test]
+    fn splits_cover_all_keys_with_whole_tiles() {
+        for blocks in [1, 7, 32, 132, 1000] {
+            for nk in [1, 63, 64, 65, 500, 4097, 8192, 100_000] {
+                let s = choose_splits(blocks, nk, H100_SMS);
+                assert!(s.num_splits >= 1 && s.num_splits <= MAX_SPLITS, "{s:?}");
+                assert_eq!(s.keys_per_split % SPLITKV_TILE_N, 0, "{s:?}");
+                assert!(s.num_splits * s.keys_per_split >= nk, "{s:?} nk={nk}");
+                assert!((s.num_splits - 1) * s.keys_per_split < nk, "empty split: {s:?} nk={nk}");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_fills_the_gpu() {
+        // [1, 32, 1, 128] over 8192 keys: 32 blocks alone would leave 100 of 132 SMs idle
+        let s = choose_splits(32, 8192, H100_SMS);
+        assert_eq!(s, SplitPlan { num_splits: 16, keys_per_split: 512 });
+        assert!(32 * s.num_splits >= 2 * H100_SMS);
+        // short caches: one tile per split at most
+        assert_eq!(choose_splits(32, 512, H100_SMS), SplitPlan { num_splits: 8, keys_per_split: 64 });
+        assert_eq!(choose_splits(32, 1, H100_SMS).num_splits, 1);
+    }
+
+    #[test]
+    fn enough_blocks_means_no_split() {
+        assert_eq!(choose_splits(4 * H100_SMS, 8192, H100_SMS).num_splits, 1);
+        assert_eq!(choose_splits(100_000, 2048, H100_SMS).num_splits, 1);
+    }
+
+    #[test]
+    fn plan_by_dtype_and_query_length() {
+        assert_eq!(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS), Plan::Prefill { head_dim: 64 });
+        assert_eq!(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS), Plan::Prefill { head_dim: 80 });
+        assert_eq!(choose_plan(false, 1, 8, 17, 512, 40, H100_SMS), Plan::Prefill { head_dim: 48 });
+        assert_eq!(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS), Plan::Prefill { head_dim: 160 });
+        assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
+        assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
+        assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
+    }
+
+    #[test]
+    fn every_supported_head_dim_has_instances() {
+        for d in (32..=256).step_by(8) {
+            let p = instance_dim(&PREFILL_HEAD_DIMS, d);
+            assert!(p >= d && p % 16 == 0 && p - d < 32, "d={d} -> {p}");
+            assert!(instance_dim(&SPLITKV_HEAD_DIMS, d) >= d);
+        }
+    }
+}
