@@ -3,6 +3,7 @@
 
 mod activation;
 pub mod attention;
+pub mod attention_layer;
 mod bias_act;
 mod cpu;
 #[cfg(feature = "cuda")]

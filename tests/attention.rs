@@ -3,6 +3,7 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use common::{assert_close, devices, randn, FLOAT_DTYPES};
 use tiny_gemm::attention::dropout_mask;
+use tiny_gemm::attention_layer::MultiHeadAttention;
 use tiny_gemm::{fused_attention, fused_attention_with, reference, AttentionConfig, Dropout};
 
 /// `(atol, rtol)` of the fused op against the f64 reference. Errors beyond one output rounding:
@@ -42,12 +43,13 @@ const CASES: &[Case] = &[
     case(16, 1, 1, 33, 65, 256),   // B = 16
     case(1, 8, 2, 128, 128, 64),   // whole tiles
     case(1, 1, 1, 200, 1000, 32),  // long keys
-    case(1, 2, 2, 1000, 1000, 64), // long both
+    case(1, 1, 1, 1000, 130, 32),  // long queries
 ];
 
 /// Added on CUDA: the sweep at full size.
 #[cfg(feature = "cuda")]
 const CUDA_CASES: &[Case] = &[
+    case(1, 2, 2, 1000, 1000, 64),
     case(1, 8, 8, 2048, 2048, 64),
     case(1, 1, 1, 2048, 2048, 128),
     case(3, 12, 4, 1000, 1000, 80),
@@ -63,13 +65,12 @@ const CUDA_CASES: &[Case] = &[
 ];
 
 fn cases_for(dev: &Device) -> Vec<Case> {
-    let mut cases = CASES.to_vec();
     #[cfg(feature = "cuda")]
     if dev.is_cuda() {
-        cases.extend_from_slice(CUDA_CASES);
+        return CASES.iter().chain(CUDA_CASES).copied().collect();
     }
     let _ = dev;
-    cases
+    CASES.to_vec()
 }
 
 fn inputs(c: Case, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
@@ -400,5 +401,53 @@ fn first_rows_of_a_causal_block_see_their_prefix() -> Result<()> {
         let o = fused_attention(&q, &k, &v, true)?;
         assert_close(&o.i((.., .., 0, ..))?, &v.i((.., .., 0, ..))?, (1e-6, 1e-6), "row 0");
     }
+    Ok(())
+}
+
+// ---- the layer with a KV cache -------------------------------------------------------------
+
+/// A prompt then one token at a time through the cache equals causal attention over the whole
+/// sequence; the cache grows past its first chunk (512 tokens).
+#[test]
+fn layer_with_cache_matches_full_attention() -> Result<()> {
+    for dev in devices() {
+        for (dtype, h, hkv, n, prompt) in [(DType::F32, 8, 2, 20, 12), (DType::F16, 4, 4, 9, 1), (DType::F32, 1, 1, 520, 509)] {
+            let (b, d) = (2, 64);
+            let q = randn(&[b, h, n, d], dtype, &dev)?;
+            let k = randn(&[b, hkv, n, d], dtype, &dev)?;
+            let v = randn(&[b, hkv, n, d], dtype, &dev)?;
+            let mut layer = MultiHeadAttention::new(h, hkv, d)?;
+            let mut outs = vec![layer.forward(&q.narrow(2, 0, prompt)?, &k.narrow(2, 0, prompt)?, &v.narrow(2, 0, prompt)?)?];
+            for t in prompt..n {
+                outs.push(layer.forward(&q.narrow(2, t, 1)?, &k.narrow(2, t, 1)?, &v.narrow(2, t, 1)?)?);
+            }
+            assert_eq!(layer.cache_len(), n);
+            let got = Tensor::cat(&outs, 2)?;
+            let cfg = AttentionConfig { causal: true, ..Default::default() };
+            let want = reference::attention(&to64(&q)?, &to64(&k)?, &to64(&v)?, &cfg)?;
+            assert_close(&got, &want, attn_tolerance(dtype), &format!("{dev:?} {dtype:?} layer n={n}"));
+            layer.reset();
+            assert_eq!(layer.cache_len(), 0);
+            let again = layer.forward(&q, &k, &v)?;
+            assert_close(&again, &want, attn_tolerance(dtype), "after reset");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn layer_bad_input_is_an_error() -> Result<()> {
+    assert!(MultiHeadAttention::new(6, 4, 64).unwrap_err().to_string().contains("num_kv_heads=4"));
+    assert!(MultiHeadAttention::new(8, 8, 20).unwrap_err().to_string().contains("head_dim=20"));
+    let mut layer = MultiHeadAttention::new(4, 2, 32)?;
+    let q = zeros(&[1, 4, 3, 32], DType::F32);
+    let kv = zeros(&[1, 2, 3, 32], DType::F32);
+    let msg = err_text(layer.forward(&zeros(&[1, 2, 3, 32], DType::F32), &kv, &kv));
+    assert!(msg.contains("expected [B, 4, N, 32]"), "{msg}");
+    let msg = err_text(layer.forward(&q, &zeros(&[1, 2, 2, 32], DType::F32), &kv));
+    assert!(msg.contains("k has shape"), "{msg}");
+    layer.forward(&q, &kv, &kv)?;
+    let msg = err_text(layer.forward(&zeros(&[2, 4, 1, 32], DType::F32), &zeros(&[2, 2, 1, 32], DType::F32), &zeros(&[2, 2, 1, 32], DType::F32)));
+    assert!(msg.contains("reset()"), "{msg}");
     Ok(())
 }

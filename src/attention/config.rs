@@ -41,6 +41,13 @@ pub(crate) enum Plan {
     SplitKv { head_dim: usize, splits: SplitPlan },
 }
 
+/// Dynamic shared memory of a prefill block (`PrefillTraits::SMEM_BYTES`): Q, K and V tiles, rows
+/// padded by 8 elements.
+pub(crate) fn prefill_smem_bytes(head_dim: usize, elem_bytes: usize) -> usize {
+    let block_n = if head_dim <= 128 { 64 } else { 32 };
+    (PREFILL_BLOCK_M + 2 * block_n) * (head_dim + 8) * elem_bytes
+}
+
 /// Smallest entry of `dims` that is `>= d` (`d <= 256` is validated before).
 fn instance_dim(dims: &[usize], d: usize) -> usize {
     dims.iter().copied().find(|&x| x >= d).unwrap_or(dims[dims.len() - 1])
@@ -111,6 +118,13 @@ mod tests {
         assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
+    }
+
+    #[test]
+    fn prefill_smem() {
+        assert_eq!(prefill_smem_bytes(64, 2), 192 * 72 * 2);
+        assert_eq!(prefill_smem_bytes(256, 2), 128 * 264 * 2);
+        assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, 2) <= 227 * 1024));
     }
 
     #[test]

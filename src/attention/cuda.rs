@@ -1,0 +1,205 @@
+//! CUDA glue: picks the kernel ([`super::config`]), fills the `#[repr(C)]` params mirrored by
+//! `tg::attn::Params` in `kernels/attention.cuh`, launches.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+use candle_core::{backend::BackendStorage, bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+
+use super::config::{self, Plan};
+use super::{philox, Problem, Strides};
+use crate::cuda::{alloc_output, dtype_suffix, load_func, ptx};
+
+type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+/// Kernel arguments; field for field `tg::attn::Params` (kernels/attention.cuh).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct AttnParams {
+    q: u64,           // [B, Hq, Nq, D] (strides below, in elements; D stride 1)
+    k: u64,           // [B, Hkv, Nk, D]
+    v: u64,           // [B, Hkv, Nk, D]
+    o: u64,           // [B, Hq, Nq, D] contiguous
+    o_partial: u64,   // f32 [num_splits, B, Hq, Nq, D]
+    lse_partial: u64, // f32 [num_splits, B, Hq, Nq]
+    q_sb: i64,
+    q_sh: i64,
+    q_sn: i64,
+    k_sb: i64,
+    k_sh: i64,
+    k_sn: i64,
+    v_sb: i64,
+    v_sh: i64,
+    v_sn: i64,
+    b: i32,
+    hq: i32,
+    hkv: i32,
+    nq: i32,
+    nk: i32,
+    d: i32,
+    causal: i32,
+    causal_offset: i32,
+    scale_log2: f32,
+    drop_threshold: u32,
+    drop_scale: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    num_splits: i32,
+    keys_per_split: i32,
+    pad: i32,
+}
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 184, "mirrors tg::attn::Params");
+
+// SAFETY: plain old data with the C layout of `tg::attn::Params`.
+unsafe impl DeviceRepr for AttnParams {}
+
+/// Largest grid y/z dimension.
+const MAX_GRID_YZ: usize = 65_535;
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+
+pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage, Shape)> {
+    match q.0.dtype() {
+        DType::F32 => fwd_t::<f32>(prob, q, k, v),
+        DType::F16 => fwd_t::<half::f16>(prob, q, k, v),
+        DType::BF16 => fwd_t::<half::bf16>(prob, q, k, v),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_attention")),
+    }
+}
+
+fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    let n = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
+    Ok(n.max(1) as usize)
+}
+
+/// Opts `func` into `bytes` of dynamic shared memory, once per (device, kernel).
+fn ensure_smem(dev: &CudaDevice, func: &CudaFunc, name: &str, bytes: usize) -> Result<()> {
+    if bytes <= DEFAULT_SMEM_LIMIT {
+        return Ok(());
+    }
+    static DONE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let key = format!("{:?}/{name}", dev.id());
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if !done.contains(&key) {
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).w()?;
+        done.insert(key);
+    }
+    Ok(())
+}
+
+fn launch(func: &CudaFunc, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
+    let mut b = func.builder();
+    b.arg(params);
+    // SAFETY: every attention entry point takes one `tg::attn::Params` by value, which
+    // `AttnParams` mirrors; its pointers are live device buffers of the shapes it states.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage, Shape)> {
+    let dev = q.0.device();
+    let stream = dev.cuda_stream();
+    let dtype = q.0.dtype();
+    let suffix = dtype_suffix(dtype, "fused_attention")?;
+    let plan = config::choose_plan(dtype == DType::F32, prob.b, prob.hq, prob.nq, prob.nk, prob.d, sm_count(dev)?);
+    if prob.b * prob.hq > MAX_GRID_YZ {
+        bail!("fused_attention: B*Hq={} is over the CUDA grid limit {MAX_GRID_YZ}", prob.b * prob.hq);
+    }
+
+    let elem = std::mem::size_of::<T>() as u64;
+    let (qs, ks, vs) = (q.0.as_cuda_slice::<T>()?, k.0.as_cuda_slice::<T>()?, v.0.as_cuda_slice::<T>()?);
+    let (qst, kst, vst) = (Strides::of(q.1), Strides::of(k.1), Strides::of(v.1));
+    let (q_ptr, _q_guard) = qs.device_ptr(&stream);
+    let (k_ptr, _k_guard) = ks.device_ptr(&stream);
+    let (v_ptr, _v_guard) = vs.device_ptr(&stream);
+    let mut params = AttnParams {
+        q: q_ptr + qst.offset as u64 * elem,
+        k: k_ptr + kst.offset as u64 * elem,
+        v: v_ptr + vst.offset as u64 * elem,
+        q_sb: qst.b as i64,
+        q_sh: qst.h as i64,
+        q_sn: qst.n as i64,
+        k_sb: kst.b as i64,
+        k_sh: kst.h as i64,
+        k_sn: kst.n as i64,
+        v_sb: vst.b as i64,
+        v_sh: vst.h as i64,
+        v_sn: vst.n as i64,
+        b: prob.b as i32,
+        hq: prob.hq as i32,
+        hkv: prob.hkv as i32,
+        nq: prob.nq as i32,
+        nk: prob.nk as i32,
+        d: prob.d as i32,
+        causal: i32::from(prob.causal),
+        causal_offset: prob.causal_offset() as i32,
+        scale_log2: prob.scale * std::f32::consts::LOG2_E,
+        num_splits: 1,
+        keys_per_split: prob.nk as i32,
+        ..Default::default()
+    };
+    if let Some(dropout) = prob.dropout {
+        params.drop_threshold = philox::drop_threshold(dropout.p);
+        params.drop_scale = 1.0 / (1.0 - dropout.p);
+        params.seed_lo = dropout.seed as u32;
+        params.seed_hi = (dropout.seed >> 32) as u32;
+    }
+
+    let numel = prob.b * prob.hq * prob.nq * prob.d;
+    let mut out = alloc_output::<T>(dev, numel)?;
+    {
+        let (o_ptr, _o_guard) = out.device_ptr_mut(&stream);
+        params.o = o_ptr;
+        match plan {
+            Plan::Prefill { head_dim } => {
+                let name = format!("attn_prefill_{suffix}_d{head_dim}");
+                let func = load_func(dev, "attention", ptx::ATTENTION, &name)?;
+                let smem = config::prefill_smem_bytes(head_dim, elem as usize);
+                ensure_smem(dev, &func, &name, smem)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (prob.nq.div_ceil(config::PREFILL_BLOCK_M) as u32, prob.hq as u32, prob.b as u32),
+                    block_dim: (config::THREADS, 1, 1),
+                    shared_mem_bytes: smem as u32,
+                };
+                launch(&func, &params, cfg)?;
+            }
+            Plan::SplitKv { head_dim, splits } => {
+                let rows = prob.b * prob.hq * prob.nq;
+                params.num_splits = splits.num_splits as i32;
+                params.keys_per_split = splits.keys_per_split as i32;
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        prob.nq.div_ceil(config::SPLITKV_QROWS) as u32,
+                        splits.num_splits as u32,
+                        (prob.b * prob.hq) as u32,
+                    ),
+                    block_dim: (config::THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let func = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_splitkv_{suffix}_d{head_dim}"))?;
+                if splits.num_splits == 1 {
+                    launch(&func, &params, cfg)?;
+                } else {
+                    let mut o_partial = alloc_output::<f32>(dev, splits.num_splits * rows * prob.d)?;
+                    let mut lse_partial = alloc_output::<f32>(dev, splits.num_splits * rows)?;
+                    let (op_ptr, _op_guard) = o_partial.device_ptr_mut(&stream);
+                    let (lse_ptr, _lse_guard) = lse_partial.device_ptr_mut(&stream);
+                    params.o_partial = op_ptr;
+                    params.lse_partial = lse_ptr;
+                    launch(&func, &params, cfg)?;
+                    let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (rows as u32, 1, 1),
+                        block_dim: (config::THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    launch(&combine, &params, cfg)?;
+                }
+            }
+        }
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(prob.out_dims().to_vec())))
+}
