@@ -34,6 +34,10 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Waits until at most N committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -82,8 +86,11 @@ struct PrefillTraits {
   static constexpr int THREADS = WARPS * tg::WARP_SIZE;
   static constexpr int BLOCK_M = WARPS * MMA_M;             // query rows per block
   static constexpr int BLOCK_N = HEAD_DIM <= 128 ? 64 : 32;  // keys per tile; 32 keeps D=256 in registers
-  static constexpr int SMEM_STRIDE = HEAD_DIM + VEC;         // +16 bytes per row: ldmatrix rows hit distinct banks
-  static constexpr int SMEM_BYTES = (BLOCK_M + 2 * BLOCK_N) * SMEM_STRIDE * int(sizeof(T));
+  // K/V tiles in flight: the loop is latency-bound at small shapes, so small heads (cheap smem)
+  // prefetch two tiles ahead; larger ones one, keeping two blocks per SM.
+  static constexpr int STAGES = HEAD_DIM <= 64 ? 3 : 2;
+  static constexpr int SMEM_STRIDE = HEAD_DIM + VEC;  // +16 bytes per row: ldmatrix rows hit distinct banks
+  static constexpr int SMEM_BYTES = (BLOCK_M + STAGES * 2 * BLOCK_N) * SMEM_STRIDE * int(sizeof(T));
   static constexpr int D_STEPS = HEAD_DIM / MMA_K;  // k-steps of Q·Kᵀ
   static constexpr int S_TILES = BLOCK_N / MMA_N;   // n8 tiles of S per warp
   static constexpr int O_TILES = HEAD_DIM / MMA_N;  // n8 tiles of O per warp
@@ -91,6 +98,7 @@ struct PrefillTraits {
   static_assert(BLOCK_N % MMA_K == 0 && O_TILES % 2 == 0, "x4 ldmatrix loads two n8 tiles");
   static_assert(sizeof(T) == 2, "the tensor-core path is f16/bf16");
   static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
+  static_assert(STAGES >= 2, "the pipeline overlaps at least one tile");
 };
 
 // Rows [0, rows) of a [ROWS, HEAD_DIM] tile (row stride `stride`, first `d` columns real) into
@@ -113,10 +121,10 @@ template <typename T, int HEAD_DIM>
 __device__ __forceinline__ void attn_prefill(const Params& p) {
   using Tr = PrefillTraits<T, HEAD_DIM>;
   constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, STRIDE = Tr::SMEM_STRIDE;
+  constexpr int STAGES = Tr::STAGES, TILE_ELEMS = BN * STRIDE;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM, STRIDE]
-  T* sK = sQ + BM * STRIDE;                // [BN, STRIDE]
-  T* sV = sK + BN * STRIDE;                // [BN, STRIDE]
+  T* sKV = sQ + BM * STRIDE;               // STAGES x (K [BN, STRIDE], V [BN, STRIDE])
 
   const int warp = threadIdx.x / tg::WARP_SIZE, lane = threadIdx.x % tg::WARP_SIZE;
   const int quad_row = lane / 4, quad_col = lane % 4;  // mma fragment coordinates
@@ -129,10 +137,21 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   const Mask mask(p);
   const int n_tiles = tg::ceil_div(mask.key_end(q0, rows), BN);  // causal: tiles past the diagonal skipped
 
-  // Prologue: Q and the first K tile.
+  // K and V of tile `t` into pipeline stage t % STAGES, as one cp.async group.
+  auto load_kv = [&](int t) {
+    if (t < n_tiles) {
+      const int k0 = t * BN, keys = min(BN, p.nk - k0);
+      T* sK = sKV + (t % STAGES) * 2 * TILE_ELEMS;
+      load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys, p.d);
+      load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK + TILE_ELEMS, vg + int64_t(k0) * p.v_sn, p.v_sn, keys, p.d);
+    }
+    cp_async_commit();  // an empty group past the end keeps the group count per tile fixed
+  };
+
+  // Prologue: Q (with tile 0's group) and the first STAGES - 1 tiles.
   load_tile<T, BM, HEAD_DIM, STRIDE, Tr::THREADS>(sQ, qg, p.q_sn, rows, p.d);
-  if (n_tiles > 0) load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg, p.k_sn, min(BN, p.nk), p.d);
-  cp_async_commit();
+#pragma unroll
+  for (int t = 0; t < STAGES - 1; ++t) load_kv(t);
 
   float o[Tr::O_TILES][4];
 #pragma unroll
@@ -142,10 +161,11 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int k0 = tile * BN;
-    cp_async_wait_all();
-    __syncthreads();  // K tile landed; every warp is done reading V of the previous tile
-    load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sV, vg + int64_t(k0) * p.v_sn, p.v_sn, min(BN, p.nk - k0), p.d);
-    cp_async_commit();
+    cp_async_wait_group<STAGES - 2>();
+    __syncthreads();  // this tile landed; every warp is done with the stage of the previous tile
+    load_kv(tile + STAGES - 1);  // into the previous tile's stage
+    const T* sK = sKV + (tile % STAGES) * 2 * TILE_ELEMS;
+    const T* sV = sK + TILE_ELEMS;
 
     // S = Q·Kᵀ for the warp's 16 rows
     float s[Tr::S_TILES][4];
@@ -210,13 +230,6 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
       }
     }
 
-    cp_async_wait_all();
-    __syncthreads();  // V tile landed; every warp is done reading this K tile
-    if (tile + 1 < n_tiles) {
-      load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg + int64_t(k0 + BN) * p.k_sn, p.k_sn,
-                                                      min(BN, p.nk - k0 - BN), p.d);
-    }
-    cp_async_commit();
 
     // O += P·V: the S accumulators of two n8 tiles are the A fragment of one k16 step.
 #pragma unroll
@@ -268,7 +281,14 @@ struct SplitKvTraits {
   static constexpr int KEYS_PER_PASS = tg::WARP_SIZE / CHUNKS;  // keys a warp scores at once
   static constexpr int KEY_GROUPS = THREADS / CHUNKS;           // P·V: threads per chunk column
   static_assert((CHUNKS & (CHUNKS - 1)) == 0 && CHUNKS <= tg::WARP_SIZE, "chunk lanes form a shuffle group");
+  static constexpr int SCORE_ITERS = TILE_N / (WARPS * KEYS_PER_PASS);  // keys per lane per tile
+  static constexpr int PV_ITERS = TILE_N / KEY_GROUPS;                    // V chunks per thread per tile
+  // Loads are issued in batches of up to LOAD_BATCH before their use, so a warp has that many
+  // 16-byte loads in flight: the kernel streams K/V and is bound by memory-level parallelism.
+  static constexpr int LOAD_BATCH = 8;
   static_assert(TILE_N % (WARPS * KEYS_PER_PASS) == 0, "every lane scores the same number of keys");
+  static_assert(SCORE_ITERS % LOAD_BATCH == 0 || SCORE_ITERS < LOAD_BATCH, "whole batches");
+  static_assert(PV_ITERS % LOAD_BATCH == 0 || PV_ITERS < LOAD_BATCH, "whole batches");
 };
 
 template <typename T, int HEAD_DIM>
@@ -308,18 +328,32 @@ __device__ __forceinline__ void attn_splitkv(const Params& p) {
 
   for (int k0 = k_begin; k0 < k_end; k0 += TILE_N) {
     // Scores: CHUNKS lanes per key, each a 16-byte piece of the K row, reduced by shuffles.
-    for (int kk = warp * Tr::KEYS_PER_PASS + score_key; kk < TILE_N; kk += Tr::WARPS * Tr::KEYS_PER_PASS) {
-      const int j = k0 + kk;
-      float kv[VEC] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-      if (j < k_end && score_chunk * VEC < p.d) tg::attn::load8(kg + int64_t(j) * p.k_sn + score_chunk * VEC, kv);
+    constexpr int SB = Tr::SCORE_ITERS < Tr::LOAD_BATCH ? Tr::SCORE_ITERS : Tr::LOAD_BATCH;
 #pragma unroll
-      for (int r = 0; r < QROWS; ++r) {
-        float dot = 0.0f;
+    for (int it0 = 0; it0 < Tr::SCORE_ITERS; it0 += SB) {
+      tg::attn::Raw8<T> kraw[SB];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) dot += sQ[r][score_chunk * VEC + e] * kv[e];
+      for (int it = 0; it < SB; ++it) {
+        const int j = k0 + (it0 + it) * Tr::WARPS * Tr::KEYS_PER_PASS + warp * Tr::KEYS_PER_PASS + score_key;
+        kraw[it] = j < k_end && score_chunk * VEC < p.d
+                       ? tg::attn::load_raw8(kg + int64_t(j) * p.k_sn + score_chunk * VEC)
+                       : tg::attn::Raw8<T>{};
+      }
 #pragma unroll
-        for (int off = CHUNKS / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(FULL_MASK, dot, off);
-        if (score_chunk == 0) sP[r][kk] = j < k_end && r < rows && mask.visible(q0 + r, j) ? dot : -INFINITY;
+      for (int it = 0; it < SB; ++it) {
+        const int kk = (it0 + it) * Tr::WARPS * Tr::KEYS_PER_PASS + warp * Tr::KEYS_PER_PASS + score_key;
+        const int j = k0 + kk;
+        float kv[VEC];
+        tg::attn::to_float8(kraw[it], kv);
+#pragma unroll
+        for (int r = 0; r < QROWS; ++r) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) dot += sQ[r][score_chunk * VEC + e] * kv[e];
+#pragma unroll
+          for (int off = CHUNKS / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(FULL_MASK, dot, off);
+          if (score_chunk == 0) sP[r][kk] = j < k_end && r < rows && mask.visible(q0 + r, j) ? dot : -INFINITY;
+        }
       }
     }
     __syncthreads();
@@ -350,14 +384,26 @@ __device__ __forceinline__ void attn_splitkv(const Params& p) {
       for (int e = 0; e < VEC; ++e) acc[r][e] *= alpha;
     }
     if (pv_chunk * VEC < p.d) {
-      for (int kk = pv_group; kk < TILE_N && k0 + kk < k_end; kk += Tr::KEY_GROUPS) {
-        float vv[VEC];
-        tg::attn::load8(vg + int64_t(k0 + kk) * p.v_sn + pv_chunk * VEC, vv);
+      constexpr int PB = Tr::PV_ITERS < Tr::LOAD_BATCH ? Tr::PV_ITERS : Tr::LOAD_BATCH;
 #pragma unroll
-        for (int r = 0; r < QROWS; ++r) {
-          const float pr = sP[r][kk];
+      for (int it0 = 0; it0 < Tr::PV_ITERS; it0 += PB) {
+        tg::attn::Raw8<T> vraw[PB];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[r][e] += pr * vv[e];
+        for (int it = 0; it < PB; ++it) {
+          const int j = k0 + (it0 + it) * Tr::KEY_GROUPS + pv_group;
+          vraw[it] = j < k_end ? tg::attn::load_raw8(vg + int64_t(j) * p.v_sn + pv_chunk * VEC) : tg::attn::Raw8<T>{};
+        }
+#pragma unroll
+        for (int it = 0; it < PB; ++it) {
+          const int kk = (it0 + it) * Tr::KEY_GROUPS + pv_group;
+          float vv[VEC];
+          tg::attn::to_float8(vraw[it], vv);
+#pragma unroll
+          for (int r = 0; r < QROWS; ++r) {
+            const float pr = sP[r][kk];  // 0 past k_end
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[r][e] += pr * vv[e];
+          }
         }
       }
     }

@@ -113,16 +113,32 @@ __device__ __forceinline__ float split_weight(float lse, float lse_max) {
   return lse == -INFINITY ? 0.0f : exp2f(lse - lse_max);
 }
 
-// ---- 8-element vector loads (16 bytes for f16/bf16, 32 for f32) -------------------------------
-template <typename T> __device__ __forceinline__ void load8(const T* ptr, float (&out)[8]);
-template <> __device__ __forceinline__ void load8<float>(const float* ptr, float (&out)[8]) {
-  const float4 a = reinterpret_cast<const float4*>(ptr)[0], b = reinterpret_cast<const float4*>(ptr)[1];
-  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
-  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+// ---- 8-element vectors (16 bytes for f16/bf16, 32 for f32), loaded raw, converted later ------
+template <typename T> struct Raw8 {
+  uint4 bits = make_uint4(0, 0, 0, 0);  // 8 x 16-bit
+};
+template <> struct Raw8<float> {
+  float4 lo = make_float4(0.0f, 0.0f, 0.0f, 0.0f), hi = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+};
+
+template <typename T> __device__ __forceinline__ Raw8<T> load_raw8(const T* ptr) {
+  Raw8<T> r;
+  r.bits = *reinterpret_cast<const uint4*>(ptr);
+  return r;
 }
-template <> __device__ __forceinline__ void load8<__half>(const __half* ptr, float (&out)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(ptr);
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+template <> __device__ __forceinline__ Raw8<float> load_raw8<float>(const float* ptr) {
+  Raw8<float> r;
+  r.lo = reinterpret_cast<const float4*>(ptr)[0];
+  r.hi = reinterpret_cast<const float4*>(ptr)[1];
+  return r;
+}
+
+__device__ __forceinline__ void to_float8(const Raw8<float>& r, float (&out)[8]) {
+  out[0] = r.lo.x; out[1] = r.lo.y; out[2] = r.lo.z; out[3] = r.lo.w;
+  out[4] = r.hi.x; out[5] = r.hi.y; out[6] = r.hi.z; out[7] = r.hi.w;
+}
+__device__ __forceinline__ void to_float8(const Raw8<__half>& r, float (&out)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&r.bits);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __half22float2(h[i]);
@@ -130,9 +146,8 @@ template <> __device__ __forceinline__ void load8<__half>(const __half* ptr, flo
     out[2 * i + 1] = f.y;
   }
 }
-template <> __device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* ptr, float (&out)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(ptr);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+__device__ __forceinline__ void to_float8(const Raw8<__nv_bfloat16>& r, float (&out)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&r.bits);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __bfloat1622float2(h[i]);

@@ -182,7 +182,7 @@ fn non_contiguous_inputs() -> Result<()> {
 fn empty_queries_give_empty_output() -> Result<()> {
     for dev in devices() {
         let k = randn(&[2, 4, 10, 32], DType::F32, &dev)?;
-        let q = randn(&[2, 4, 0, 32], DType::F32, &dev)?;
+        let q = k.narrow(2, 0, 0)?;
         assert_eq!(fused_attention(&q, &k, &k, true)?.dims(), [2, 4, 0, 32]);
     }
     Ok(())
@@ -287,7 +287,6 @@ fn dropout_mask_matches_cpu() -> Result<()> {
             let cuda = fused_attention_with(&qd.to_device(&gpu)?, &kd.to_device(&gpu)?, &vd.to_device(&gpu)?, &cfg)?
                 .to_device(&Device::Cpu)?
                 .to_dtype(DType::F32)?;
-            assert_eq!(cpu.eq(0f32)?.to_vec3::<u8>()?.len(), b * h);
             let cpu_zero = cpu.eq(0f32)?.flatten_all()?.to_vec1::<u8>()?;
             let cuda_zero = cuda.eq(0f32)?.flatten_all()?.to_vec1::<u8>()?;
             assert_eq!(cpu_zero, cuda_zero, "{dtype:?} Nq={nq}: dropped positions differ");

@@ -1,12 +1,14 @@
 //! CUDA glue: picks the kernel ([`super::config`]), fills the `#[repr(C)]` params mirrored by
 //! `tg::attn::Params` in `kernels/attention.cuh`, launches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaFunc, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 
 use super::config::{self, Plan};
@@ -70,13 +72,21 @@ pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage
     }
 }
 
+/// The device's SM count, queried once per device.
 fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
+    let mut sms = SMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = sms.get(&dev.id()) {
+        return Ok(n);
+    }
     let n = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
-    Ok(n.max(1) as usize)
+    let n = n.max(1) as usize;
+    sms.insert(dev.id(), n);
+    Ok(n)
 }
 
 /// Opts `func` into `bytes` of dynamic shared memory, once per (device, kernel).
-fn ensure_smem(dev: &CudaDevice, func: &CudaFunc, name: &str, bytes: usize) -> Result<()> {
+fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
     if bytes <= DEFAULT_SMEM_LIMIT {
         return Ok(());
     }
@@ -90,8 +100,8 @@ fn ensure_smem(dev: &CudaDevice, func: &CudaFunc, name: &str, bytes: usize) -> R
     Ok(())
 }
 
-fn launch(func: &CudaFunc, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
-    let mut b = func.builder();
+fn launch(stream: &CudaStream, func: &CudaFunction, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
+    let mut b = stream.launch_builder(func);
     b.arg(params);
     // SAFETY: every attention entry point takes one `tg::attn::Params` by value, which
     // `AttnParams` mirrors; its pointers are live device buffers of the shapes it states.
@@ -164,7 +174,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                     block_dim: (config::THREADS, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };
-                launch(&func, &params, cfg)?;
+                launch(&stream, &func, &params, cfg)?;
             }
             Plan::SplitKv { head_dim, splits } => {
                 let rows = prob.b * prob.hq * prob.nq;
@@ -181,7 +191,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                 };
                 let func = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_splitkv_{suffix}_d{head_dim}"))?;
                 if splits.num_splits == 1 {
-                    launch(&func, &params, cfg)?;
+                    launch(&stream, &func, &params, cfg)?;
                 } else {
                     let mut o_partial = alloc_output::<f32>(dev, splits.num_splits * rows * prob.d)?;
                     let mut lse_partial = alloc_output::<f32>(dev, splits.num_splits * rows)?;
@@ -189,14 +199,14 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                     let (lse_ptr, _lse_guard) = lse_partial.device_ptr_mut(&stream);
                     params.o_partial = op_ptr;
                     params.lse_partial = lse_ptr;
-                    launch(&func, &params, cfg)?;
+                    launch(&stream, &func, &params, cfg)?;
                     let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
                     let cfg = LaunchConfig {
                         grid_dim: (rows as u32, 1, 1),
                         block_dim: (config::THREADS, 1, 1),
                         shared_mem_bytes: 0,
                     };
-                    launch(&combine, &params, cfg)?;
+                    launch(&stream, &combine, &params, cfg)?;
                 }
             }
         }

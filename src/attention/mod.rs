@@ -83,8 +83,9 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
 /// the kernels when the last dim is contiguous, otherwise the input is copied first. Math in f32.
 pub fn fused_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &AttentionConfig) -> Result<Tensor> {
     let prob = validate(q, k, v, cfg)?;
-    if prob.b == 0 || prob.hq == 0 || prob.nq == 0 {
-        return Tensor::zeros((prob.b, prob.hq, prob.nq, prob.d), q.dtype(), q.device());
+    if q.elem_count() == 0 {
+        // the output has q's shape, dtype and device, and no elements
+        return Ok(q.clone());
     }
     let (q, k, v) = (kernel_layout(q)?, kernel_layout(k)?, kernel_layout(v)?);
     q.apply_op3_no_bwd(&k, &v, &FusedAttention { prob })
