@@ -1,7 +1,7 @@
 // Fused attention, softmax(Q·Kᵀ·scale + mask)·V, never materializing the Nq x Nk scores.
 //
-// attn_prefill_<dtype>_d<HD>  FlashAttention-2 style: a block owns BLOCK_M query rows (16 per
-//   warp), streams K/V tiles through shared memory (cp.async, V of tile t loads during Q·Kᵀ, K of
+// attn_prefill_<dtype>_d<HD>_w<WARPS>  FlashAttention-2 style: a block owns BLOCK_M query rows
+//   (16 per warp), streams K/V tiles through shared memory (cp.async, V of tile t loads during Q·Kᵀ, K of
 //   tile t+1 during P·V), computes both products with mma.sync.m16n8k16 (f16/bf16 in, f32
 //   accumulate), keeps P in registers (the C fragment of Q·Kᵀ is the A fragment of P·V) and
 //   skips tiles above the causal diagonal. HD is the head dim padded to 16 (zeros in smem).
@@ -80,9 +80,11 @@ template <> struct Mma<__nv_bfloat16> {
 };
 
 // ================================ prefill (tensor cores) =====================================
-template <typename T, int HEAD_DIM>
+template <typename T, int HEAD_DIM, int WARPS_>
 struct PrefillTraits {
-  static constexpr int WARPS = 4;
+  // 4 warps (64 rows) for grids that would not fill the GPU; 8 (128 rows) halve the K/V traffic
+  // when there are blocks to spare (src/attention/config.rs `choose_plan`).
+  static constexpr int WARPS = WARPS_;
   static constexpr int THREADS = WARPS * tg::WARP_SIZE;
   static constexpr int BLOCK_M = WARPS * MMA_M;             // query rows per block
   static constexpr int BLOCK_N = HEAD_DIM <= 128 ? 64 : 32;  // keys per tile; 32 keeps D=256 in registers
@@ -117,9 +119,9 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
   }
 }
 
-template <typename T, int HEAD_DIM>
+template <typename T, int HEAD_DIM, int WARPS>
 __device__ __forceinline__ void attn_prefill(const Params& p) {
-  using Tr = PrefillTraits<T, HEAD_DIM>;
+  using Tr = PrefillTraits<T, HEAD_DIM, WARPS>;
   constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, STRIDE = Tr::SMEM_STRIDE;
   constexpr int STAGES = Tr::STAGES, TILE_ELEMS = BN * STRIDE;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -128,18 +130,22 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
 
   const int warp = threadIdx.x / tg::WARP_SIZE, lane = threadIdx.x % tg::WARP_SIZE;
   const int quad_row = lane / 4, quad_col = lane % 4;  // mma fragment coordinates
-  const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
+  // gridDim.z = B x num_splits: a split owns keys [split * keys_per_split, ...) (whole tiles)
+  const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z / p.num_splits, split = blockIdx.z % p.num_splits;
   const int hk = h / (p.hq / p.hkv);
   const int rows = min(BM, p.nq - q0);
   const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
   const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
   const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
   const Mask mask(p);
-  const int n_tiles = tg::ceil_div(mask.key_end(q0, rows), BN);  // causal: tiles past the diagonal skipped
+  const int split_tiles = p.keys_per_split / BN;
+  const int t_begin = split * split_tiles;
+  // causal: tiles past the diagonal skipped
+  const int t_end = min(tg::ceil_div(mask.key_end(q0, rows), BN), t_begin + split_tiles);
 
   // K and V of tile `t` into pipeline stage t % STAGES, as one cp.async group.
   auto load_kv = [&](int t) {
-    if (t < n_tiles) {
+    if (t < t_end) {
       const int k0 = t * BN, keys = min(BN, p.nk - k0);
       T* sK = sKV + (t % STAGES) * 2 * TILE_ELEMS;
       load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys, p.d);
@@ -151,7 +157,7 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   // Prologue: Q (with tile 0's group) and the first STAGES - 1 tiles.
   load_tile<T, BM, HEAD_DIM, STRIDE, Tr::THREADS>(sQ, qg, p.q_sn, rows, p.d);
 #pragma unroll
-  for (int t = 0; t < STAGES - 1; ++t) load_kv(t);
+  for (int t = 0; t < STAGES - 1; ++t) load_kv(t_begin + t);
 
   float o[Tr::O_TILES][4];
 #pragma unroll
@@ -159,7 +165,7 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   RowState row[2];  // this thread's rows: quad_row and quad_row + 8 of the warp's 16
   const int row_i[2] = {q0 + warp * MMA_M + quad_row, q0 + warp * MMA_M + quad_row + 8};
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
+  for (int tile = t_begin; tile < t_end; ++tile) {
     const int k0 = tile * BN;
     cp_async_wait_group<STAGES - 2>();
     __syncthreads();  // this tile landed; every warp is done with the stage of the previous tile
@@ -248,8 +254,11 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   }
   cp_async_wait_all();
 
-  // Epilogue: finish the row sums across the quad, normalize, store.
-  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * p.d;
+  // Epilogue: finish the row sums across the quad, normalize, store (split: the f32 partial and
+  // its log-sum-exp, merged by attn_combine).
+  const int64_t bh_row0 = int64_t(b * p.hq + h) * p.nq;  // [B, Hq, Nq] row of query 0
+  const int64_t total_rows = int64_t(p.b) * p.hq * p.nq;
+  T* og = static_cast<T*>(p.o) + bh_row0 * p.d;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float l = row[half].l;
@@ -259,13 +268,24 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
     const int i = row_i[half];
     if (i >= p.nq) continue;
     const float inv = row[half].inv_sum();
+    if (p.num_splits == 1) {
 #pragma unroll
-    for (int dt = 0; dt < Tr::O_TILES; ++dt) {
-      const int col = dt * MMA_N + 2 * quad_col;
-      if (col < p.d) {
-        *reinterpret_cast<uint32_t*>(og + int64_t(i) * p.d + col) =
-            Mma<T>::pack(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+      for (int dt = 0; dt < Tr::O_TILES; ++dt) {
+        const int col = dt * MMA_N + 2 * quad_col;
+        if (col < p.d) {
+          *reinterpret_cast<uint32_t*>(og + int64_t(i) * p.d + col) =
+              Mma<T>::pack(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        }
       }
+    } else {
+      const int64_t row_id = split * total_rows + bh_row0 + i;
+      float* op = p.o_partial + row_id * p.d;
+#pragma unroll
+      for (int dt = 0; dt < Tr::O_TILES; ++dt) {
+        const int col = dt * MMA_N + 2 * quad_col;
+        if (col < p.d) *reinterpret_cast<float2*>(op + col) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+      }
+      if (quad_col == 0) p.lse_partial[row_id] = row[half].lse();
     }
   }
 }
@@ -460,11 +480,12 @@ __device__ __forceinline__ void attn_combine(const Params& p) {
 // ---- entry points ------------------------------------------------------------------------------
 static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention/cuda.rs");
 
-#define ATTN_PREFILL(T, TNAME, HD)                                                            \
-  extern "C" __global__ void __launch_bounds__(PrefillTraits<T, HD>::THREADS)                 \
-      attn_prefill_##TNAME##_d##HD(const __grid_constant__ Params p) {                        \
-    attn_prefill<T, HD>(p);                                                                   \
+#define ATTN_PREFILL_W(T, TNAME, HD, W)                                                       \
+  extern "C" __global__ void __launch_bounds__(PrefillTraits<T, HD, W>::THREADS)              \
+      attn_prefill_##TNAME##_d##HD##_w##W(const __grid_constant__ Params p) {                 \
+    attn_prefill<T, HD, W>(p);                                                                \
   }
+#define ATTN_PREFILL(T, TNAME, HD) ATTN_PREFILL_W(T, TNAME, HD, 4) ATTN_PREFILL_W(T, TNAME, HD, 8)
 #define ATTN_PREFILL_ALL(T, TNAME)                                                            \
   ATTN_PREFILL(T, TNAME, 32) ATTN_PREFILL(T, TNAME, 48) ATTN_PREFILL(T, TNAME, 64)            \
   ATTN_PREFILL(T, TNAME, 80) ATTN_PREFILL(T, TNAME, 96) ATTN_PREFILL(T, TNAME, 128)           \

@@ -62,6 +62,8 @@ const CUDA_CASES: &[Case] = &[
     case(1, 32, 8, 1, 2048, 80),
     case(1, 12, 12, 17, 2048, 96),
     case(16, 1, 1, 2048, 1000, 64),
+    case(4, 8, 8, 600, 600, 128),
+    case(16, 12, 12, 200, 300, 256),
 ];
 
 fn cases_for(dev: &Device) -> Vec<Case> {
@@ -129,12 +131,29 @@ fn every_head_dim() -> Result<()> {
     for dev in devices() {
         for d in (32..=256).step_by(8) {
             for dtype in FLOAT_DTYPES {
-                // Nq = 40 runs the prefill kernel on CUDA, Nq = 3 the split-KV one
+                // Nq = 40 runs the prefill kernel on CUDA (with split keys), Nq = 3 the split-KV one
                 for nq in [40, 3] {
-                    let (q, k, v) = inputs(case(1, 2, 1, nq, 70, d), dtype, &dev)?;
+                    let (q, k, v) = inputs(case(1, 2, 1, nq, 300, d), dtype, &dev)?;
                     let cfg = AttentionConfig { causal: true, ..Default::default() };
                     check(&q, &k, &v, &cfg, &format!("{dev:?} D={d} Nq={nq} {dtype:?}"))?;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Grids with blocks to spare run the 8-warp prefill variant (`config::choose_plan`).
+#[cfg(feature = "cuda")]
+#[test]
+fn prefill_large_blocks() -> Result<()> {
+    let gpu = common::cuda_device();
+    for d in [64, 128, 256, 72] {
+        for dtype in [DType::F16, DType::BF16] {
+            let (q, k, v) = inputs(case(16, 12, 4, 130, 140, d), dtype, &gpu)?;
+            for causal in [false, true] {
+                let cfg = AttentionConfig { causal, dropout: causal.then_some(Dropout { p: 0.2, seed: 5 }), ..Default::default() };
+                check(&q, &k, &v, &cfg, &format!("D={d} {dtype:?} causal={causal}"))?;
             }
         }
     }

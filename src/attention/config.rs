@@ -8,9 +8,12 @@
 pub(crate) const PREFILL_HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
 /// Head-dim capacities of the split-KV instances (`attn_splitkv_<dtype>_d<HD>`).
 pub(crate) const SPLITKV_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
-/// Query rows per prefill block (4 warps x 16 rows).
-pub(crate) const PREFILL_BLOCK_M: usize = 64;
-/// Threads of every attention kernel block.
+/// Query rows per prefill warp (one m16 mma tile).
+pub(crate) const PREFILL_ROWS_PER_WARP: usize = 16;
+/// Warps per prefill block: the small variant keeps small grids spread over the SMs, the large
+/// one halves the K/V re-reads (each block streams all of its keys) once there are blocks enough.
+pub(crate) const PREFILL_WARPS: [usize; 2] = [4, 8];
+/// Threads of a split-KV or combine block.
 pub(crate) const THREADS: u32 = 128;
 /// Query rows per split-KV block (one per warp in its softmax phase).
 pub(crate) const SPLITKV_QROWS: usize = 4;
@@ -35,18 +38,48 @@ pub(crate) struct SplitPlan {
 /// The kernel family for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// Tensor-core FlashAttention-2 prefill, instance head dim `head_dim`.
-    Prefill { head_dim: usize },
+    /// Tensor-core FlashAttention-2 prefill, instance head dim `head_dim`, `warps` x 16 rows; with
+    /// `splits.num_splits > 1` the keys are split as in split-KV (+ combine).
+    Prefill { head_dim: usize, warps: usize, splits: SplitPlan },
     /// SIMT split-KV kernel (+ combine when `splits.num_splits > 1`).
     SplitKv { head_dim: usize, splits: SplitPlan },
 }
 
 /// Dynamic shared memory of a prefill block (`PrefillTraits::SMEM_BYTES`): the Q tile and
 /// `STAGES` pipeline stages of K and V tiles, rows padded by 8 elements.
-pub(crate) fn prefill_smem_bytes(head_dim: usize, elem_bytes: usize) -> usize {
-    let block_n = if head_dim <= 128 { 64 } else { 32 };
+pub(crate) fn prefill_smem_bytes(head_dim: usize, warps: usize, elem_bytes: usize) -> usize {
+    let block_n = prefill_block_n(head_dim);
     let stages = if head_dim <= 64 { 3 } else { 2 };
-    (PREFILL_BLOCK_M + stages * 2 * block_n) * (head_dim + 8) * elem_bytes
+    (warps * PREFILL_ROWS_PER_WARP + stages * 2 * block_n) * (head_dim + 8) * elem_bytes
+}
+
+/// Keys per prefill tile (`PrefillTraits::BLOCK_N`).
+pub(crate) fn prefill_block_n(head_dim: usize) -> usize {
+    if head_dim <= 128 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Prefill blocks an SM holds at once (shared memory and registers of the 4-warp variant).
+pub(crate) const PREFILL_RESIDENT_PER_SM: usize = 3;
+/// A prefill split gets at least this many tiles: fewer would not pay for the combine kernel.
+pub(crate) const PREFILL_MIN_TILES_PER_SPLIT: usize = 4;
+
+/// Splits the keys of a prefill whose `blocks` all fit on the GPU at once: such a call is
+/// bound by its longest block's serial walk over the key tiles (the last query block when
+/// causal), so splitting the walk shortens it; the partials are merged like split-KV's.
+pub(crate) fn choose_prefill_splits(blocks: usize, nk: usize, block_n: usize, sm_count: usize) -> SplitPlan {
+    let tiles = nk.div_ceil(block_n).max(1);
+    let resident = PREFILL_RESIDENT_PER_SM * sm_count.max(1);
+    let splits = if blocks >= resident {
+        1
+    } else {
+        tiles.div_ceil(PREFILL_MIN_TILES_PER_SPLIT).min(resident.div_ceil(blocks.max(1))).clamp(1, MAX_SPLITS)
+    };
+    let keys_per_split = tiles.div_ceil(splits) * block_n;
+    SplitPlan { num_splits: nk.div_ceil(keys_per_split).max(1), keys_per_split }
 }
 
 /// Smallest entry of `dims` that is `>= d` (`d <= 256` is validated before).
@@ -68,7 +101,17 @@ pub(crate) fn choose_splits(blocks: usize, nk: usize, sm_count: usize) -> SplitP
 /// prefill; decode-sized queries and every f32 call take split-KV.
 pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usize, d: usize, sm: usize) -> Plan {
     if !is_f32 && nq > DECODE_MAX_NQ {
-        return Plan::Prefill { head_dim: instance_dim(&PREFILL_HEAD_DIMS, d) };
+        let [small, large] = PREFILL_WARPS;
+        // a full wave of large blocks: take them
+        let large_blocks = b * hq * nq.div_ceil(large * PREFILL_ROWS_PER_WARP);
+        let head_dim = instance_dim(&PREFILL_HEAD_DIMS, d);
+        let block_n = prefill_block_n(head_dim);
+        if large_blocks >= sm {
+            let splits = SplitPlan { num_splits: 1, keys_per_split: nk.div_ceil(block_n) * block_n };
+            return Plan::Prefill { head_dim, warps: large, splits };
+        }
+        let blocks = b * hq * nq.div_ceil(small * PREFILL_ROWS_PER_WARP);
+        return Plan::Prefill { head_dim, warps: small, splits: choose_prefill_splits(blocks, nk, block_n, sm) };
     }
     let blocks = b * hq * nq.div_ceil(SPLITKV_QROWS);
     Plan::SplitKv { head_dim: instance_dim(&SPLITKV_HEAD_DIMS, d), splits: choose_splits(blocks, nk, sm) }
@@ -112,21 +155,53 @@ mod tests {
 
     #[test]
     fn plan_by_dtype_and_query_length() {
-        assert_eq!(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS), Plan::Prefill { head_dim: 64 });
-        assert_eq!(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS), Plan::Prefill { head_dim: 80 });
-        assert_eq!(choose_plan(false, 1, 8, 17, 512, 40, H100_SMS), Plan::Prefill { head_dim: 48 });
-        assert_eq!(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS), Plan::Prefill { head_dim: 160 });
+        let prefill = |p| match p {
+            Plan::Prefill { head_dim, warps, splits } => (head_dim, warps, splits.num_splits, splits.keys_per_split),
+            p => panic!("{p:?}"),
+        };
+        // [1, 8, 512, 64]: 64 blocks, 8 tiles each at most: 2 splits of 4 tiles
+        assert_eq!(prefill(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS)), (64, 4, 2, 256));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS)), (80, 4, 2, 256));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 4, 1, 128));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS)), (160, 4, 4, 128));
+        // [16, 8, 512, 64]: 512 blocks of 128 rows, no split
+        assert_eq!(prefill(choose_plan(false, 16, 8, 512, 512, 64, H100_SMS)), (64, 8, 1, 512));
+        // [1, 32, 4096, 128]: 1024 blocks of 128 rows
+        assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 8, 1, 4096));
+        // [1, 8, 2048, 64]: 128 blocks of 128 rows would leave SMs idle; 256 of 64 fit at once
+        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 4, 2, 1024));
+        // keys not a multiple of the tile: the splits still cover them
+        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 4, 4, 256));
         assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
     }
 
     #[test]
+    fn prefill_splits_cover_all_keys_with_whole_tiles() {
+        for blocks in [1, 8, 64, 256, 395, 396, 5000] {
+            for nk in [1, 31, 64, 100, 1000, 2048, 4097] {
+                for block_n in [32, 64] {
+                    let s = choose_prefill_splits(blocks, nk, block_n, H100_SMS);
+                    assert_eq!(s.keys_per_split % block_n, 0, "{s:?}");
+                    assert!(s.num_splits * s.keys_per_split >= nk, "{s:?} nk={nk}");
+                    assert!((s.num_splits - 1) * s.keys_per_split < nk, "empty split: {s:?} nk={nk}");
+                    if blocks >= PREFILL_RESIDENT_PER_SM * H100_SMS {
+                        assert_eq!(s.num_splits, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn prefill_smem() {
-        assert_eq!(prefill_smem_bytes(64, 2), (64 + 3 * 128) * 72 * 2);
-        assert_eq!(prefill_smem_bytes(128, 2), (64 + 2 * 128) * 136 * 2);
-        assert_eq!(prefill_smem_bytes(256, 2), (64 + 2 * 64) * 264 * 2);
-        assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, 2) <= 227 * 1024));
+        assert_eq!(prefill_smem_bytes(64, 4, 2), (64 + 3 * 128) * 72 * 2);
+        assert_eq!(prefill_smem_bytes(128, 4, 2), (64 + 2 * 128) * 136 * 2);
+        assert_eq!(prefill_smem_bytes(256, 8, 2), (128 + 2 * 64) * 264 * 2);
+        for w in PREFILL_WARPS {
+            assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, w, 2) <= 227 * 1024));
+        }
     }
 
     #[test]

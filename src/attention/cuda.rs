@@ -2,7 +2,7 @@
 //! `tg::attn::Params` in `kernels/attention.cuh`, launches.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -109,6 +109,30 @@ fn launch(stream: &CudaStream, func: &CudaFunction, params: &AttnParams, cfg: La
     Ok(())
 }
 
+/// Allocates the split partials, runs `split_kernel` (which writes them) and the combine kernel
+/// (which merges them into `params.o`).
+fn with_partials(
+    dev: &CudaDevice,
+    stream: &Arc<CudaStream>,
+    suffix: &str,
+    prob: &Problem,
+    num_splits: usize,
+    params: &mut AttnParams,
+    split_kernel: impl FnOnce(&AttnParams) -> Result<()>,
+) -> Result<()> {
+    let rows = prob.b * prob.hq * prob.nq;
+    let mut o_partial = alloc_output::<f32>(dev, num_splits * rows * prob.d)?;
+    let mut lse_partial = alloc_output::<f32>(dev, num_splits * rows)?;
+    let (op_ptr, _op_guard) = o_partial.device_ptr_mut(stream);
+    let (lse_ptr, _lse_guard) = lse_partial.device_ptr_mut(stream);
+    params.o_partial = op_ptr;
+    params.lse_partial = lse_ptr;
+    split_kernel(params)?;
+    let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (config::THREADS, 1, 1), shared_mem_bytes: 0 };
+    launch(stream, &combine, params, cfg)
+}
+
 fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage, Shape)> {
     let dev = q.0.device();
     let stream = dev.cuda_stream();
@@ -164,20 +188,35 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
         let (o_ptr, _o_guard) = out.device_ptr_mut(&stream);
         params.o = o_ptr;
         match plan {
-            Plan::Prefill { head_dim } => {
-                let name = format!("attn_prefill_{suffix}_d{head_dim}");
+            Plan::Prefill { head_dim, warps, splits } => {
+                let name = format!("attn_prefill_{suffix}_d{head_dim}_w{warps}");
                 let func = load_func(dev, "attention", ptx::ATTENTION, &name)?;
-                let smem = config::prefill_smem_bytes(head_dim, elem as usize);
+                let smem = config::prefill_smem_bytes(head_dim, warps, elem as usize);
                 ensure_smem(dev, &func, &name, smem)?;
+                let block_m = warps * config::PREFILL_ROWS_PER_WARP;
+                params.num_splits = splits.num_splits as i32;
+                params.keys_per_split = splits.keys_per_split as i32;
+                if prob.b * splits.num_splits > MAX_GRID_YZ {
+                    bail!("fused_attention: B={} is over the CUDA grid limit {MAX_GRID_YZ}", prob.b * splits.num_splits);
+                }
                 let cfg = LaunchConfig {
-                    grid_dim: (prob.nq.div_ceil(config::PREFILL_BLOCK_M) as u32, prob.hq as u32, prob.b as u32),
-                    block_dim: (config::THREADS, 1, 1),
+                    grid_dim: (
+                        prob.nq.div_ceil(block_m) as u32,
+                        prob.hq as u32,
+                        (prob.b * splits.num_splits) as u32,
+                    ),
+                    block_dim: ((warps * 32) as u32, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };
-                launch(&stream, &func, &params, cfg)?;
+                if splits.num_splits == 1 {
+                    launch(&stream, &func, &params, cfg)?;
+                } else {
+                    with_partials(dev, &stream, suffix, prob, splits.num_splits, &mut params, |params| {
+                        launch(&stream, &func, params, cfg)
+                    })?;
+                }
             }
             Plan::SplitKv { head_dim, splits } => {
-                let rows = prob.b * prob.hq * prob.nq;
                 params.num_splits = splits.num_splits as i32;
                 params.keys_per_split = splits.keys_per_split as i32;
                 let cfg = LaunchConfig {
@@ -193,20 +232,9 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                 if splits.num_splits == 1 {
                     launch(&stream, &func, &params, cfg)?;
                 } else {
-                    let mut o_partial = alloc_output::<f32>(dev, splits.num_splits * rows * prob.d)?;
-                    let mut lse_partial = alloc_output::<f32>(dev, splits.num_splits * rows)?;
-                    let (op_ptr, _op_guard) = o_partial.device_ptr_mut(&stream);
-                    let (lse_ptr, _lse_guard) = lse_partial.device_ptr_mut(&stream);
-                    params.o_partial = op_ptr;
-                    params.lse_partial = lse_ptr;
-                    launch(&stream, &func, &params, cfg)?;
-                    let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
-                    let cfg = LaunchConfig {
-                        grid_dim: (rows as u32, 1, 1),
-                        block_dim: (config::THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    launch(&stream, &combine, &params, cfg)?;
+                    with_partials(dev, &stream, suffix, prob, splits.num_splits, &mut params, |params| {
+                        launch(&stream, &func, params, cfg)
+                    })?;
                 }
             }
         }
