@@ -54,7 +54,8 @@ fn bench_pair(c: &mut Criterion, dev: &Device, group: &str, param: usize, s: &Sh
     let mask = s.causal.then(|| causal_mask(s.nq, s.nk, dtype, dev).unwrap());
     // the two agree before they are timed
     let cfg = AttentionConfig { causal: s.causal, ..Default::default() };
-    let (fused, want) = (fused_attention(&q, &k, &v, s.causal).unwrap(), reference::attention(&q, &k, &v, &cfg).unwrap());
+    let (fused, want) =
+        (fused_attention(&q, &k, &v, s.causal).unwrap(), reference::attention(&q, &k, &v, &cfg).unwrap());
     let diff = (fused.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap();
     let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 0.05, "{group}/{param}: fused and stock differ by {diff}");
@@ -74,19 +75,43 @@ fn bench(c: &mut Criterion) {
     for (_, dev) in common::devices() {
         // sequence-length sweep, the seed's shape [1, 8, N, 64], causal
         for n in [128, 256, 512, 1024, 2048] {
-            bench_pair(c, &dev, "attn_seq/b1_h8_d64_causal", n, &Shape4 { b: 1, h: 8, nq: n, nk: n, d: 64, causal: true });
+            bench_pair(
+                c,
+                &dev,
+                "attn_seq/b1_h8_d64_causal",
+                n,
+                &Shape4 { b: 1, h: 8, nq: n, nk: n, d: 64, causal: true },
+            );
         }
         // batch sweep [B, 8, 512, 64], causal
         for b in [1, 2, 4, 8, 16] {
-            bench_pair(c, &dev, "attn_batch/h8_n512_d64_causal", b, &Shape4 { b, h: 8, nq: 512, nk: 512, d: 64, causal: true });
+            bench_pair(
+                c,
+                &dev,
+                "attn_batch/h8_n512_d64_causal",
+                b,
+                &Shape4 { b, h: 8, nq: 512, nk: 512, d: 64, causal: true },
+            );
         }
         // decode: one query over a cache of Nk keys, [1, 32, ., 128]
         for nk in [512, 2048, 8192] {
-            bench_pair(c, &dev, "attn_decode/b1_h32_q1_d128", nk, &Shape4 { b: 1, h: 32, nq: 1, nk, d: 128, causal: true });
+            bench_pair(
+                c,
+                &dev,
+                "attn_decode/b1_h32_q1_d128",
+                nk,
+                &Shape4 { b: 1, h: 32, nq: 1, nk, d: 128, causal: true },
+            );
         }
         if dev.is_cuda() {
             for n in [4096] {
-                bench_pair(c, &dev, "attn_seq/b1_h32_d128_causal", n, &Shape4 { b: 1, h: 32, nq: n, nk: n, d: 128, causal: true });
+                bench_pair(
+                    c,
+                    &dev,
+                    "attn_seq/b1_h32_d128_causal",
+                    n,
+                    &Shape4 { b: 1, h: 32, nq: n, nk: n, d: 128, causal: true },
+                );
             }
         }
     }

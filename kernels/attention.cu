@@ -82,8 +82,8 @@ template <> struct Mma<__nv_bfloat16> {
 // ================================ prefill (tensor cores) =====================================
 template <typename T, int HEAD_DIM, int WARPS_>
 struct PrefillTraits {
-  // 4 warps (64 rows) for grids that would not fill the GPU; 8 (128 rows) halve the K/V traffic
-  // when there are blocks to spare (src/attention/config.rs `choose_plan`).
+  // Instantiated with 4 warps (64 rows): 8 (128 rows, half the K/V re-reads) measured no faster,
+  // [1,32,4096,128] 987 vs 922 us, [16,8,512,64] 55 vs 54 us (H200, benches/attention).
   static constexpr int WARPS = WARPS_;
   static constexpr int THREADS = WARPS * tg::WARP_SIZE;
   static constexpr int BLOCK_M = WARPS * MMA_M;             // query rows per block
@@ -367,12 +367,16 @@ __device__ __forceinline__ void attn_splitkv(const Params& p) {
         tg::attn::to_float8(kraw[it], kv);
 #pragma unroll
         for (int r = 0; r < QROWS; ++r) {
+          if (r >= rows) {  // block-uniform: decode (one query) skips 3/4 of the work
+            if (score_chunk == 0) sP[r][kk] = -INFINITY;
+            continue;
+          }
           float dot = 0.0f;
 #pragma unroll
           for (int e = 0; e < VEC; ++e) dot += sQ[r][score_chunk * VEC + e] * kv[e];
 #pragma unroll
           for (int off = CHUNKS / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(FULL_MASK, dot, off);
-          if (score_chunk == 0) sP[r][kk] = j < k_end && r < rows && mask.visible(q0 + r, j) ? dot : -INFINITY;
+          if (score_chunk == 0) sP[r][kk] = j < k_end && mask.visible(q0 + r, j) ? dot : -INFINITY;
         }
       }
     }
@@ -420,6 +424,7 @@ __device__ __forceinline__ void attn_splitkv(const Params& p) {
           tg::attn::to_float8(vraw[it], vv);
 #pragma unroll
           for (int r = 0; r < QROWS; ++r) {
+            if (r >= rows) break;  // block-uniform
             const float pr = sP[r][kk];  // 0 past k_end
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[r][e] += pr * vv[e];
@@ -485,7 +490,7 @@ static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention
       attn_prefill_##TNAME##_d##HD##_w##W(const __grid_constant__ Params p) {                 \
     attn_prefill<T, HD, W>(p);                                                                \
   }
-#define ATTN_PREFILL(T, TNAME, HD) ATTN_PREFILL_W(T, TNAME, HD, 4) ATTN_PREFILL_W(T, TNAME, HD, 8)
+#define ATTN_PREFILL(T, TNAME, HD) ATTN_PREFILL_W(T, TNAME, HD, 4)
 #define ATTN_PREFILL_ALL(T, TNAME)                                                            \
   ATTN_PREFILL(T, TNAME, 32) ATTN_PREFILL(T, TNAME, 48) ATTN_PREFILL(T, TNAME, 64)            \
   ATTN_PREFILL(T, TNAME, 80) ATTN_PREFILL(T, TNAME, 96) ATTN_PREFILL(T, TNAME, 128)           \

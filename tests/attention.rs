@@ -37,13 +37,13 @@ const CASES: &[Case] = &[
     case(1, 1, 1, 1, 1, 64),
     case(1, 1, 1, 17, 17, 32),
     case(3, 8, 8, 17, 100, 64),
-    case(1, 12, 4, 100, 17, 80),   // GQA, Nq > Nk: causal rows with no key
-    case(3, 12, 3, 1, 100, 96),    // decode, GQA
-    case(1, 8, 1, 16, 128, 128),   // MQA, decode-sized block
-    case(16, 1, 1, 33, 65, 256),   // B = 16
-    case(1, 8, 2, 128, 128, 64),   // whole tiles
-    case(1, 1, 1, 200, 1000, 32),  // long keys
-    case(1, 1, 1, 1000, 130, 32),  // long queries
+    case(1, 12, 4, 100, 17, 80),  // GQA, Nq > Nk: causal rows with no key
+    case(3, 12, 3, 1, 100, 96),   // decode, GQA
+    case(1, 8, 1, 16, 128, 128),  // MQA, decode-sized block
+    case(16, 1, 1, 33, 65, 256),  // B = 16
+    case(1, 8, 2, 128, 128, 64),  // whole tiles
+    case(1, 1, 1, 200, 1000, 32), // long keys
+    case(1, 1, 1, 1000, 130, 32), // long queries
 ];
 
 /// Added on CUDA: the sweep at full size.
@@ -143,16 +143,20 @@ fn every_head_dim() -> Result<()> {
     Ok(())
 }
 
-/// Grids with blocks to spare run the 8-warp prefill variant (`config::choose_plan`).
+/// Grids of more prefill blocks than fit on the GPU at once (no key split), every block kind.
 #[cfg(feature = "cuda")]
 #[test]
-fn prefill_large_blocks() -> Result<()> {
+fn prefill_big_grids() -> Result<()> {
     let gpu = common::cuda_device();
     for d in [64, 128, 256, 72] {
         for dtype in [DType::F16, DType::BF16] {
             let (q, k, v) = inputs(case(16, 12, 4, 130, 140, d), dtype, &gpu)?;
             for causal in [false, true] {
-                let cfg = AttentionConfig { causal, dropout: causal.then_some(Dropout { p: 0.2, seed: 5 }), ..Default::default() };
+                let cfg = AttentionConfig {
+                    causal,
+                    dropout: causal.then_some(Dropout { p: 0.2, seed: 5 }),
+                    ..Default::default()
+                };
                 check(&q, &k, &v, &cfg, &format!("D={d} {dtype:?} causal={causal}"))?;
             }
         }
@@ -168,7 +172,8 @@ fn custom_scale() -> Result<()> {
         check(&q, &k, &v, &cfg, &format!("{dev:?} scale 0.5"))?;
         // the default is 1/sqrt(D)
         let a = fused_attention(&q, &k, &v, false)?;
-        let b = fused_attention_with(&q, &k, &v, &AttentionConfig { softmax_scale: Some(0.125), ..Default::default() })?;
+        let b =
+            fused_attention_with(&q, &k, &v, &AttentionConfig { softmax_scale: Some(0.125), ..Default::default() })?;
         assert_close(&a, &b, (0.0, 0.0), "default scale");
     }
     Ok(())
@@ -342,12 +347,14 @@ fn rank_not_4_is_an_error() {
 #[test]
 fn batch_and_head_dim_mismatch_are_errors() {
     let q = zeros(&[2, 4, 5, 64], DType::F32);
-    let msg = err_text(fused_attention(&q, &zeros(&[3, 4, 5, 64], DType::F32), &zeros(&[3, 4, 5, 64], DType::F32), false));
+    let msg =
+        err_text(fused_attention(&q, &zeros(&[3, 4, 5, 64], DType::F32), &zeros(&[3, 4, 5, 64], DType::F32), false));
     assert!(msg.contains("B=2") && msg.contains("B=3"), "{msg}");
     let kv = zeros(&[2, 4, 5, 32], DType::F32);
     let msg = err_text(fused_attention(&q, &kv, &kv, false));
     assert!(msg.contains("D=64") && msg.contains("D=32"), "{msg}");
-    let msg = err_text(fused_attention(&q, &zeros(&[2, 4, 5, 64], DType::F32), &zeros(&[2, 4, 6, 64], DType::F32), false));
+    let msg =
+        err_text(fused_attention(&q, &zeros(&[2, 4, 5, 64], DType::F32), &zeros(&[2, 4, 6, 64], DType::F32), false));
     assert!(msg.contains("v has shape"), "{msg}");
 }
 
@@ -429,13 +436,16 @@ fn first_rows_of_a_causal_block_see_their_prefix() -> Result<()> {
 #[test]
 fn layer_with_cache_matches_full_attention() -> Result<()> {
     for dev in devices() {
-        for (dtype, h, hkv, n, prompt) in [(DType::F32, 8, 2, 20, 12), (DType::F16, 4, 4, 9, 1), (DType::F32, 1, 1, 520, 509)] {
+        for (dtype, h, hkv, n, prompt) in
+            [(DType::F32, 8, 2, 20, 12), (DType::F16, 4, 4, 9, 1), (DType::F32, 1, 1, 520, 509)]
+        {
             let (b, d) = (2, 64);
             let q = randn(&[b, h, n, d], dtype, &dev)?;
             let k = randn(&[b, hkv, n, d], dtype, &dev)?;
             let v = randn(&[b, hkv, n, d], dtype, &dev)?;
             let mut layer = MultiHeadAttention::new(h, hkv, d)?;
-            let mut outs = vec![layer.forward(&q.narrow(2, 0, prompt)?, &k.narrow(2, 0, prompt)?, &v.narrow(2, 0, prompt)?)?];
+            let mut outs =
+                vec![layer.forward(&q.narrow(2, 0, prompt)?, &k.narrow(2, 0, prompt)?, &v.narrow(2, 0, prompt)?)?];
             for t in prompt..n {
                 outs.push(layer.forward(&q.narrow(2, t, 1)?, &k.narrow(2, t, 1)?, &v.narrow(2, t, 1)?)?);
             }
@@ -465,7 +475,11 @@ fn layer_bad_input_is_an_error() -> Result<()> {
     let msg = err_text(layer.forward(&q, &zeros(&[1, 2, 2, 32], DType::F32), &kv));
     assert!(msg.contains("k has shape"), "{msg}");
     layer.forward(&q, &kv, &kv)?;
-    let msg = err_text(layer.forward(&zeros(&[2, 4, 1, 32], DType::F32), &zeros(&[2, 2, 1, 32], DType::F32), &zeros(&[2, 2, 1, 32], DType::F32)));
+    let msg = err_text(layer.forward(
+        &zeros(&[2, 4, 1, 32], DType::F32),
+        &zeros(&[2, 2, 1, 32], DType::F32),
+        &zeros(&[2, 2, 1, 32], DType::F32),
+    ));
     assert!(msg.contains("reset()"), "{msg}");
     Ok(())
 }

@@ -10,9 +10,9 @@ pub(crate) const PREFILL_HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 
 pub(crate) const SPLITKV_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 /// Query rows per prefill warp (one m16 mma tile).
 pub(crate) const PREFILL_ROWS_PER_WARP: usize = 16;
-/// Warps per prefill block: the small variant keeps small grids spread over the SMs, the large
-/// one halves the K/V re-reads (each block streams all of its keys) once there are blocks enough.
-pub(crate) const PREFILL_WARPS: [usize; 2] = [4, 8];
+/// Warps per prefill block (the `_w4` instances). 8 warps (128 rows, half the K/V re-reads)
+/// measured no faster: [1,32,4096,128] 987 vs 922 µs, [16,8,512,64] 55 vs 54 µs (H200).
+pub(crate) const PREFILL_WARPS: usize = 4;
 /// Threads of a split-KV or combine block.
 pub(crate) const THREADS: u32 = 128;
 /// Query rows per split-KV block (one per warp in its softmax phase).
@@ -66,6 +66,10 @@ pub(crate) fn prefill_block_n(head_dim: usize) -> usize {
 pub(crate) const PREFILL_RESIDENT_PER_SM: usize = 3;
 /// A prefill split gets at least this many tiles: fewer would not pay for the combine kernel.
 pub(crate) const PREFILL_MIN_TILES_PER_SPLIT: usize = 4;
+/// Splitting pays when the splits fit beside the blocks, or when the walk is at least this long:
+/// [4,8,512,64] (256 blocks, 8 tiles) went 24 -> 33 µs split in two, [1,8,2048,64] (256 blocks,
+/// 32 tiles) 80 -> 64 µs (H200, benches/attention).
+pub(crate) const PREFILL_LONG_WALK_TILES: usize = 16;
 
 /// Splits the keys of a prefill whose `blocks` all fit on the GPU at once: such a call is
 /// bound by its longest block's serial walk over the key tiles (the last query block when
@@ -73,7 +77,8 @@ pub(crate) const PREFILL_MIN_TILES_PER_SPLIT: usize = 4;
 pub(crate) fn choose_prefill_splits(blocks: usize, nk: usize, block_n: usize, sm_count: usize) -> SplitPlan {
     let tiles = nk.div_ceil(block_n).max(1);
     let resident = PREFILL_RESIDENT_PER_SM * sm_count.max(1);
-    let splits = if blocks >= resident {
+    let room_for_two = 2 * blocks <= resident;
+    let splits = if blocks >= resident || !(room_for_two || tiles >= PREFILL_LONG_WALK_TILES) {
         1
     } else {
         tiles.div_ceil(PREFILL_MIN_TILES_PER_SPLIT).min(resident.div_ceil(blocks.max(1))).clamp(1, MAX_SPLITS)
@@ -101,17 +106,10 @@ pub(crate) fn choose_splits(blocks: usize, nk: usize, sm_count: usize) -> SplitP
 /// prefill; decode-sized queries and every f32 call take split-KV.
 pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usize, d: usize, sm: usize) -> Plan {
     if !is_f32 && nq > DECODE_MAX_NQ {
-        let [small, large] = PREFILL_WARPS;
-        // a full wave of large blocks: take them
-        let large_blocks = b * hq * nq.div_ceil(large * PREFILL_ROWS_PER_WARP);
         let head_dim = instance_dim(&PREFILL_HEAD_DIMS, d);
-        let block_n = prefill_block_n(head_dim);
-        if large_blocks >= sm {
-            let splits = SplitPlan { num_splits: 1, keys_per_split: nk.div_ceil(block_n) * block_n };
-            return Plan::Prefill { head_dim, warps: large, splits };
-        }
-        let blocks = b * hq * nq.div_ceil(small * PREFILL_ROWS_PER_WARP);
-        return Plan::Prefill { head_dim, warps: small, splits: choose_prefill_splits(blocks, nk, block_n, sm) };
+        let blocks = b * hq * nq.div_ceil(PREFILL_WARPS * PREFILL_ROWS_PER_WARP);
+        let splits = choose_prefill_splits(blocks, nk, prefill_block_n(head_dim), sm);
+        return Plan::Prefill { head_dim, warps: PREFILL_WARPS, splits };
     }
     let blocks = b * hq * nq.div_ceil(SPLITKV_QROWS);
     Plan::SplitKv { head_dim: instance_dim(&SPLITKV_HEAD_DIMS, d), splits: choose_splits(blocks, nk, sm) }
@@ -164,11 +162,12 @@ mod tests {
         assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS)), (80, 4, 2, 256));
         assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 4, 1, 128));
         assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS)), (160, 4, 4, 128));
-        // [16, 8, 512, 64]: 512 blocks of 128 rows, no split
-        assert_eq!(prefill(choose_plan(false, 16, 8, 512, 512, 64, H100_SMS)), (64, 8, 1, 512));
-        // [1, 32, 4096, 128]: 1024 blocks of 128 rows
-        assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 8, 1, 4096));
-        // [1, 8, 2048, 64]: 128 blocks of 128 rows would leave SMs idle; 256 of 64 fit at once
+        // more blocks than fit at once: no split
+        assert_eq!(prefill(choose_plan(false, 16, 8, 512, 512, 64, H100_SMS)), (64, 4, 1, 512));
+        assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 4, 1, 4096));
+        // [4, 8, 512, 64]: 256 blocks, short walks: a split would not fit beside them
+        assert_eq!(prefill(choose_plan(false, 4, 8, 512, 512, 64, H100_SMS)), (64, 4, 1, 512));
+        // [1, 8, 2048, 64]: 256 blocks fit at once, walks of up to 32 tiles
         assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 4, 2, 1024));
         // keys not a multiple of the tile: the splits still cover them
         assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 4, 4, 256));
@@ -198,10 +197,8 @@ mod tests {
     fn prefill_smem() {
         assert_eq!(prefill_smem_bytes(64, 4, 2), (64 + 3 * 128) * 72 * 2);
         assert_eq!(prefill_smem_bytes(128, 4, 2), (64 + 2 * 128) * 136 * 2);
-        assert_eq!(prefill_smem_bytes(256, 8, 2), (128 + 2 * 64) * 264 * 2);
-        for w in PREFILL_WARPS {
-            assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, w, 2) <= 227 * 1024));
-        }
+        assert_eq!(prefill_smem_bytes(256, 4, 2), (64 + 2 * 64) * 264 * 2);
+        assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, PREFILL_WARPS, 2) <= 227 * 1024));
     }
 
     #[test]

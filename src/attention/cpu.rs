@@ -166,7 +166,8 @@ fn run_tile<T: CpuFloat, const FMA: bool>(task: &Task<T>, o_tile: &mut [T]) {
                 let threshold = philox::drop_threshold(dropout.p);
                 let keep_scale = 1.0 / (1.0 - dropout.p);
                 for (c, x) in srow[..visible].iter_mut().enumerate() {
-                    let bits = philox::dropout_bits(dropout.seed, task.b as u32, task.h as u32, i as u32, (k0 + c) as u32);
+                    let bits =
+                        philox::dropout_bits(dropout.seed, task.b as u32, task.h as u32, i as u32, (k0 + c) as u32);
                     *x = if bits >= threshold { *x * keep_scale } else { 0.0 };
                 }
             }

@@ -197,14 +197,13 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                 params.num_splits = splits.num_splits as i32;
                 params.keys_per_split = splits.keys_per_split as i32;
                 if prob.b * splits.num_splits > MAX_GRID_YZ {
-                    bail!("fused_attention: B={} is over the CUDA grid limit {MAX_GRID_YZ}", prob.b * splits.num_splits);
+                    bail!(
+                        "fused_attention: B={} is over the CUDA grid limit {MAX_GRID_YZ}",
+                        prob.b * splits.num_splits
+                    );
                 }
                 let cfg = LaunchConfig {
-                    grid_dim: (
-                        prob.nq.div_ceil(block_m) as u32,
-                        prob.hq as u32,
-                        (prob.b * splits.num_splits) as u32,
-                    ),
+                    grid_dim: (prob.nq.div_ceil(block_m) as u32, prob.hq as u32, (prob.b * splits.num_splits) as u32),
                     block_dim: ((warps * 32) as u32, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };
