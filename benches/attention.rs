@@ -104,15 +104,10 @@ fn bench(c: &mut Criterion) {
             );
         }
         if dev.is_cuda() {
-            for n in [4096] {
-                bench_pair(
-                    c,
-                    &dev,
-                    "attn_seq/b1_h32_d128_causal",
-                    n,
-                    &Shape4 { b: 1, h: 32, nq: n, nk: n, d: 128, causal: true },
-                );
-            }
+            // the largest prefill, [1, 32, 4096, 128]
+            let n = 4096;
+            let shape = Shape4 { b: 1, h: 32, nq: n, nk: n, d: 128, causal: true };
+            bench_pair(c, &dev, "attn_seq/b1_h32_d128_causal", n, &shape);
         }
     }
 }

@@ -314,7 +314,7 @@ fn dropout_mask_matches_cpu() -> Result<()> {
             let cpu_zero = cpu.eq(0f32)?.flatten_all()?.to_vec1::<u8>()?;
             let cuda_zero = cuda.eq(0f32)?.flatten_all()?.to_vec1::<u8>()?;
             assert_eq!(cpu_zero, cuda_zero, "{dtype:?} Nq={nq}: dropped positions differ");
-            assert!(cpu_zero.iter().any(|&z| z == 1) && cpu_zero.iter().any(|&z| z == 0));
+            assert!(cpu_zero.contains(&1) && cpu_zero.contains(&0));
             assert_close(&cuda, &cpu, attn_tolerance(dtype), &format!("{dtype:?} Nq={nq} cuda vs cpu"));
         }
     }
