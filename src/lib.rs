@@ -8,6 +8,7 @@ mod bias_act;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod quant;
 pub mod reference;
 pub mod testing;
 

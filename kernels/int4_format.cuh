@@ -1,0 +1,70 @@
+// The packed INT4 weight format (src/quant/format.rs documents it in full) and its dequant
+// helpers. Weight W [N, K] -> packed u32 [ceil(N/8), K]: per tile of 8 rows, chunks of 128 k;
+// in chunk c lane l = 4g + t owns wc = min(4, K/32 - 4c) words at 128c + l*wc + j, word j holding
+// the mma.sync.m16n8k16 B fragments of row g for k in [128c + 32j, +32). Nibble p of a word is
+// k = 16*((p>>1)&1) + 2t + 8*(p&1) + (p>>2), so (word >> 4i) & 0x000f000f is fragment pair i.
+// Scales / zeros: f16 [K/G, N]; dequantized weight = (q - z) * s, z = 8 when symmetric.
+#pragma once
+#include "common.cuh"
+
+namespace tg::int4 {
+
+constexpr int TILE_N = 8;         // rows per packed tile = N of one m16n8k16 MMA
+constexpr int CHUNK_K = 128;      // k per 16-byte lane load
+constexpr int SUBTILE_K = 32;     // k per u32 word of one lane (two k16 MMA steps)
+constexpr int WORDS_PER_LANE = CHUNK_K / SUBTILE_K;
+constexpr int SYMMETRIC_ZERO = 8;
+constexpr uint32_t NIBBLE_PAIR_MASK = 0x000f000fu;  // nibbles p and p+4 = bits [0,4) and [16,20)
+constexpr uint32_t F16X2_1024 = 0x64006400u;        // f16 1024.0 twice: 1024 + q is exact for q < 1024
+constexpr uint32_t F32_2POW23 = 0x4b000000u;        // f32 2^23: 2^23 + q is exact
+
+// One lane's words of one chunk: what a single 16-byte load brings.
+struct alignas(16) LaneChunk {
+  uint32_t w[WORDS_PER_LANE];
+};
+static_assert(sizeof(LaneChunk) == 16, "one 16-byte load per lane per full chunk");
+static_assert(TILE_N * SUBTILE_K / 8 == WARP_SIZE, "a tile's 32-wide sub-tile is one word per lane");
+static_assert(2 * 16 == SUBTILE_K, "a word covers two k16 MMA steps");
+
+__host__ __device__ constexpr int nibble_k(int p, int t) { return 16 * ((p >> 1) & 1) + 2 * t + 8 * (p & 1) + (p >> 2); }
+__host__ __device__ constexpr int chunk_words(int K, int c) {
+  return (K / SUBTILE_K - WORDS_PER_LANE * c) < WORDS_PER_LANE ? (K / SUBTILE_K - WORDS_PER_LANE * c) : WORDS_PER_LANE;
+}
+
+// Streamed once: bypass L1 allocation, read-only path.
+__device__ __forceinline__ LaneChunk load_lane_chunk(const uint32_t* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return LaneChunk{{v.x, v.y, v.z, v.w}};
+}
+
+// Dequantizes fragment pair i (0..3) of a word to the MMA operand type: (q - z) * s rounded once.
+template <typename M> struct Dequant;
+
+template <> struct Dequant<__half> {
+  __half2 zz;  // 1024 + z
+  __half2 ss;  // s
+  __device__ __forceinline__ Dequant(__half s, float z) : zz(__float2half2_rn(1024.0f + z)), ss(__half2half2(s)) {}
+  __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
+    uint32_t b = ((word >> (4 * i)) & NIBBLE_PAIR_MASK) | F16X2_1024;
+    __half2 h = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&b), zz), ss);  // sub exact, one rounding
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+template <> struct Dequant<__nv_bfloat16> {
+  float zz;  // 2^23 + z
+  float s;
+  __device__ __forceinline__ Dequant(__half s_, float z) : zz(8388608.0f + z), s(__half2float(s_)) {}
+  __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
+    uint32_t b = (word >> (4 * i)) & NIBBLE_PAIR_MASK;
+    float lo = (__uint_as_float(F32_2POW23 | (b & 0xfu)) - zz) * s;  // exact in f32
+    float hi = (__uint_as_float(F32_2POW23 | (b >> 16)) - zz) * s;
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+}  // namespace tg::int4

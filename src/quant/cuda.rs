@@ -1,0 +1,158 @@
+//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu): dtype dispatch, launch shape, launches.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
+use half::f16;
+
+use super::format::{Int4Weight, TILE_N};
+use super::launch::{choose_gemm_config, GEMM_WARPS};
+use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
+
+const MODULE: &str = "int4_gemm";
+
+/// Mirrors `GemmDims` in kernels/int4_gemm.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct GemmDims {
+    m: i32,
+    n: i32,
+    k: i32,
+    group_size: i32,
+    chunks_per_split: i32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct (five ints).
+unsafe impl DeviceRepr for GemmDims {}
+
+fn i32_dim(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("int4: {what}={v} exceeds the kernel's i32 range")))
+}
+
+/// Runs `f` with the weight's device views (packed, scales, zeros).
+fn with_views<R>(
+    w: &Int4Weight,
+    f: impl FnOnce(CudaView<u32>, CudaView<f16>, Option<CudaView<f16>>) -> Result<R>,
+) -> Result<R> {
+    let (ps, pl) = w.packed.storage_and_layout();
+    let (ss, sl) = w.scales.storage_and_layout();
+    let zs = w.zeros.as_ref().map(|z| z.storage_and_layout());
+    let p = contiguous_view::<u32>(cuda_of(&ps)?, pl)?;
+    let s = contiguous_view::<f16>(cuda_of(&ss)?, sl)?;
+    let z = zs.as_ref().map(|(s, l)| contiguous_view::<f16>(cuda_of(s)?, l)).transpose()?;
+    f(p, s, z)
+}
+
+fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => bail!("int4: weight tensors are not on a CUDA device"),
+    }
+}
+
+fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    let n =
+        dev.cuda_stream().context().attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
+    Ok(n.max(1) as usize)
+}
+
+pub(super) fn matmul(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    match x.dtype() {
+        DType::F32 => matmul_t::<f32>(w, x, l),
+        DType::F16 => matmul_t::<half::f16>(w, x, l),
+        DType::BF16 => matmul_t::<half::bf16>(w, x, l),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "int4_matmul")),
+    }
+}
+
+fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (m, n, k) = (l.dims()[0], w.n, w.k);
+    if m > super::CUDA_FUSED_MAX_M {
+        bail!("int4_matmul: the fused CUDA kernel takes M <= {}, got {m}", super::CUDA_FUSED_MAX_M);
+    }
+    if l.start_offset() % 8 != 0 {
+        bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
+    }
+    let cfg = choose_gemm_config(m, n, k, sm_count(dev)?);
+    let dims = GemmDims {
+        m: i32_dim(m, "M")?,
+        n: i32_dim(n, "N")?,
+        k: i32_dim(k, "K")?,
+        group_size: w.cfg.group_size as i32,
+        chunks_per_split: cfg.chunks_per_split as i32,
+    };
+    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
+    let xs = contiguous_view::<T>(x, l)?;
+    let y = alloc_output::<T>(dev, m * n)?;
+    let partial = alloc_output::<f32>(dev, if cfg.splits > 1 { cfg.splits * m * n } else { 1 })?;
+    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_nt{}", cfg.tiles_per_warp))?;
+    with_views(w, |p, s, z| {
+        let null = 0u64; // a null `const __half*`: symmetric, implicit zero point
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&gemm);
+        b.arg(&xs).arg(&p).arg(&s);
+        match &z {
+            Some(z) => b.arg(z),
+            None => b.arg(&null),
+        };
+        b.arg(&y).arg(&partial).arg(&dims);
+        let lc = LaunchConfig {
+            grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, 1),
+            block_dim: ((GEMM_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types and count match `int4_gemm_<T>_nt<NT>` in kernels/int4_gemm.cu;
+        // every view covers the extents `dims` describes (checked by int4_matmul / the format).
+        unsafe { b.launch(lc) }.w()?;
+        Ok(())
+    })?;
+    if cfg.splits > 1 {
+        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
+        let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&reduce);
+        b.arg(&partial).arg(&y).arg(&mn).arg(&splits);
+        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n.
+        unsafe { b.launch(elementwise_config(m * n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+}
+
+pub(super) fn dequantize(w: &Int4Weight, dtype: DType) -> Result<(CudaStorage, Shape)> {
+    match dtype {
+        DType::F32 => dequantize_t::<f32>(w, dtype),
+        DType::F16 => dequantize_t::<half::f16>(w, dtype),
+        DType::BF16 => dequantize_t::<half::bf16>(w, dtype),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "int4 dequantize")),
+    }
+}
+
+fn dequantize_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, dtype: DType) -> Result<(CudaStorage, Shape)> {
+    let candle_core::Device::Cuda(dev) = w.device() else { bail!("int4: weight is not on a CUDA device") };
+    let (n, k) = (w.n, w.k);
+    let dims = GemmDims {
+        m: 0,
+        n: i32_dim(n, "N")?,
+        k: i32_dim(k, "K")?,
+        group_size: w.cfg.group_size as i32,
+        chunks_per_split: 0,
+    };
+    let out = alloc_output::<T>(dev, n * k)?;
+    let func = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_dequant_{}", dtype_suffix(dtype, "int4")?))?;
+    with_views(w, |p, s, z| {
+        let null = 0u64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&p).arg(&s);
+        match &z {
+            Some(z) => b.arg(z),
+            None => b.arg(&null),
+        };
+        b.arg(&out).arg(&dims);
+        // SAFETY: matches `int4_dequant_<T>`; `out` holds n * k elements, one write each.
+        unsafe { b.launch(elementwise_config(n.div_ceil(TILE_N) * k)) }.w()?;
+        Ok(())
+    })?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((n, k))))
+}

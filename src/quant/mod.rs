@@ -1,0 +1,206 @@
+//! INT4 weight-only quantization (W4A16): group-wise 4-bit weights with f16 scales, a matmul that
+//! reads them directly (CPU: AVX2/FMA + rayon; CUDA: tensor-core `mma.sync` with in-register
+//! dequantization), an [`Int4Linear`] layer, safetensors save/load and an error report.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Module};
+//! use tiny_gemm::quant::{int4_matmul, Int4Config, Int4Linear, Int4Weight};
+//! # fn main() -> candle_core::Result<()> {
+//! let w = Tensor::randn(0f32, 0.02, (96, 256), &Device::Cpu)?; // [N, K], as candle's Linear
+//! let q = Int4Weight::quantize(&w, Int4Config { group_size: 64, symmetric: false })?;
+//! let x = Tensor::randn(0f32, 1.0, (3, 256), &Device::Cpu)?;
+//! let y = int4_matmul(&x, &q)?; // [3, 96] = x · dequantize()ᵀ
+//! let want = x.matmul(&q.dequantize()?.t()?)?;
+//! assert!((y - want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+//! let layer = Int4Linear::from_linear(&candle_nn::Linear::new(w, None), Int4Config::default())?;
+//! assert_eq!(layer.forward(&x)?.dims(), [3, 96]);
+//! # Ok(()) }
+//! ```
+//!
+//! The format (rounding rule, packed layout) is documented in [`format`]'s module docs.
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod format;
+mod io;
+mod launch;
+mod report;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType};
+
+pub use format::{Int4Config, Int4Weight, FORMAT_VERSION, SUPPORTED_GROUP_SIZES};
+pub use io::{load_int4, save_int4};
+pub use report::{LayerReport, QuantReport};
+
+use crate::cpu::dispatch_float;
+
+/// Activation rows up to which CUDA runs the fused tensor-core kernel; larger M dequantizes the
+/// weight to the activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul.
+pub const CUDA_FUSED_MAX_M: usize = 16;
+
+/// `x · Wᵀ` for `x` of shape `[.., K]` and an INT4 weight `[N, K]`; the output is `[.., N]` in
+/// `x`'s dtype (f32, f16 or bf16), accumulated in f32. `x` must be on the weight's device.
+///
+/// Numerics: equals `x · dequantize()ᵀ` up to f32 accumulation order and one rounding of the
+/// output; on CUDA the weights enter the tensor cores rounded to f16 (f16 and f32 activations;
+/// f32 activations are rounded to f16 too) or bf16 (bf16 activations).
+pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
+    if !crate::cpu::is_supported_float(x.dtype()) {
+        return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "int4_matmul"));
+    }
+    let dims = x.dims();
+    let Some((&k, lead)) = dims.split_last() else { bail!("int4_matmul: x must have at least one dim, got a scalar") };
+    if k != w.k {
+        bail!("int4_matmul: x has shape {dims:?}, its last dim {k} must equal the weight's K={}", w.k);
+    }
+    if !x.device().same_device(w.device()) {
+        bail!("int4_matmul: x is on {:?} but the weight is on {:?}", x.device().location(), w.device().location());
+    }
+    let m: usize = lead.iter().product();
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.n);
+    if m == 0 {
+        return Tensor::zeros(out_dims, x.dtype(), x.device());
+    }
+    let mut x2 = x.reshape((m, k))?.contiguous()?;
+    if x2.device().is_cuda() && x2.layout().start_offset() % 8 != 0 {
+        x2 = x2.copy()?; // the kernel's vector loads want an aligned start
+    }
+    let y = if x.device().is_cuda() && m > CUDA_FUSED_MAX_M {
+        x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?
+    } else {
+        x2.apply_op1_no_bwd(&Int4MatMul { w: w.clone() })?
+    };
+    y.reshape(out_dims)
+}
+
+pub(crate) fn dequantize_op(w: &Int4Weight, dtype: DType) -> Result<Tensor> {
+    if !crate::cpu::is_supported_float(dtype) {
+        return Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "int4 dequantize"));
+    }
+    w.packed.apply_op1_no_bwd(&Int4Dequantize { w: w.clone(), dtype })
+}
+
+/// The contiguous CPU elements of a weight tensor.
+fn cpu_slice<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
+    let Storage::Cpu(c) = s else { bail!("int4: weight tensors are not on the CPU") };
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::RequiresContiguous { op: "int4" }.bt())?;
+    Ok(&c.as_slice::<T>()?[a..b])
+}
+
+/// Runs `f` on a host view of `w` (whose tensors must be on the CPU).
+fn with_host_view<R>(w: &Int4Weight, f: impl FnOnce(&cpu::WeightView) -> Result<R>) -> Result<R> {
+    let (ps, pl) = w.packed.storage_and_layout();
+    let (ss, sl) = w.scales.storage_and_layout();
+    let zs = w.zeros.as_ref().map(|z| z.storage_and_layout());
+    let view = cpu::WeightView {
+        packed: cpu_slice(&ps, pl)?,
+        scales: cpu_slice(&ss, sl)?,
+        zeros: zs.as_ref().map(|(s, l)| cpu_slice(s, l)).transpose()?,
+        n: w.n,
+        k: w.k,
+        group_size: w.cfg.group_size,
+    };
+    f(&view)
+}
+
+struct Int4MatMul {
+    w: Int4Weight,
+}
+
+fn matmul_cpu_t<T: crate::cpu::CpuFloat>(w: &Int4Weight, s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
+    let x = crate::cpu::contiguous::<T>(s, l)?;
+    let m = l.dims()[0];
+    with_host_view(w, |v| Ok(T::to_cpu_storage_owned(cpu::matmul(x, m, v))))
+}
+
+impl CustomOp1 for Int4MatMul {
+    fn name(&self) -> &'static str {
+        "int4_matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch_float!(s.dtype(), "int4_matmul", matmul_cpu_t(&self.w, s, l))?;
+        Ok((out, Shape::from((l.dims()[0], self.w.n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::matmul(&self.w, s, l)
+    }
+}
+
+struct Int4Dequantize {
+    w: Int4Weight,
+    dtype: DType,
+}
+
+fn dequantize_cpu_t<T: crate::cpu::CpuFloat>(w: &Int4Weight) -> Result<CpuStorage> {
+    with_host_view(w, |v| Ok(T::to_cpu_storage_owned(cpu::dequantize::<T>(v))))
+}
+
+impl CustomOp1 for Int4Dequantize {
+    fn name(&self) -> &'static str {
+        "int4_dequantize"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch_float!(self.dtype, "int4 dequantize", dequantize_cpu_t(&self.w))?;
+        Ok((out, Shape::from((self.w.n, self.w.k))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, _s: &candle_core::CudaStorage, _l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::dequantize(&self.w, self.dtype)
+    }
+}
+
+/// A linear layer `y = x · Wᵀ + b` with an INT4 weight: a drop-in for `candle_nn::Linear`.
+#[derive(Debug, Clone)]
+pub struct Int4Linear {
+    weight: Int4Weight,
+    bias: Option<Tensor>,
+}
+
+impl Int4Linear {
+    /// A layer from a quantized weight and an optional bias `[N]` (any float dtype; it is cast to
+    /// the activation dtype in `forward`).
+    pub fn new(weight: Int4Weight, bias: Option<Tensor>) -> Result<Self> {
+        if let Some(b) = &bias {
+            if b.dims() != [weight.n] {
+                bail!("Int4Linear: bias has shape {:?}, expected [{}]", b.dims(), weight.n);
+            }
+            if !b.device().same_device(weight.device()) {
+                bail!("Int4Linear: bias is on {:?}, weight on {:?}", b.device().location(), weight.device().location());
+            }
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// Quantizes a candle `Linear` (weight `[N, K]`, bias kept as is).
+    pub fn from_linear(linear: &candle_nn::Linear, cfg: Int4Config) -> Result<Self> {
+        Self::new(Int4Weight::quantize(linear.weight(), cfg)?, linear.bias().cloned())
+    }
+
+    /// The quantized weight.
+    pub fn weight(&self) -> &Int4Weight {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Int4Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = int4_matmul(x, &self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+}

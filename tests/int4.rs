@@ -1,0 +1,382 @@
+mod common;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use common::{devices, randn, FLOAT_DTYPES};
+use tiny_gemm::quant::{
+    int4_matmul, load_int4, save_int4, Int4Config, Int4Linear, Int4Weight, QuantReport, SUPPORTED_GROUP_SIZES,
+};
+
+fn configs() -> Vec<Int4Config> {
+    SUPPORTED_GROUP_SIZES
+        .iter()
+        .flat_map(|&group_size| [true, false].map(|symmetric| Int4Config { group_size, symmetric }))
+        .collect()
+}
+
+fn to_vec64(t: &Tensor) -> Vec<f64> {
+    t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Per-element scale of every weight: `s[n, k]` from the `[K/G, N]` scales.
+fn element_scales(q: &Int4Weight) -> Vec<f64> {
+    let (n, k, gs) = (q.out_features(), q.in_features(), q.config().group_size);
+    let s = to_vec64(q.scales());
+    (0..n * k).map(|i| s[(i % k / gs) * n + i / k]).collect()
+}
+
+/// `(c_acc, c_out)`: error allowed relative to `Σ|x|(|ŵ| + 16 s)` (the size of the summed
+/// terms, zero-point form included) and to `|y|` (one output rounding).
+/// CPU: exact weights and activations, f32 accumulation. CUDA: the weights enter the tensor
+/// cores rounded to f16 (bf16 for bf16 activations), f32 activations rounded to f16.
+fn tolerance(dev: &Device, dtype: DType) -> (f64, f64) {
+    let out = match dtype {
+        DType::F32 => 2e-6,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    };
+    let acc = match (dev.is_cuda(), dtype) {
+        (false, _) => 1e-5,
+        (true, DType::BF16) => 8e-3,
+        (true, _) => 1.2e-3,
+    };
+    (acc, out)
+}
+
+/// int4_matmul vs the f64 product with the exact dequantized weight.
+fn check_matmul(dev: &Device, m: usize, n: usize, k: usize, cfg: Int4Config, dtype: DType) -> Result<()> {
+    let w = (randn(&[n, k], DType::F32, dev)? * 0.05)?;
+    let q = Int4Weight::quantize(&w, cfg)?;
+    let x = randn(&[m, k], dtype, dev)?;
+    let y = int4_matmul(&x, &q)?;
+    assert_eq!((y.dims(), y.dtype()), (&[m, n][..], dtype));
+    assert!(y.device().same_device(dev));
+    let (xv, wv, sv, yv) = (to_vec64(&x), to_vec64(&q.dequantize()?), element_scales(&q), to_vec64(&y));
+    let (c_acc, c_out) = tolerance(dev, dtype);
+    for mi in 0..m {
+        for ni in 0..n {
+            let (mut want, mut size) = (0f64, 0f64);
+            for ki in 0..k {
+                let (a, b) = (xv[mi * k + ki], wv[ni * k + ki]);
+                want += a * b;
+                size += a.abs() * (b.abs() + 16.0 * sv[ni * k + ki]);
+            }
+            let got = yv[mi * n + ni];
+            let tol = c_acc * size + c_out * want.abs() + 1e-30;
+            assert!(
+                (got - want).abs() <= tol,
+                "{dev:?} {dtype:?} {cfg:?} M={m} N={n} K={k} at ({mi}, {ni}): got {got}, want {want}, tol {tol}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_matches_dequantized_weight() -> Result<()> {
+    for dev in devices() {
+        for cfg in configs() {
+            let gs = cfg.group_size;
+            // odd M and N, K = 1, 3 and 13 groups (K % 128 != 0 for the smaller group sizes);
+            // M = 17 and 33 take the large-M path on CUDA.
+            for (m, n, k) in
+                [(1, 17, gs), (3, 8, 3 * gs), (5, 33, 13 * gs), (16, 100, 3 * gs), (17, 9, gs), (33, 17, 3 * gs)]
+            {
+                for dtype in FLOAT_DTYPES {
+                    check_matmul(&dev, m, n, k, cfg, dtype)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_llm_sized_and_split_k() -> Result<()> {
+    // K=4096 exercises the split-K partials + reduce path on CUDA.
+    for dev in devices() {
+        for (m, dtype) in [(1, DType::F16), (7, DType::BF16), (16, DType::F32)] {
+            check_matmul(&dev, m, 263, 4096, Int4Config::default(), dtype)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_batched_strided_and_offset_inputs() -> Result<()> {
+    for dev in devices() {
+        let w = randn(&[40, 256], DType::F32, &dev)?;
+        let q = Int4Weight::quantize(&w, Int4Config { group_size: 64, symmetric: false })?;
+        let deq = q.dequantize()?;
+        // [2, 3, K] input
+        let x = randn(&[2, 3, 256], DType::F32, &dev)?;
+        let y = int4_matmul(&x, &q)?;
+        assert_eq!(y.dims(), [2, 3, 40]);
+        let want = x.reshape((6, 256))?.matmul(&deq.t()?)?.reshape((2, 3, 40))?;
+        common::assert_close(&y, &want, (2e-3, 2e-3), "3-D x");
+        // transposed (strided) x and x starting at an odd offset
+        let xt = randn(&[256, 5], DType::F32, &dev)?.t()?;
+        let want = xt.contiguous()?.matmul(&deq.t()?)?;
+        common::assert_close(&int4_matmul(&xt, &q)?, &want, (2e-3, 2e-3), "strided x");
+        let big = randn(&[1, 256 * 3 + 1], DType::F32, &dev)?;
+        let xo = big.narrow(1, 1, 256 * 3)?.reshape((3, 256))?;
+        let want = xo.contiguous()?.matmul(&deq.t()?)?;
+        common::assert_close(&int4_matmul(&xo, &q)?, &want, (2e-3, 2e-3), "offset x");
+        // M = 0
+        let e = int4_matmul(&Tensor::zeros((0, 256), DType::F32, &dev)?, &q)?;
+        assert_eq!(e.dims(), [0, 40]);
+    }
+    Ok(())
+}
+
+#[test]
+fn round_trip_within_half_a_step() -> Result<()> {
+    let (n, k) = (19, 384);
+    let gauss = randn(&[n, k], DType::F32, &Device::Cpu)?;
+    let mut special = to_vec64(&gauss).iter().map(|&v| v as f32).collect::<Vec<_>>();
+    special[..k].fill(0.0); // an all-zero row
+    special[k..2 * k].fill(0.3); // a constant row (asymmetric range must include 0)
+    special[2 * k + 5] = 40.0; // an outlier
+    special[3 * k..4 * k].iter_mut().for_each(|v| *v = v.abs() + 1.0); // all positive
+    special[4 * k..5 * k].iter_mut().for_each(|v| *v *= 1e-6); // tiny (subnormal f16 scales)
+    let special = Tensor::from_vec(special, (n, k), &Device::Cpu)?;
+    for (special, w) in [(false, gauss), (true, special)] {
+        for cfg in configs() {
+            let q = Int4Weight::quantize(&w, cfg)?;
+            let (wv, dv, sv) = (to_vec64(&w), to_vec64(&q.dequantize()?), element_scales(&q));
+            for i in 0..n * k {
+                let bound = sv[i] / 2.0 * (1.0 + 1e-6);
+                assert!((wv[i] - dv[i]).abs() <= bound, "{cfg:?} element {i}: w {} ŵ {} s {}", wv[i], dv[i], sv[i]);
+            }
+            assert!(!special || dv[..k].iter().all(|&v| v == 0.0), "zero row must stay exactly zero");
+            if let Some(z) = q.zeros() {
+                assert!(to_vec64(z).iter().all(|&z| z.fract() == 0.0 && (0.0..=15.0).contains(&z)));
+            }
+            // dequantized values are exactly (q - z) · s: multiples of s
+            for i in 0..n * k {
+                if sv[i] > 0.0 {
+                    let r = dv[i] / sv[i];
+                    assert!(r == r.round() && r.abs() <= 15.0, "{cfg:?} element {i}: ŵ/s = {r}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dequantize_same_on_every_device_and_dtype() -> Result<()> {
+    let w = randn(&[21, 320], DType::F32, &Device::Cpu)?;
+    for cfg in configs().into_iter().filter(|c| 320 % c.group_size == 0) {
+        let q = Int4Weight::quantize(&w, cfg)?;
+        let exact = q.dequantize()?;
+        for dev in devices() {
+            let qd = q.to_device(&dev)?;
+            for dtype in FLOAT_DTYPES {
+                let got = to_vec64(&qd.dequantize_to(dtype)?);
+                let want = to_vec64(&exact.to_dtype(dtype)?); // one rounding of the exact value
+                assert_eq!(got, want, "{dev:?} {dtype:?} {cfg:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn save_load_bit_exact() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tiny_gemm_int4_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("layers.safetensors");
+    let layers: Vec<(String, Int4Weight)> = configs()
+        .into_iter()
+        .enumerate()
+        .map(|(i, cfg)| {
+            Ok((format!("layer{i}.mlp"), Int4Weight::quantize(&randn(&[17 + i, 384], DType::F32, &Device::Cpu)?, cfg)?))
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, &Int4Weight)> = layers.iter().map(|(n, w)| (n.as_str(), w)).collect();
+    save_int4(&path, &refs)?;
+    for dev in devices() {
+        let loaded = load_int4(&path, &dev)?;
+        assert_eq!(loaded.len(), layers.len());
+        for (name, w) in &layers {
+            let l = &loaded[name];
+            assert_eq!(l.config(), w.config());
+            assert_eq!((l.out_features(), l.in_features()), (w.out_features(), w.in_features()));
+            assert!(l.device().same_device(&dev));
+            let bits = |t: &Tensor| {
+                t.to_device(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(bits(l.packed()), bits(w.packed()), "{name} packed");
+            assert_eq!(bits(l.scales()), bits(w.scales()), "{name} scales");
+            assert_eq!(l.zeros().map(bits), w.zeros().map(bits), "{name} zeros");
+        }
+    }
+    // single-weight helpers
+    let one = &layers[1].1;
+    let p1 = dir.join("one.safetensors");
+    one.save(&p1)?;
+    let back = Int4Weight::load(&p1, &Device::Cpu)?;
+    assert_eq!(to_vec64(&back.dequantize()?), to_vec64(&one.dequantize()?));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn err_text<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_config_and_shapes_are_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let w = Tensor::zeros((8, 100), DType::F32, &dev)?;
+    let msg = err_text(Int4Weight::quantize(&w, Int4Config { group_size: 32, symmetric: true }));
+    assert!(msg.contains("K=100") && msg.contains("32"), "{msg}");
+    for gs in [0, 16, 48, 256] {
+        let w = Tensor::zeros((8, 768), DType::F32, &dev)?;
+        let msg = err_text(Int4Weight::quantize(&w, Int4Config { group_size: gs, symmetric: false }));
+        assert!(msg.contains(&format!("group size {gs}")), "{msg}");
+    }
+    let msg = err_text(Int4Weight::quantize(&Tensor::zeros(128, DType::F32, &dev)?, Int4Config::default()));
+    assert!(msg.contains("2-D"), "{msg}");
+    let msg = err_text(Int4Weight::quantize(&Tensor::zeros((0, 128), DType::F32, &dev)?, Int4Config::default()));
+    assert!(msg.contains("N=0"), "{msg}");
+    let mut v = vec![0.5f32; 8 * 128];
+    v[300] = f32::NAN;
+    let msg = err_text(Int4Weight::quantize(&Tensor::from_vec(v, (8, 128), &dev)?, Int4Config::default()));
+    assert!(msg.contains("not finite"), "{msg}");
+    let msg = err_text(Int4Weight::quantize(&Tensor::full(1e9f32, (8, 128), &dev)?, Int4Config::default()));
+    assert!(msg.contains("f16"), "{msg}");
+
+    let q = Int4Weight::quantize(&randn(&[8, 256], DType::F32, &dev)?, Int4Config::default())?;
+    let msg = err_text(int4_matmul(&Tensor::zeros((2, 255), DType::F32, &dev)?, &q));
+    assert!(msg.contains("255") && msg.contains("K=256"), "{msg}");
+    for dtype in [DType::F64, DType::U32, DType::U8] {
+        let msg = err_text(int4_matmul(&Tensor::zeros((2, 256), dtype, &dev)?, &q));
+        assert!(msg.contains("int4_matmul"), "{msg}");
+    }
+    let msg = err_text(q.dequantize_to(DType::U8));
+    assert!(msg.contains("dequantize"), "{msg}");
+    let msg = err_text(Int4Linear::new(q.clone(), Some(Tensor::zeros(7, DType::F32, &dev)?)));
+    assert!(msg.contains("[7]") && msg.contains("[8]"), "{msg}");
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn device_mismatch_is_an_error() -> Result<()> {
+    let gpu = common::cuda_device();
+    let q = Int4Weight::quantize(&randn(&[8, 128], DType::F32, &Device::Cpu)?, Int4Config::default())?;
+    let msg = err_text(int4_matmul(&Tensor::zeros((1, 128), DType::F32, &gpu)?, &q));
+    assert!(msg.contains("Cpu") && msg.contains("Cuda"), "{msg}");
+    let qg = q.to_device(&gpu)?;
+    let msg = err_text(int4_matmul(&Tensor::zeros((1, 128), DType::F32, &Device::Cpu)?, &qg));
+    assert!(msg.contains("Cpu") && msg.contains("Cuda"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn bad_files_are_errors() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tiny_gemm_int4_bad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let good = dir.join("good.safetensors");
+    let q = Int4Weight::quantize(
+        &randn(&[24, 256], DType::F32, &Device::Cpu)?,
+        Int4Config { group_size: 64, symmetric: false },
+    )?;
+    q.save(&good)?;
+    let bytes = std::fs::read(&good)?;
+    let bad = dir.join("bad.safetensors");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // truncated anywhere: in the length prefix, the header, the data
+    for cut in [0, 4, 9, header_len / 2, 8 + header_len, bytes.len() - 1] {
+        std::fs::write(&bad, &bytes[..cut])?;
+        err_text(Int4Weight::load(&bad, &Device::Cpu));
+    }
+    // one flipped bit in the data: packed codes, scales, the last byte
+    for pos in [8 + header_len, 8 + header_len + 1000, bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x10;
+        std::fs::write(&bad, &b)?;
+        let msg = err_text(Int4Weight::load(&bad, &Device::Cpu));
+        assert!(msg.contains("checksum"), "{msg}");
+    }
+    // tampered metadata: the config no longer matches the tensors, a different version
+    let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    for (from, to, expect) in [
+        ("n=24,", "n=16,", "config needs"),
+        ("group_size=64", "group_size=32", "config needs"),
+        ("symmetric=false", "symmetric=truee", "bad config"),
+        ("\"format_version\":\"1\"", "\"format_version\":\"9\"", "version"),
+    ] {
+        assert!(header.contains(from), "{from} not in {header}");
+        let h = header.replacen(from, to, 1);
+        let pad = h.len() as i64 - header_len as i64;
+        let mut b = Vec::new();
+        b.extend((h.len() as u64).to_le_bytes());
+        b.extend(h.as_bytes());
+        b.extend(&bytes[8 + header_len..]);
+        std::fs::write(&bad, &b)?;
+        let msg = err_text(Int4Weight::load(&bad, &Device::Cpu));
+        assert!(msg.contains(expect), "{from}->{to} (len {pad:+}): {msg}");
+    }
+    // not a file of ours
+    std::fs::write(&bad, b"not a safetensors file at all")?;
+    err_text(Int4Weight::load(&bad, &Device::Cpu));
+    err_text(Int4Weight::load(dir.join("missing.safetensors"), &Device::Cpu));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn int4_linear_matches_candle_linear_on_dequantized_weight() -> Result<()> {
+    for dev in devices() {
+        let w = (randn(&[48, 256], DType::F32, &dev)? * 0.1)?;
+        let b = randn(&[48], DType::F32, &dev)?;
+        let cfg = Int4Config { group_size: 32, symmetric: true };
+        let layer = Int4Linear::from_linear(&candle_nn::Linear::new(w.clone(), Some(b.clone())), cfg)?;
+        let stock = candle_nn::Linear::new(layer.weight().dequantize()?, Some(b.clone()));
+        let x = randn(&[3, 256], DType::F32, &dev)?;
+        common::assert_close(&layer.forward(&x)?, &stock.forward(&x)?, (2e-3, 2e-3), "Int4Linear");
+        let no_bias = Int4Linear::new(layer.weight().clone(), None)?;
+        assert!(no_bias.bias().is_none());
+        let x16 = x.to_dtype(DType::F16)?;
+        assert_eq!(layer.forward(&x16)?.dtype(), DType::F16);
+    }
+    Ok(())
+}
+
+#[test]
+fn report_measures_each_layer() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut coarse = QuantReport::new(Int4Config { group_size: 128, symmetric: true });
+    let mut fine = QuantReport::new(Int4Config { group_size: 32, symmetric: false });
+    let x = randn(&[8, 512], DType::F32, &dev)?;
+    for name in ["q_proj", "up_proj"] {
+        let w = randn(&[64, 512], DType::F32, &dev)?;
+        coarse.quantize_layer(name, &w, &x)?;
+        fine.quantize_layer(name, &w, &x)?;
+    }
+    for r in [&coarse, &fine] {
+        assert_eq!(r.layers.len(), 2);
+        for l in &r.layers {
+            assert!(l.weight_rel_err > 0.0 && l.weight_rel_err < 0.2, "{l:?}");
+            assert!(l.output_rel_err > 0.0 && l.output_rel_err < 0.2, "{l:?}");
+        }
+        let table = r.to_string();
+        assert!(table.contains("q_proj") && table.contains("up_proj"), "{table}");
+    }
+    // smaller asymmetric groups fit better
+    assert!(fine.layers[0].weight_rel_err < coarse.layers[0].weight_rel_err);
+    assert!(fine.worst_output_rel_err() < coarse.worst_output_rel_err());
+    Ok(())
+}
