@@ -380,3 +380,40 @@ fn report_measures_each_layer() -> Result<()> {
     assert!(fine.worst_output_rel_err() < coarse.worst_output_rel_err());
     Ok(())
 }
+
+/// Manual timing on a loaded machine: process CPU time per call (`cargo test --release --test
+/// int4 -- --ignored --nocapture cpu_time`).
+#[test]
+#[ignore]
+fn cpu_time_per_call() -> Result<()> {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    fn cpu_ticks() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+    let dev = Device::Cpu;
+    let (n, k) = (11008, 4096);
+    let w = (randn(&[n, k], DType::F32, &dev)? * 0.02)?;
+    let q = Int4Weight::quantize(&w, Int4Config::default())?;
+    let q40 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_0)?)?;
+    for m in [1, 4, 16] {
+        let x = randn(&[m, k], DType::F32, &dev)?;
+        let iters = 20;
+        let run = |name: &str, f: &dyn Fn() -> Result<Tensor>| -> Result<()> {
+            f()?;
+            let (t0, c0) = (std::time::Instant::now(), cpu_ticks());
+            for _ in 0..iters {
+                f()?;
+            }
+            let (wall, cpu) =
+                (t0.elapsed().as_secs_f64() / iters as f64, (cpu_ticks() - c0) as f64 / 100.0 / iters as f64);
+            println!("m={m:3} {name:12} wall {:8.3} ms  cpu {:8.3} ms", wall * 1e3, cpu * 1e3);
+            Ok(())
+        };
+        run("int4", &|| int4_matmul(&x, &q))?;
+        run("q4_0", &|| q40.forward(&x))?;
+        run("f32 matmul", &|| x.matmul(&w.t()?))?;
+    }
+    Ok(())
+}
