@@ -11,7 +11,9 @@
 
 using namespace tg::int4;
 
-constexpr int GEMM_WARPS = 4;  // warps per block (mirrors GEMM_WARPS in src/quant/cuda.rs)
+constexpr int GEMM_WARPS = 4;  // warps per block (mirrors GEMM_WARPS in src/quant/launch.rs)
+constexpr int PIPE_LOADS = 4;  // 16-byte weight loads in flight per lane
+constexpr int GEMM_MIN_BLOCKS = 8;  // resident blocks per SM to keep registers for (<= 64 regs)
 
 // Mirrors `GemmDims` in src/quant/cuda.rs.
 struct GemmDims {
@@ -111,32 +113,44 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   const int c_end = min(n_chunks, c_begin + d.chunks_per_split);
   const int full_end = min(c_end, d.K / CHUNK_K);  // chunks with 4 words per lane
 
-  // Prologue: first full chunk's words. Tiles past the end (N < NT*8 tail) read tile n_tiles-1.
   auto tile_ptr = [&](int i, int c, int wc) {
+    // tiles past the end (the NT = 2 tail) re-read the last tile; their outputs are not stored
     const int tile = min(wt.tile0 + i, wt.n_tiles - 1);
     return packed + (int64_t)tile * d.K + (int64_t)c * CHUNK_K + lane * wc;
   };
-  LaneChunk cur[NT];
-  if (c_begin < full_end) {
+  // Ring of STAGES chunks per tile: PIPE_LOADS 16-byte loads in flight per lane, so enough
+  // bytes are in flight to cover HBM latency (one load in flight per lane reached ~0.9 TB/s).
+  constexpr int STAGES = PIPE_LOADS / NT;
+  static_assert(STAGES >= 1 && PIPE_LOADS % NT == 0, "PIPE_LOADS must be a multiple of NT");
+  LaneChunk ring[STAGES][NT];
 #pragma unroll
-    for (int i = 0; i < NT; ++i) cur[i] = load_lane_chunk(tile_ptr(i, c_begin, WORDS_PER_LANE));
+  for (int s = 0; s < STAGES; ++s) {
+    if (c_begin + s < full_end) {
+#pragma unroll
+      for (int i = 0; i < NT; ++i) ring[s][i] = load_lane_chunk(tile_ptr(i, c_begin + s, WORDS_PER_LANE));
+    }
   }
-  // Main loop: full chunks, next chunk's load in flight during this chunk's math.
-  for (int c = c_begin; c < full_end; ++c) {
-    LaneChunk nxt[NT];
-    if (c + 1 < full_end) {
+  // Main loop over full chunks; slot s is refilled with chunk c + STAGES before chunk c's math.
+  for (int c0 = c_begin; c0 < full_end; c0 += STAGES) {
 #pragma unroll
-      for (int i = 0; i < NT; ++i) nxt[i] = load_lane_chunk(tile_ptr(i, c + 1, WORDS_PER_LANE));
+    for (int s = 0; s < STAGES; ++s) {
+      const int c = c0 + s;
+      if (c >= full_end) break;
+      LaneChunk cur[NT];
+#pragma unroll
+      for (int i = 0; i < NT; ++i) cur[i] = ring[s][i];
+      if (c + STAGES < full_end) {
+#pragma unroll
+        for (int i = 0; i < NT; ++i) ring[s][i] = load_lane_chunk(tile_ptr(i, c + STAGES, WORDS_PER_LANE));
+      }
+#pragma unroll
+      for (int j = 0; j < WORDS_PER_LANE; ++j) {
+        uint32_t w[NT];
+#pragma unroll
+        for (int i = 0; i < NT; ++i) w[i] = cur[i].w[j];
+        wt.word_step(w, x, scales, zeros, d, c * CHUNK_K + j * SUBTILE_K);
+      }
     }
-#pragma unroll
-    for (int j = 0; j < WORDS_PER_LANE; ++j) {
-      uint32_t w[NT];
-#pragma unroll
-      for (int i = 0; i < NT; ++i) w[i] = cur[i].w[j];
-      wt.word_step(w, x, scales, zeros, d, c * CHUNK_K + j * SUBTILE_K);
-    }
-#pragma unroll
-    for (int i = 0; i < NT; ++i) cur[i] = nxt[i];
   }
   // Tail: the last chunk when K % 128 != 0 (1..3 words per lane).
   for (int c = max(c_begin, full_end); c < c_end; ++c) {
@@ -176,33 +190,45 @@ __device__ void int4_reduce(const float* __restrict__ partial, T* __restrict__ y
   }
 }
 
-// out[n, k] = (q - z) * s in T; one thread per packed word.
+// out[n, k] = (q - z) * s in T. One thread per 8 consecutive k of a row, so each thread stores
+// 8 contiguous outputs and a warp's stores are contiguous; it gathers its 16 nibbles from the 4
+// words (lanes t = 0..3 of row g) that hold them.
 template <typename T>
 __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* __restrict__ scales,
                              const __half* __restrict__ zeros, T* __restrict__ out, GemmDims d) {
-  const int64_t words = (int64_t)tg::ceil_div(d.N, TILE_N) * d.K;
-  for (int64_t wi = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; wi < words; wi += (int64_t)gridDim.x * blockDim.x) {
-    const int tile = (int)(wi / d.K), r = (int)(wi % d.K);
-    const int c = r / CHUNK_K, wc = chunk_words(d.K, c), off = r - c * CHUNK_K;
-    const int lane = off / wc, j = off % wc;
-    const int n = tile * TILE_N + lane / 4, t = lane % 4;
-    if (n >= d.N) continue;
-    const int k0 = c * CHUNK_K + j * SUBTILE_K;
-    const int64_t si = (int64_t)(k0 / d.group_size) * d.N + n;
+  constexpr int RUN = 8;  // outputs per thread: k in [k8, k8 + 8) share i = r / 16 and h = (r % 16) / 8
+  static_assert(SUBTILE_K % RUN == 0, "a run stays inside one 32-wide sub-tile");
+  const int64_t runs = (int64_t)d.N * (d.K / RUN);
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < runs; idx += (int64_t)gridDim.x * blockDim.x) {
+    const int n = (int)(idx / (d.K / RUN)), k8 = (int)(idx % (d.K / RUN)) * RUN;
+    const int c = k8 / CHUNK_K, wc = chunk_words(d.K, c), j = (k8 % CHUNK_K) / SUBTILE_K, r = k8 % SUBTILE_K;
+    const int i = r / 16, h = (r % 16) / 8;
+    const int g = n % TILE_N;
+    const uint32_t* tile = packed + (int64_t)(n / TILE_N) * d.K + (int64_t)c * CHUNK_K;
+    const int64_t si = (int64_t)(k8 / d.group_size) * d.N + n;
     const float s = __half2float(scales[si]);
     const float z = zeros != nullptr ? __half2float(zeros[si]) : (float)SYMMETRIC_ZERO;
-    const uint32_t word = packed[wi];
+    alignas(16) T v[RUN];
 #pragma unroll
-    for (int p = 0; p < 8; ++p) {
-      const float q = (float)((word >> (4 * p)) & 0xfu);
-      out[(int64_t)n * d.K + k0 + nibble_k(p, t)] = tg::from_float<T>((q - z) * s);
+    for (int t = 0; t < 4; ++t) {
+      const uint32_t word = tile[(4 * g + t) * wc + j];
+#pragma unroll
+      for (int p1 = 0; p1 < 2; ++p1) {
+        const int p = 4 * p1 + 2 * i + h;  // k = k8 + 2t + p1 (see nibble_k)
+        v[2 * t + p1] = tg::from_float<T>(((float)((word >> (4 * p)) & 0xfu) - z) * s);
+      }
     }
+    // 16-byte stores: n * K + k8 is a multiple of 8 elements (K % 32 == 0)
+    static_assert(RUN * sizeof(T) % 16 == 0, "whole 16-byte stores");
+    uint4* o = reinterpret_cast<uint4*>(out + (int64_t)n * d.K + k8);
+#pragma unroll
+    for (int e = 0; e < (int)(RUN * sizeof(T) / 16); ++e) o[e] = reinterpret_cast<const uint4*>(v)[e];
   }
 }
 
 // Entry points: int4_gemm_<dtype>_nt<NT>, int4_reduce_<dtype>, int4_dequant_<dtype>.
 #define INT4_GEMM_ENTRY(T, TNAME, NT)                                                                          \
-  extern "C" __global__ void __launch_bounds__(GEMM_WARPS * tg::WARP_SIZE) int4_gemm_##TNAME##_nt##NT(       \
+  extern "C" __global__ void __launch_bounds__(GEMM_WARPS * tg::WARP_SIZE, GEMM_MIN_BLOCKS) int4_gemm_##TNAME##_nt##NT(       \
       const T* x, const uint32_t* packed, const __half* scales, const __half* zeros, T* y, float* partial,    \
       GemmDims d) {                                                                                            \
     int4_gemm_small_m<T, NT>(x, packed, scales, zeros, y, partial, d);                                         \

@@ -42,16 +42,13 @@ fn tolerance(dev: &Device, dtype: DType) -> (f64, f64) {
     (acc, out)
 }
 
-/// int4_matmul vs the f64 product with the exact dequantized weight.
-fn check_matmul(dev: &Device, m: usize, n: usize, k: usize, cfg: Int4Config, dtype: DType) -> Result<()> {
-    let w = (randn(&[n, k], DType::F32, dev)? * 0.05)?;
-    let q = Int4Weight::quantize(&w, cfg)?;
-    let x = randn(&[m, k], dtype, dev)?;
-    let y = int4_matmul(&x, &q)?;
-    assert_eq!((y.dims(), y.dtype()), (&[m, n][..], dtype));
-    assert!(y.device().same_device(dev));
-    let (xv, wv, sv, yv) = (to_vec64(&x), to_vec64(&q.dequantize()?), element_scales(&q), to_vec64(&y));
-    let (c_acc, c_out) = tolerance(dev, dtype);
+/// Asserts `y == x · dequantize(q)ᵀ` (f64) within the accumulation bound of `tolerance`.
+fn assert_matches_dequantized(x: &Tensor, q: &Int4Weight, y: &Tensor, what: &str) -> Result<()> {
+    let (n, k) = (q.out_features(), q.in_features());
+    let m = x.elem_count() / k;
+    assert_eq!(y.elem_count(), m * n, "{what}: output size");
+    let (xv, wv, sv, yv) = (to_vec64(x), to_vec64(&q.dequantize()?), element_scales(q), to_vec64(y));
+    let (c_acc, c_out) = tolerance(x.device(), x.dtype());
     for mi in 0..m {
         for ni in 0..n {
             let (mut want, mut size) = (0f64, 0f64);
@@ -62,13 +59,21 @@ fn check_matmul(dev: &Device, m: usize, n: usize, k: usize, cfg: Int4Config, dty
             }
             let got = yv[mi * n + ni];
             let tol = c_acc * size + c_out * want.abs() + 1e-30;
-            assert!(
-                (got - want).abs() <= tol,
-                "{dev:?} {dtype:?} {cfg:?} M={m} N={n} K={k} at ({mi}, {ni}): got {got}, want {want}, tol {tol}"
-            );
+            assert!((got - want).abs() <= tol, "{what} at ({mi}, {ni}): got {got}, want {want}, tol {tol}");
         }
     }
     Ok(())
+}
+
+/// int4_matmul vs the f64 product with the exact dequantized weight.
+fn check_matmul(dev: &Device, m: usize, n: usize, k: usize, cfg: Int4Config, dtype: DType) -> Result<()> {
+    let w = (randn(&[n, k], DType::F32, dev)? * 0.05)?;
+    let q = Int4Weight::quantize(&w, cfg)?;
+    let x = randn(&[m, k], dtype, dev)?;
+    let y = int4_matmul(&x, &q)?;
+    assert_eq!((y.dims(), y.dtype()), (&[m, n][..], dtype));
+    assert!(y.device().same_device(dev));
+    assert_matches_dequantized(&x, &q, &y, &format!("{dev:?} {dtype:?} {cfg:?} M={m} N={n} K={k}"))
 }
 
 #[test]
@@ -106,21 +111,17 @@ fn matmul_batched_strided_and_offset_inputs() -> Result<()> {
     for dev in devices() {
         let w = randn(&[40, 256], DType::F32, &dev)?;
         let q = Int4Weight::quantize(&w, Int4Config { group_size: 64, symmetric: false })?;
-        let deq = q.dequantize()?;
         // [2, 3, K] input
         let x = randn(&[2, 3, 256], DType::F32, &dev)?;
         let y = int4_matmul(&x, &q)?;
         assert_eq!(y.dims(), [2, 3, 40]);
-        let want = x.reshape((6, 256))?.matmul(&deq.t()?)?.reshape((2, 3, 40))?;
-        common::assert_close(&y, &want, (2e-3, 2e-3), "3-D x");
+        assert_matches_dequantized(&x, &q, &y, "3-D x")?;
         // transposed (strided) x and x starting at an odd offset
         let xt = randn(&[256, 5], DType::F32, &dev)?.t()?;
-        let want = xt.contiguous()?.matmul(&deq.t()?)?;
-        common::assert_close(&int4_matmul(&xt, &q)?, &want, (2e-3, 2e-3), "strided x");
+        assert_matches_dequantized(&xt.contiguous()?, &q, &int4_matmul(&xt, &q)?, "strided x")?;
         let big = randn(&[1, 256 * 3 + 1], DType::F32, &dev)?;
         let xo = big.narrow(1, 1, 256 * 3)?.reshape((3, 256))?;
-        let want = xo.contiguous()?.matmul(&deq.t()?)?;
-        common::assert_close(&int4_matmul(&xo, &q)?, &want, (2e-3, 2e-3), "offset x");
+        assert_matches_dequantized(&xo.contiguous()?, &q, &int4_matmul(&xo, &q)?, "offset x")?;
         // M = 0
         let e = int4_matmul(&Tensor::zeros((0, 256), DType::F32, &dev)?, &q)?;
         assert_eq!(e.dims(), [0, 40]);
@@ -346,7 +347,9 @@ fn int4_linear_matches_candle_linear_on_dequantized_weight() -> Result<()> {
         let layer = Int4Linear::from_linear(&candle_nn::Linear::new(w.clone(), Some(b.clone())), cfg)?;
         let stock = candle_nn::Linear::new(layer.weight().dequantize()?, Some(b.clone()));
         let x = randn(&[3, 256], DType::F32, &dev)?;
-        common::assert_close(&layer.forward(&x)?, &stock.forward(&x)?, (2e-3, 2e-3), "Int4Linear");
+        // CUDA rounds x and ŵ to f16 inside the kernel (see `tolerance`)
+        let tol = if dev.is_cuda() { (1e-2, 1e-2) } else { (1e-4, 1e-4) };
+        common::assert_close(&layer.forward(&x)?, &stock.forward(&x)?, tol, "Int4Linear");
         let no_bias = Int4Linear::new(layer.weight().clone(), None)?;
         assert!(no_bias.bias().is_none());
         let x16 = x.to_dtype(DType::F16)?;

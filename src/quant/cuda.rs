@@ -1,16 +1,21 @@
 //! CUDA glue of the INT4 ops (kernels/int4_gemm.cu): dtype dispatch, launch shape, launches.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 use half::f16;
 
-use super::format::{Int4Weight, TILE_N};
+use super::format::Int4Weight;
 use super::launch::{choose_gemm_config, GEMM_WARPS};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
 
 const MODULE: &str = "int4_gemm";
+/// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
+const DEQUANT_RUN: usize = 8;
 
 /// Mirrors `GemmDims` in kernels/int4_gemm.cu.
 #[repr(C)]
@@ -151,7 +156,7 @@ fn dequantize_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, dtype: DType) -> Resu
         };
         b.arg(&out).arg(&dims);
         // SAFETY: matches `int4_dequant_<T>`; `out` holds n * k elements, one write each.
-        unsafe { b.launch(elementwise_config(n.div_ceil(TILE_N) * k)) }.w()?;
+        unsafe { b.launch(elementwise_config(n * k / DEQUANT_RUN)) }.w()?;
         Ok(())
     })?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((n, k))))
