@@ -16,7 +16,7 @@ constexpr int WORDS_PER_LANE = CHUNK_K / SUBTILE_K;
 constexpr int SYMMETRIC_ZERO = 8;
 constexpr uint32_t NIBBLE_PAIR_MASK = 0x000f000fu;  // nibbles p and p+4 = bits [0,4) and [16,20)
 constexpr uint32_t F16X2_1024 = 0x64006400u;        // f16 1024.0 twice: 1024 + q is exact for q < 1024
-constexpr uint32_t F32_2POW23 = 0x4b000000u;        // f32 2^23: 2^23 + q is exact
+constexpr uint32_t BF16X2_128 = 0x43004300u;        // bf16 128.0 twice: 128 + q is exact for q < 128
 
 // One lane's words of one chunk: what a single 16-byte load brings.
 struct alignas(16) LaneChunk {
@@ -40,29 +40,27 @@ __device__ __forceinline__ LaneChunk load_lane_chunk(const uint32_t* p) {
   return LaneChunk{{v.x, v.y, v.z, v.w}};
 }
 
-// Dequantizes fragment pair i (0..3) of a word to the MMA operand type: (q - z) * s rounded once.
-template <typename M> struct Dequant;
+// Fragment pair i (0..3) of a word as the exact integers (q - z) in the MMA operand type: the
+// magic-number trick puts q in the mantissa of 1024 + q (f16) or 128 + q (bf16), and subtracting
+// 1024 + z (128 + z) is exact. Scales are applied to the f32 accumulators once per group.
+template <typename M> struct ZeroShift;
 
-template <> struct Dequant<__half> {
+template <> struct ZeroShift<__half> {
   __half2 zz;  // 1024 + z
-  __half2 ss;  // s
-  __device__ __forceinline__ Dequant(__half s, float z) : zz(__float2half2_rn(1024.0f + z)), ss(__half2half2(s)) {}
+  __device__ __forceinline__ explicit ZeroShift(float z) : zz(__float2half2_rn(1024.0f + z)) {}
   __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
     uint32_t b = ((word >> (4 * i)) & NIBBLE_PAIR_MASK) | F16X2_1024;
-    __half2 h = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&b), zz), ss);  // sub exact, one rounding
+    __half2 h = __hsub2(*reinterpret_cast<__half2*>(&b), zz);
     return *reinterpret_cast<uint32_t*>(&h);
   }
 };
 
-template <> struct Dequant<__nv_bfloat16> {
-  float zz;  // 2^23 + z
-  float s;
-  __device__ __forceinline__ Dequant(__half s_, float z) : zz(8388608.0f + z), s(__half2float(s_)) {}
+template <> struct ZeroShift<__nv_bfloat16> {
+  __nv_bfloat162 zz;  // 128 + z
+  __device__ __forceinline__ explicit ZeroShift(float z) : zz(__float2bfloat162_rn(128.0f + z)) {}
   __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
-    uint32_t b = (word >> (4 * i)) & NIBBLE_PAIR_MASK;
-    float lo = (__uint_as_float(F32_2POW23 | (b & 0xfu)) - zz) * s;  // exact in f32
-    float hi = (__uint_as_float(F32_2POW23 | (b >> 16)) - zz) * s;
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    uint32_t b = ((word >> (4 * i)) & NIBBLE_PAIR_MASK) | BF16X2_128;
+    __nv_bfloat162 h = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&b), zz);
     return *reinterpret_cast<uint32_t*>(&h);
   }
 };

@@ -51,47 +51,80 @@ template <> __device__ __forceinline__ uint32_t load_x_pair<float>(const float* 
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
-// The A fragment of rows 0..15, k in [k16, k16 + 16).
-template <typename T>
-__device__ __forceinline__ void load_a(uint32_t a[4], const T* x, int K, int k16, int g, int t, bool lo, bool hi) {
-  const int64_t r0 = (int64_t)g * K + k16 + 2 * t, r1 = r0 + 8 * (int64_t)K;
-  a[0] = load_x_pair(x, lo, r0);
-  a[1] = load_x_pair(x, hi, r1);
-  a[2] = load_x_pair(x, lo, r0 + 8);
-  a[3] = load_x_pair(x, hi, r1 + 8);
-}
-
-// One lane's share of a warp: NT tiles of 8 rows, accumulators for rows g and g + 8.
-template <typename T, int NT> struct WarpTiles {
+// One lane's share of a warp: NT tiles of 8 output rows, activation rows g and (ROWS16) g + 8.
+// Per group of G k the MMAs accumulate x . (q - z) exactly into `grp`; closing the group adds
+// grp * s(column) to `acc`, so each scale is applied once per group instead of per weight.
+template <typename T, int NT, bool ROWS16, bool SYM> struct WarpTiles {
   using Op = typename MmaOperand<T>::type;
   float acc[NT][4] = {};
+  float grp[NT][4];
+  float zero[NT];  // z of B-fragment row g of each tile (asymmetric)
+  const T* xg0;    // x + g * K + 2t: A-fragment rows g
+  const T* xg1;    // x + (g + 8) * K + 2t
   int tile0, n_tiles, g, t;
   bool row_lo, row_hi;
 
-  // Multiplies one word per tile (sub-tile k0 .. k0 + 32) into the accumulators.
-  __device__ __forceinline__ void word_step(const uint32_t (&w)[NT], const T* x, const __half* scales,
-                                            const __half* zeros, const GemmDims& d, int k0) {
-    uint32_t a[2][4];
-    load_a(a[0], x, d.K, k0, g, t, row_lo, row_hi);
-    load_a(a[1], x, d.K, k0 + 16, g, t, row_lo, row_hi);
-    const int64_t srow = (int64_t)(k0 / d.group_size) * d.N;
+  __device__ __forceinline__ void load_a(uint32_t a[2][4], int k0) const {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int k = k0 + 16 * s;
+      a[s][0] = load_x_pair(xg0, row_lo, k);
+      a[s][2] = load_x_pair(xg0, row_lo, k + 8);
+      a[s][1] = ROWS16 ? load_x_pair(xg1, row_hi, k) : 0u;
+      a[s][3] = ROWS16 ? load_x_pair(xg1, row_hi, k + 8) : 0u;
+    }
+  }
+
+  __device__ __forceinline__ void open_group(const __half* zeros, int64_t srow, int N) {
 #pragma unroll
     for (int i = 0; i < NT; ++i) {
-      const int n = (tile0 + i) * TILE_N + g;
-      __half s = __float2half(0.0f);
-      float z = 0.0f;
-      if (n < d.N) {
-        s = scales[srow + n];
-        z = zeros != nullptr ? __half2float(zeros[srow + n]) : (float)SYMMETRIC_ZERO;
-      }
-      const Dequant<Op> dq(s, z);
 #pragma unroll
-      for (int step = 0; step < 2; ++step) mma_16816<Op>(acc[i], a[step], dq.pair(w[i], 2 * step), dq.pair(w[i], 2 * step + 1));
+      for (int r = 0; r < 4; ++r) grp[i][r] = 0.0f;
+      if (!SYM) {
+        const int n = (tile0 + i) * TILE_N + g;
+        zero[i] = n < N ? __half2float(zeros[srow + n]) : 0.0f;
+      }
     }
+  }
+
+  // One word per tile: k in [k0, k0 + 32).
+  __device__ __forceinline__ void word(const uint32_t (&w)[NT], int k0) {
+    uint32_t a[2][4];
+    load_a(a, k0);
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      const ZeroShift<Op> zs(SYM ? (float)SYMMETRIC_ZERO : zero[i]);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) mma_16816<Op>(grp[i], a[s], zs.pair(w[i], 2 * s), zs.pair(w[i], 2 * s + 1));
+    }
+  }
+
+  // Accumulator columns are 2t and 2t + 1 of each tile.
+  __device__ __forceinline__ void close_group(const __half* scales, int64_t srow, int N) {
+#pragma unroll
+    for (int i = 0; i < NT; ++i) {
+      const int col = (tile0 + i) * TILE_N + 2 * t;
+      const float s0 = col < N ? __half2float(scales[srow + col]) : 0.0f;
+      const float s1 = col + 1 < N ? __half2float(scales[srow + col + 1]) : 0.0f;
+      acc[i][0] = fmaf(grp[i][0], s0, acc[i][0]);
+      acc[i][1] = fmaf(grp[i][1], s1, acc[i][1]);
+      acc[i][2] = fmaf(grp[i][2], s0, acc[i][2]);
+      acc[i][3] = fmaf(grp[i][3], s1, acc[i][3]);
+    }
+  }
+
+  // Sub-tile kt (k0 = 32 kt): open its group first, close it after the last sub-tile.
+  __device__ __forceinline__ void sub_tile(const uint32_t (&w)[NT], int kt, int spg_log2, const __half* scales,
+                                           const __half* zeros, int N) {
+    const int spg_mask = (1 << spg_log2) - 1;
+    const int64_t srow = (int64_t)(kt >> spg_log2) * N;
+    if ((kt & spg_mask) == 0) open_group(zeros, srow, N);
+    word(w, kt * SUBTILE_K);
+    if ((kt & spg_mask) == spg_mask) close_group(scales, srow, N);
   }
 };
 
-template <typename T, int NT>
+template <typename T, int NT, bool ROWS16, bool SYM>
 __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K]
                                   const uint32_t* __restrict__ packed,  // [ceil(N/8), K]
                                   const __half* __restrict__ scales,    // [K/G, N]
@@ -100,14 +133,19 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
                                   float* __restrict__ partial,          // [splits, M, N] (several)
                                   GemmDims d) {
   const int lane = threadIdx.x % tg::WARP_SIZE, warp = threadIdx.x / tg::WARP_SIZE;
-  WarpTiles<T, NT> wt;
+  // grid.z walks blocks of 16 activation rows
+  const int m0 = blockIdx.z * 16, m_here = min(16, d.M - m0);
+  WarpTiles<T, NT, ROWS16, SYM> wt;
   wt.g = lane / 4;
   wt.t = lane % 4;
   wt.tile0 = (blockIdx.x * GEMM_WARPS + warp) * NT;
   wt.n_tiles = tg::ceil_div(d.N, TILE_N);
-  wt.row_lo = wt.g < d.M;
-  wt.row_hi = wt.g + 8 < d.M;
+  wt.row_lo = wt.g < m_here;
+  wt.row_hi = wt.g + 8 < m_here;
+  wt.xg0 = x + (int64_t)(m0 + wt.g) * d.K + 2 * wt.t;
+  wt.xg1 = x + (int64_t)(m0 + wt.g + 8) * d.K + 2 * wt.t;
   if (wt.tile0 >= wt.n_tiles) return;  // no block-level sync below
+  const int spg_log2 = __ffs(d.group_size / SUBTILE_K) - 1;  // sub-tiles per group, a power of 2
   const int n_chunks = tg::ceil_div(d.K, CHUNK_K);
   const int c_begin = blockIdx.y * d.chunks_per_split;
   const int c_end = min(n_chunks, c_begin + d.chunks_per_split);
@@ -118,8 +156,7 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
     const int tile = min(wt.tile0 + i, wt.n_tiles - 1);
     return packed + (int64_t)tile * d.K + (int64_t)c * CHUNK_K + lane * wc;
   };
-  // Ring of STAGES chunks per tile: PIPE_LOADS 16-byte loads in flight per lane, so enough
-  // bytes are in flight to cover HBM latency (one load in flight per lane reached ~0.9 TB/s).
+  // Ring of STAGES chunks per tile: PIPE_LOADS 16-byte loads in flight per lane.
   constexpr int STAGES = PIPE_LOADS / NT;
   static_assert(STAGES >= 1 && PIPE_LOADS % NT == 0, "PIPE_LOADS must be a multiple of NT");
   LaneChunk ring[STAGES][NT];
@@ -148,18 +185,18 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
         uint32_t w[NT];
 #pragma unroll
         for (int i = 0; i < NT; ++i) w[i] = cur[i].w[j];
-        wt.word_step(w, x, scales, zeros, d, c * CHUNK_K + j * SUBTILE_K);
+        wt.sub_tile(w, c * WORDS_PER_LANE + j, spg_log2, scales, zeros, d.N);
       }
     }
   }
-  // Tail: the last chunk when K % 128 != 0 (1..3 words per lane).
+  // Tail: the last chunk when K % 128 != 0 (1..3 words per lane); groups end inside it (G | K).
   for (int c = max(c_begin, full_end); c < c_end; ++c) {
     const int wc = chunk_words(d.K, c);
     for (int j = 0; j < wc; ++j) {
       uint32_t w[NT];
 #pragma unroll
       for (int i = 0; i < NT; ++i) w[i] = __ldg(tile_ptr(i, c, wc) + j);
-      wt.word_step(w, x, scales, zeros, d, c * CHUNK_K + j * SUBTILE_K);
+      wt.sub_tile(w, c * WORDS_PER_LANE + j, spg_log2, scales, zeros, d.N);
     }
   }
 
@@ -170,11 +207,12 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int m = wt.g + 8 * (r / 2), col = n + (r % 2);
-      if (m >= d.M || col >= d.N) continue;
+      if (m >= m_here || col >= d.N) continue;
+      const int64_t o = (int64_t)(m0 + m) * d.N + col;
       if (gridDim.y == 1) {
-        y[(int64_t)m * d.N + col] = tg::from_float<T>(wt.acc[i][r]);
+        y[o] = tg::from_float<T>(wt.acc[i][r]);
       } else {
-        partial[((int64_t)blockIdx.y * d.M + m) * d.N + col] = wt.acc[i][r];
+        partial[(int64_t)blockIdx.y * d.M * d.N + o] = wt.acc[i][r];
       }
     }
   }
@@ -227,15 +265,19 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
 }
 
 // Entry points: int4_gemm_<dtype>_nt<NT>, int4_reduce_<dtype>, int4_dequant_<dtype>.
-#define INT4_GEMM_ENTRY(T, TNAME, NT)                                                                          \
-  extern "C" __global__ void __launch_bounds__(GEMM_WARPS * tg::WARP_SIZE, GEMM_MIN_BLOCKS) int4_gemm_##TNAME##_nt##NT(       \
-      const T* x, const uint32_t* packed, const __half* scales, const __half* zeros, T* y, float* partial,    \
-      GemmDims d) {                                                                                            \
-    int4_gemm_small_m<T, NT>(x, packed, scales, zeros, y, partial, d);                                         \
+// int4_gemm_<dtype>_m8 (M <= 8 rows per 16-row block, one tile per warp) or _m16 (two tiles per
+// warp: A fragments reused), _sym / _asym.
+#define INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, MNAME, SYM, SNAME)                                               \
+  extern "C" __global__ void __launch_bounds__(GEMM_WARPS * tg::WARP_SIZE, GEMM_MIN_BLOCKS)                    \
+      int4_gemm_##TNAME##_##MNAME##_##SNAME(const T* x, const uint32_t* packed, const __half* scales,          \
+                                            const __half* zeros, T* y, float* partial, GemmDims d) {          \
+    int4_gemm_small_m<T, NT, ROWS16, SYM>(x, packed, scales, zeros, y, partial, d);                            \
   }
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
-  INT4_GEMM_ENTRY(T, TNAME, 1)                                                                                 \
-  INT4_GEMM_ENTRY(T, TNAME, 2)                                                                                 \
+  INT4_GEMM_ENTRY(T, TNAME, 1, false, m8, true, sym)                                                           \
+  INT4_GEMM_ENTRY(T, TNAME, 1, false, m8, false, asym)                                                         \
+  INT4_GEMM_ENTRY(T, TNAME, 2, true, m16, true, sym)                                                           \
+  INT4_GEMM_ENTRY(T, TNAME, 2, true, m16, false, asym)                                                         \
   extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits) {        \
     int4_reduce<T>(partial, y, mn, splits);                                                                    \
   }                                                                                                            \

@@ -91,7 +91,9 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
     let xs = contiguous_view::<T>(x, l)?;
     let y = alloc_output::<T>(dev, m * n)?;
     let partial = alloc_output::<f32>(dev, if cfg.splits > 1 { cfg.splits * m * n } else { 1 })?;
-    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_nt{}", cfg.tiles_per_warp))?;
+    let variant = if cfg.tiles_per_warp == 2 { "m16" } else { "m8" };
+    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{variant}_{sym}"))?;
     with_views(w, |p, s, z| {
         let null = 0u64; // a null `const __half*`: symmetric, implicit zero point
         let stream = dev.cuda_stream();
@@ -103,11 +105,11 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
         };
         b.arg(&y).arg(&partial).arg(&dims);
         let lc = LaunchConfig {
-            grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, 1),
+            grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, cfg.m_blocks as u32),
             block_dim: ((GEMM_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: argument types and count match `int4_gemm_<T>_nt<NT>` in kernels/int4_gemm.cu;
+        // SAFETY: argument types and count match `int4_gemm_<T>_<variant>_<sym>` in kernels/int4_gemm.cu;
         // every view covers the extents `dims` describes (checked by int4_matmul / the format).
         unsafe { b.launch(lc) }.w()?;
         Ok(())

@@ -36,16 +36,19 @@ pub use report::{LayerReport, QuantReport};
 
 use crate::cpu::dispatch_float;
 
-/// Activation rows up to which CUDA runs the fused tensor-core kernel; larger M dequantizes the
-/// weight to the activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul.
-pub const CUDA_FUSED_MAX_M: usize = 16;
+/// Activation rows up to which CUDA runs the fused tensor-core kernel (blocks of 16 rows, each
+/// re-reading the packed weight, mostly from L2); larger M dequantizes the weight to the
+/// activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul.
+pub const CUDA_FUSED_MAX_M: usize = 64;
 
 /// `x · Wᵀ` for `x` of shape `[.., K]` and an INT4 weight `[N, K]`; the output is `[.., N]` in
 /// `x`'s dtype (f32, f16 or bf16), accumulated in f32. `x` must be on the weight's device.
 ///
 /// Numerics: equals `x · dequantize()ᵀ` up to f32 accumulation order and one rounding of the
-/// output; on CUDA the weights enter the tensor cores rounded to f16 (f16 and f32 activations;
-/// f32 activations are rounded to f16 too) or bf16 (bf16 activations).
+/// output. On CUDA (M ≤ [`CUDA_FUSED_MAX_M`]) the tensor cores multiply the exact integers
+/// `q − z` (f16 / bf16) with f32 accumulation and each group's sum is scaled once; f32
+/// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
+/// by the weight dequantized to the activation dtype (one rounding per weight).
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     if !crate::cpu::is_supported_float(x.dtype()) {
         return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "int4_matmul"));
@@ -66,7 +69,7 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     }
     let mut x2 = x.reshape((m, k))?.contiguous()?;
     if x2.device().is_cuda() && x2.layout().start_offset() % 8 != 0 {
-        x2 = x2.copy()?; // the kernel's vector loads want an aligned start
+        x2 = x2.force_contiguous()?; // a fresh buffer: the kernel's vector loads want an aligned start
     }
     let y = if x.device().is_cuda() && m > CUDA_FUSED_MAX_M {
         x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?
