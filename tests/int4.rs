@@ -82,10 +82,16 @@ fn matmul_matches_dequantized_weight() -> Result<()> {
         for cfg in configs() {
             let gs = cfg.group_size;
             // odd M and N, K = 1, 3 and 13 groups (K % 128 != 0 for the smaller group sizes);
-            // M = 17 and 33 take the large-M path on CUDA.
-            for (m, n, k) in
-                [(1, 17, gs), (3, 8, 3 * gs), (5, 33, 13 * gs), (16, 100, 3 * gs), (17, 9, gs), (33, 17, 3 * gs)]
-            {
+            // on CUDA M = 17 and 33 run several 16-row blocks, M = 65 the dequantize + matmul path.
+            for (m, n, k) in [
+                (1, 17, gs),
+                (3, 8, 3 * gs),
+                (5, 33, 13 * gs),
+                (16, 100, 3 * gs),
+                (17, 9, gs),
+                (33, 17, 3 * gs),
+                (65, 9, 3 * gs),
+            ] {
                 for dtype in FLOAT_DTYPES {
                     check_matmul(&dev, m, n, k, cfg, dtype)?;
                 }
