@@ -55,10 +55,17 @@ fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
     }
 }
 
+/// SMs of `dev`, queried once per device ordinal.
 fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    let n =
-        dev.cuda_stream().context().attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
-    Ok(n.max(1) as usize)
+    static CACHE: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
+    let ctx = dev.cuda_stream().context().clone();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = cache.get(&ctx.ordinal()) {
+        return Ok(n);
+    }
+    let n = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?.max(1) as usize;
+    cache.insert(ctx.ordinal(), n);
+    Ok(n)
 }
 
 pub(super) fn matmul(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
