@@ -13,7 +13,7 @@ using namespace tg::int4;
 
 constexpr int GEMM_WARPS = 4;  // warps per block (mirrors GEMM_WARPS in src/quant/launch.rs)
 constexpr int PIPE_LOADS = 4;  // 16-byte weight loads in flight per lane
-constexpr int GEMM_MIN_BLOCKS = 5;  // register cap 96/thread: 6 and 8 spilled more
+constexpr int GEMM_MIN_BLOCKS = 5;  // register cap 96/thread: 6 and 8 spilled with PIPE_LOADS = 4
 
 // Mirrors `GemmDims` in src/quant/cuda.rs.
 struct GemmDims {
@@ -113,21 +113,6 @@ template <typename T, int NT, bool ROWS16, bool SYM> struct WarpTiles {
     }
   }
 
-  // Pulls the scales (and zeros) of chunk c into L1 ahead of use: each (tile, group) run of them is
-  // read by one warp only, so a plain load at close_group would wait for DRAM.
-  __device__ __forceinline__ void prefetch_group_params(const __half* scales, const __half* zeros, int c,
-                                                        const GemmDims& d) const {
-    for (int k = c * CHUNK_K; k < (c + 1) * CHUNK_K && k < d.K; k += d.group_size) {
-      const int64_t srow = (int64_t)(k / d.group_size) * d.N;
-#pragma unroll
-      for (int i = 0; i < NT; ++i) {
-        const int col = min((tile0 + i) * TILE_N + 2 * t, d.N - 1);
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(scales + srow + col));
-        if (!SYM) asm volatile("prefetch.global.L1 [%0];" ::"l"(zeros + srow + min((tile0 + i) * TILE_N + g, d.N - 1)));
-      }
-    }
-  }
-
   // Sub-tile kt (k0 = 32 kt): open its group first, close it after the last sub-tile.
   __device__ __forceinline__ void sub_tile(const uint32_t (&w)[NT], int kt, int spg_log2, const __half* scales,
                                            const __half* zeros, int N) {
@@ -180,7 +165,6 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
     if (c_begin + s < full_end) {
 #pragma unroll
       for (int i = 0; i < NT; ++i) ring[s][i] = load_lane_chunk(tile_ptr(i, c_begin + s, WORDS_PER_LANE));
-      wt.prefetch_group_params(scales, zeros, c_begin + s, d);
     }
   }
   // Main loop over full chunks; slot s is refilled with chunk c + STAGES before chunk c's math.
@@ -195,7 +179,6 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
       if (c + STAGES < full_end) {
 #pragma unroll
         for (int i = 0; i < NT; ++i) ring[s][i] = load_lane_chunk(tile_ptr(i, c + STAGES, WORDS_PER_LANE));
-        wt.prefetch_group_params(scales, zeros, c + STAGES, d);
       }
 #pragma unroll
       for (int j = 0; j < WORDS_PER_LANE; ++j) {
@@ -282,9 +265,8 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
 }
 
 // Entry points: int4_gemm_<dtype>_nt<NT>, int4_reduce_<dtype>, int4_dequant_<dtype>.
-// int4_gemm_<dtype>_m8 (M <= 8: A-fragment rows g + 8 known zero) or _m16, _sym / _asym. One tile
-// per warp in both: two tiles per warp (A fragments reused) ran 1.5x slower at M=16 (H200,
-// benches/int4), the kernel being latency-bound rather than bandwidth-bound.
+// int4_gemm_<dtype>_m8 (M <= 8 rows per 16-row block, one tile per warp) or _m16 (two tiles per
+// warp: A fragments reused), _sym / _asym.
 #define INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, MNAME, SYM, SNAME)                                               \
   extern "C" __global__ void __launch_bounds__(GEMM_WARPS * tg::WARP_SIZE, GEMM_MIN_BLOCKS)                    \
       int4_gemm_##TNAME##_##MNAME##_##SNAME(const T* x, const uint32_t* packed, const __half* scales,          \
@@ -294,8 +276,8 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
   INT4_GEMM_ENTRY(T, TNAME, 1, false, m8, true, sym)                                                           \
   INT4_GEMM_ENTRY(T, TNAME, 1, false, m8, false, asym)                                                         \
-  INT4_GEMM_ENTRY(T, TNAME, 1, true, m16, true, sym)                                                           \
-  INT4_GEMM_ENTRY(T, TNAME, 1, true, m16, false, asym)                                                         \
+  INT4_GEMM_ENTRY(T, TNAME, 2, true, m16, true, sym)                                                           \
+  INT4_GEMM_ENTRY(T, TNAME, 2, true, m16, false, asym)                                                         \
   extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits) {        \
     int4_reduce<T>(partial, y, mn, splits);                                                                    \
   }                                                                                                            \

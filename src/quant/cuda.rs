@@ -98,7 +98,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
     let xs = contiguous_view::<T>(x, l)?;
     let y = alloc_output::<T>(dev, m * n)?;
     let partial = alloc_output::<f32>(dev, if cfg.splits > 1 { cfg.splits * m * n } else { 1 })?;
-    let variant = if cfg.rows16 { "m16" } else { "m8" };
+    let variant = if cfg.tiles_per_warp == 2 { "m16" } else { "m8" };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
     let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{variant}_{sym}"))?;
     with_views(w, |p, s, z| {

@@ -10,11 +10,9 @@ const TARGET_WARPS_PER_SM: usize = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GemmConfig {
-    /// Tiles of 8 output rows per warp (the kernels are instantiated with 1: two ran 1.5x slower
-    /// at M=16 on an H200).
+    /// Tiles of 8 output rows per warp: 2 above M=8 (kernel `_m16`) halves the activation reads
+    /// per weight byte; 1 otherwise (`_m8`, rows g + 8 of the A fragment are known zero).
     pub tiles_per_warp: usize,
-    /// More than 8 activation rows per block: the `_m16` kernel (else `_m8`).
-    pub rows16: bool,
     /// Blocks of 16 activation rows (grid.z).
     pub m_blocks: usize,
     pub blocks_x: usize,
@@ -24,7 +22,7 @@ pub(crate) struct GemmConfig {
 }
 
 pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
-    let tiles_per_warp = 1;
+    let tiles_per_warp = if m > 8 { 2 } else { 1 };
     let m_blocks = m.div_ceil(16).max(1);
     let warps = n.div_ceil(TILE_N).div_ceil(tiles_per_warp);
     let n_chunks = k.div_ceil(CHUNK_K);
@@ -32,7 +30,6 @@ pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) 
     let chunks_per_split = n_chunks.div_ceil(wanted);
     GemmConfig {
         tiles_per_warp,
-        rows16: m > 8,
         m_blocks,
         blocks_x: warps.div_ceil(GEMM_WARPS),
         splits: n_chunks.div_ceil(chunks_per_split),
@@ -48,12 +45,9 @@ mod tests {
     fn llama_mlp_shape_on_h100() {
         // K=4096 -> N=11008, 132 SMs: 1376 warps of one tile, 5 splits of 7 chunks (35 >= 32)
         let c = choose_gemm_config(1, 11008, 4096, 132);
-        assert_eq!(
-            c,
-            GemmConfig { tiles_per_warp: 1, rows16: false, m_blocks: 1, blocks_x: 344, splits: 5, chunks_per_split: 7 }
-        );
+        assert_eq!(c, GemmConfig { tiles_per_warp: 1, m_blocks: 1, blocks_x: 344, splits: 5, chunks_per_split: 7 });
         let c = choose_gemm_config(16, 11008, 4096, 132);
-        assert!(c.rows16);
+        assert_eq!(c.tiles_per_warp, 2);
         assert!(c.splits * c.chunks_per_split >= 32 && (c.splits - 1) * c.chunks_per_split < 32);
     }
 
