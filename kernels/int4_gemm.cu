@@ -264,7 +264,7 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
   }
 }
 
-// Entry points: int4_gemm_<dtype>_nt<NT>, int4_reduce_<dtype>, int4_dequant_<dtype>.
+// Entry points: int4_gemm_<dtype>_<m8|m16>_<sym|asym>, int4_reduce_<dtype>, int4_dequant_<dtype>.
 // int4_gemm_<dtype>_m8 (M <= 8 rows per 16-row block, one tile per warp) or _m16 (two tiles per
 // warp: A fragments reused; one tile per warp measured 63 µs against 40 µs at M=16, K=4096
 // N=11008, H200), _sym / _asym.
