@@ -53,3 +53,35 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &crate::AttentionConfi
     }
     p.matmul(&v)
 }
+
+/// The seed's FFN the stock-candle way: `act(x·w1 + b1)·w2 + b2` with `w1 [D, H]`, `w2 [H, O]`
+/// (`[in, out]`), `x [..., D]`: `broadcast_matmul`, `broadcast_add`, the activation.
+pub fn ffn(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    w2: &Tensor,
+    b2: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let h = bias_act(&x.broadcast_matmul(w1)?, b1, act)?;
+    bias_act(&h.broadcast_matmul(w2)?, b2, Activation::Identity)
+}
+
+/// The gated FFN (SwiGLU / GeGLU) the stock-candle way: `(act(x·wg + bg) * (x·wu + bu))·wd + bd`,
+/// weights `[in, out]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_ffn(
+    x: &Tensor,
+    w_gate: &Tensor,
+    b_gate: Option<&Tensor>,
+    w_up: &Tensor,
+    b_up: Option<&Tensor>,
+    w_down: &Tensor,
+    b_down: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let g = bias_act(&x.broadcast_matmul(w_gate)?, b_gate, act)?;
+    let u = bias_act(&x.broadcast_matmul(w_up)?, b_up, Activation::Identity)?;
+    bias_act(&(g * u)?.broadcast_matmul(w_down)?, b_down, Activation::Identity)
+}

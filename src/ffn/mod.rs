@@ -1,0 +1,367 @@
+//! Fused feed-forward network: `act(x·W1 + b1)·W2 + b2` ([`fused_ffn`]), the drop-in layers
+//! [`FusedMlp`] and [`GatedMlp`], and the projection they are built from.
+//!
+//! Each FFN is two projections `y = epilogue(x·W + b)`; the first applies bias + activation (or
+//! the gate `act(x·Wg + bg) * (x·Wu + bu)`) to the hidden tile while it is still in registers /
+//! cache, the second adds the bias. The path per projection is a pure function of the shapes
+//! ([`choose_path`]):
+//! - CPU, M <= [`CPU_FUSED_MAX_M`]: our multithreaded kernel (`cpu.rs`), f32 accumulation.
+//! - CUDA, f16/bf16, M <= [`GPU_SMALL_M_MAX`], weights stored `[out, in]`: the weight-streaming
+//!   tensor-core kernel of `kernels/ffn.cu` (reads each weight once, 16-byte loads).
+//! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
+//!
+//! Weight layout: the kernels want each output's weights contiguous, i.e. candle's `Linear`
+//! layout `[out, in]`; the layers keep their weights that way (loaded as is, no copy).
+//! [`fused_ffn`] takes the seed's `[in, out]` shapes; a plain `[in, out]` tensor is read as it is
+//! (CPU kernel and cuBLAS handle it without a copy), and a `[in, out]`-shaped *view* of an
+//! `[out, in]` tensor (`w.t()`) reaches the CUDA small-M kernel. Nothing is transposed per call.
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod layer;
+
+pub use layer::{FusedMlp, GatedMlp};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use crate::cpu::{dispatch_float, is_supported_float};
+use crate::{bias_act, Activation};
+
+/// Largest token count M for which the CPU runs our fused kernel; above it candle's blocked
+/// matmul (gemm crate) wins and we only fuse the epilogue.
+pub const CPU_FUSED_MAX_M: usize = 32;
+/// Largest token count M for the CUDA weight-streaming kernel (4 token tiles of 8); above it
+/// cuBLAS tensor-core GEMMs plus our epilogue kernel.
+pub const GPU_SMALL_M_MAX: usize = 32;
+
+/// The fused feed-forward network of the seed: `act(x·w1 + b1)·w2 + b2`.
+///
+/// - `x`: `[B, N, D]` or `[M, D]` (any leading dims), `w1`: `[D, H]`, `b1`: `[H]`, `w2`: `[H, O]`
+///   (usually `O = D`), `b2`: `[O]`; output `[..., O]`. Biases are optional.
+/// - f32, f16, bf16 (all inputs the same dtype, on the same device); math in f32, the hidden
+///   activations rounded once to the dtype (as stock candle does).
+/// - `w1`/`w2` may be plain row-major `[D, H]`/`[H, O]` tensors (the seed layout) or transposed
+///   views of `[out, in]` tensors (candle `Linear` layout, `w.t()`), which the CUDA small-batch
+///   kernel streams directly. Nothing is copied per call; see the module docs.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tiny_gemm::{fused_ffn, reference, Activation};
+/// # fn main() -> candle_core::Result<()> {
+/// let dev = Device::Cpu;
+/// let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev)?;
+/// let w1 = (Tensor::randn(0f32, 1.0, (64, 256), &dev)? / 8.0)?;
+/// let b1 = Tensor::randn(0f32, 1.0, 256, &dev)?;
+/// let w2 = (Tensor::randn(0f32, 1.0, (256, 64), &dev)? / 16.0)?;
+/// let y = fused_ffn(&x, &w1, Some(&b1), &w2, None, Activation::Gelu)?;
+/// let want = reference::ffn(&x, &w1, Some(&b1), &w2, None, Activation::Gelu)?;
+/// assert!((y - want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+/// # Ok(()) }
+/// ```
+pub fn fused_ffn(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    w2: &Tensor,
+    b2: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let (x2, lead) = flatten_tokens(x, "fused_ffn")?;
+    check_weight(x, w1, "w1", x2.dim(1)?, "the last dim of x")?;
+    let hidden = w1.dim(1)?;
+    check_weight(x, w2, "w2", hidden, "the hidden size H of w1")?;
+    check_bias(x, b1, "b1", hidden)?;
+    check_bias(x, b2, "b2", w2.dim(1)?)?;
+    let h = project(&x2, w1, b1, Epilogue::Act(act))?;
+    let y = project(&h, w2, b2, Epilogue::Act(Activation::Identity))?;
+    unflatten_tokens(y, &lead)
+}
+
+/// What a projection applies to `a = x·W` before its only store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Epilogue {
+    /// `act(a + b)`.
+    Act(Activation),
+    /// `W` holds `[gate | up]` column blocks of width N: `act(a_gate + b_gate) * (a_up + b_up)`.
+    Gated(Activation),
+}
+
+impl Epilogue {
+    fn act(self) -> Activation {
+        match self {
+            Epilogue::Act(a) | Epilogue::Gated(a) => a,
+        }
+    }
+    fn gated(self) -> bool {
+        matches!(self, Epilogue::Gated(_))
+    }
+}
+
+/// How a projection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnPath {
+    /// The fused multithreaded CPU kernel.
+    CpuFused,
+    /// The CUDA weight-streaming tensor-core kernel (`kernels/ffn.cu`).
+    CudaSmallM,
+    /// candle's matmul (gemm crate / cuBLAS), then our `bias_act` epilogue.
+    MatmulEpilogue,
+}
+
+/// The path for one projection `[m, k] · [k, n]`: a pure function of the device kind, dtype,
+/// token count and whether the weight is stored `[out, in]` (each output's k contiguous).
+pub fn choose_path(cuda: bool, dtype: DType, m: usize, weight_out_in: bool) -> FfnPath {
+    if !cuda {
+        return if m <= CPU_FUSED_MAX_M { FfnPath::CpuFused } else { FfnPath::MatmulEpilogue };
+    }
+    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
+    if tensor_core_dtype && weight_out_in && m <= GPU_SMALL_M_MAX {
+        FfnPath::CudaSmallM
+    } else {
+        FfnPath::MatmulEpilogue
+    }
+}
+
+/// How a `[k, n]`-shaped weight is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightLayout {
+    /// Row-major `[k, n]` (the seed layout, `[in, out]`).
+    InOut,
+    /// A transposed view of a row-major `[n, k]` (candle `Linear`, `[out, in]`).
+    OutIn,
+}
+
+/// The storage order of the logical `[k, n]` weight `l`, if it is dense one way or the other.
+pub(crate) fn weight_layout(l: &Layout) -> Option<WeightLayout> {
+    let (dims, stride) = (l.dims(), l.stride());
+    if dims.len() != 2 {
+        return None;
+    }
+    let (k, n) = (dims[0], dims[1]);
+    // Size-1 dims have arbitrary strides; only the strides of real dims matter.
+    let in_out = (k <= 1 || stride[0] == n) && (n <= 1 || stride[1] == 1);
+    let out_in = (n <= 1 || stride[1] == k) && (k <= 1 || stride[0] == 1);
+    if out_in {
+        Some(WeightLayout::OutIn)
+    } else if in_out {
+        Some(WeightLayout::InOut)
+    } else {
+        None
+    }
+}
+
+/// `epilogue(x·w + b)` for `x` `[m, k]`, `w` a logical `[k, n2]` weight (see [`WeightLayout`]),
+/// `b` `[n2]`; `n2 = n` or `2n` when gated. Output `[m, n]`. Shapes are checked by the callers.
+pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue) -> Result<Tensor> {
+    // Weights that are neither layout (e.g. a strided slice) are made dense; the layers never
+    // hit this (their weights are dense at load).
+    let w = match weight_layout(w.layout()) {
+        Some(_) => w.clone(),
+        None => w.contiguous()?,
+    };
+    let out_in = weight_layout(w.layout()) == Some(WeightLayout::OutIn);
+    let x = x.contiguous()?;
+    let path = choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, out_in);
+    match path {
+        FfnPath::CpuFused | FfnPath::CudaSmallM => {
+            let op = ProjOp { epi };
+            match b {
+                Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+                None => x.apply_op2_no_bwd(&w, &op),
+            }
+        }
+        FfnPath::MatmulEpilogue => {
+            let a = x.matmul(&w)?;
+            match epi {
+                Epilogue::Act(act) => bias_act(&a, b, act),
+                Epilogue::Gated(act) => {
+                    let n = a.dim(1)? / 2;
+                    let (bg, bu) = match b {
+                        Some(b) => (Some(b.narrow(0, 0, n)?), Some(b.narrow(0, n, n)?)),
+                        None => (None, None),
+                    };
+                    let g = bias_act(&a.narrow(1, 0, n)?, bg.as_ref(), act)?;
+                    let u = bias_act(&a.narrow(1, n, n)?, bu.as_ref(), Activation::Identity)?;
+                    g * u
+                }
+            }
+        }
+    }
+}
+
+/// `x` as `[M, D]` plus its leading dims; `x` must have rank >= 2 and a supported float dtype.
+pub(crate) fn flatten_tokens(x: &Tensor, op: &'static str) -> Result<(Tensor, Vec<usize>)> {
+    if x.rank() < 2 {
+        bail!("{op}: x has shape {:?}; expected rank >= 2 ([M, D] or [B, N, D])", x.dims());
+    }
+    if !is_supported_float(x.dtype()) {
+        return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), op));
+    }
+    let dims = x.dims();
+    let d = dims[dims.len() - 1];
+    let lead = dims[..dims.len() - 1].to_vec();
+    let m = lead.iter().product::<usize>();
+    Ok((x.reshape((m, d))?, lead))
+}
+
+/// `y` `[M, O]` back to `[lead..., O]`.
+pub(crate) fn unflatten_tokens(y: Tensor, lead: &[usize]) -> Result<Tensor> {
+    let mut dims = lead.to_vec();
+    dims.push(y.dim(1)?);
+    y.reshape(dims)
+}
+
+/// `w` must be a rank-2 `[rows, _]` tensor with x's dtype and device.
+pub(crate) fn check_weight(x: &Tensor, w: &Tensor, name: &str, rows: usize, rows_what: &str) -> Result<()> {
+    if w.rank() != 2 || w.dim(0)? != rows {
+        bail!("{name} has shape {:?}; expected [{rows}, _] (rows = {rows_what})", w.dims());
+    }
+    check_same(x, w, name)
+}
+
+/// `b`, if given, must be a `[len]` vector with x's dtype and device.
+pub(crate) fn check_bias(x: &Tensor, b: Option<&Tensor>, name: &str, len: usize) -> Result<()> {
+    let Some(b) = b else { return Ok(()) };
+    if b.dims() != [len] {
+        bail!("{name} has shape {:?}; expected [{len}]", b.dims());
+    }
+    check_same(x, b, name)
+}
+
+fn check_same(x: &Tensor, t: &Tensor, name: &str) -> Result<()> {
+    if t.dtype() != x.dtype() {
+        bail!("{name} dtype {:?} differs from x dtype {:?}", t.dtype(), x.dtype());
+    }
+    if !t.device().same_device(x.device()) {
+        bail!("{name} is on {:?} but x is on {:?}", t.device().location(), x.device().location());
+    }
+    Ok(())
+}
+
+/// One projection as a candle op: inputs `x [m, k]` (contiguous), `w` logical `[k, n2]` (dense
+/// [`WeightLayout`]), optional `b [n2]`.
+struct ProjOp {
+    epi: Epilogue,
+}
+
+impl ProjOp {
+    fn out_shape(&self, x: &Layout, w: &Layout) -> Shape {
+        let n2 = w.dims()[1];
+        let n = if self.epi.gated() { n2 / 2 } else { n2 };
+        Shape::from((x.dims()[0], n))
+    }
+
+    fn cpu(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = self.out_shape(x.1, w.1);
+        let out = dispatch_float!(x.0.dtype(), "fused_ffn", cpu_dispatch(self.epi, x, w, b))?;
+        Ok((out, shape))
+    }
+}
+
+fn cpu_dispatch<T: crate::cpu::CpuFloat>(
+    epi: Epilogue,
+    x: (&CpuStorage, &Layout),
+    w: (&CpuStorage, &Layout),
+    b: Option<(&CpuStorage, &Layout)>,
+) -> Result<CpuStorage> {
+    let layout = weight_layout(w.1).ok_or_else(|| candle_core::Error::RequiresContiguous { op: "fused_ffn" }.bt())?;
+    let (m, k) = (x.1.dims()[0], x.1.dims()[1]);
+    let n2 = w.1.dims()[1];
+    let xs = crate::cpu::contiguous::<T>(x.0, x.1)?;
+    let start = w.1.start_offset();
+    let ws = &w.0.as_slice::<T>()?[start..start + k * n2];
+    let bs = b.map(|(s, l)| crate::cpu::contiguous::<T>(s, l)).transpose()?;
+    let shape = cpu::Shape { m, k, n2, layout };
+    Ok(T::to_cpu_storage_owned(cpu::project(xs, ws, bs, shape, epi)))
+}
+
+impl CustomOp2 for ProjOp {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu((s1, l1), (s2, l2), None)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::fwd(self.epi, (s1, l1), (s2, l2), None)?;
+        Ok((out, self.out_shape(l1, l2)))
+    }
+}
+
+impl CustomOp3 for ProjOp {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.cpu((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::fwd(self.epi, (s1, l1), (s2, l2), Some((s3, l3)))?;
+        Ok((out, self.out_shape(l1, l2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_by_device_dtype_and_m() {
+        assert_eq!(choose_path(false, DType::F32, 1, false), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, true), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, true), FfnPath::MatmulEpilogue);
+        // f32 has no 16-bit tensor-core mma; [in, out] storage can't be streamed row by row
+        assert_eq!(choose_path(true, DType::F32, 1, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, false), FfnPath::MatmulEpilogue);
+    }
+
+    #[test]
+    fn weight_layouts() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::zeros((6, 4), DType::F32, &dev).unwrap();
+        assert_eq!(weight_layout(w.layout()), Some(WeightLayout::InOut));
+        assert_eq!(weight_layout(w.t().unwrap().layout()), Some(WeightLayout::OutIn));
+        let sliced = w.narrow(1, 0, 3).unwrap();
+        assert_eq!(weight_layout(sliced.layout()), None);
+        let col = Tensor::zeros((1, 5), DType::F32, &dev).unwrap();
+        assert!(weight_layout(col.layout()).is_some());
+    }
+}
