@@ -265,7 +265,7 @@ impl ProjOp {
     }
 }
 
-fn cpu_dispatch<T: crate::cpu::CpuFloat>(
+fn cpu_dispatch<T: cpu::RowToF32>(
     epi: Epilogue,
     x: (&CpuStorage, &Layout),
     w: (&CpuStorage, &Layout),

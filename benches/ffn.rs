@@ -1,0 +1,87 @@
+//! fused FFN vs stock candle (`matmul` + `broadcast_add` + activation), batch sweep, CPU and CUDA.
+//! Names: `<device>/ffn/<dtype>/<D>x<H>/m<M>/<variant>`, variants:
+//! - `fused`: [`FusedMlp`] (weights `[out, in]`, the layout the kernels stream),
+//! - `fused_seed_layout`: [`fused_ffn`] with `[in, out]` weights (CPU kernel / cuBLAS path),
+//! - `stock`: `reference::ffn` (what candle users write today);
+//! and `.../gated/...` for SwiGLU (`GatedMlp` vs `reference::gated_ffn`).
+
+mod common;
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tiny_gemm::{fused_ffn, reference, Activation, FusedMlp, GatedMlp};
+
+fn weight(rows: usize, cols: usize, dtype: DType, dev: &Device) -> Tensor {
+    (Tensor::randn(0f32, 1.0, (rows, cols), dev).unwrap() / (rows as f64).sqrt()).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn bench_plain(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d: usize, h: usize, ms: &[usize]) {
+    let (w1, w2) = (weight(d, h, dtype, dev), weight(h, d, dtype, dev));
+    let b1 = weight(1, h, dtype, dev).squeeze(0).unwrap();
+    let b2 = weight(1, d, dtype, dev).squeeze(0).unwrap();
+    let act = Activation::Gelu;
+    let mlp = FusedMlp::from_seed(&w1, Some(&b1), &w2, Some(&b2), act).unwrap();
+    for &m in ms {
+        let x = weight(m, d, dtype, dev);
+        let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}"));
+        g.throughput(Throughput::Bytes((2 * d * h * dtype.size_in_bytes()) as u64)); // the weights, once
+        g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        g.bench_function("fused_seed_layout", |bch| {
+            bch.iter_custom(|iters| {
+                common::time_iters(dev, iters, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
+            })
+        });
+        g.bench_function("stock", |bch| {
+            bch.iter_custom(|iters| {
+                common::time_iters(dev, iters, || reference::ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
+            })
+        });
+        g.finish();
+    }
+}
+
+fn bench_gated(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d: usize, h: usize, ms: &[usize]) {
+    let (wg, wu, wd) = (weight(d, h, dtype, dev), weight(d, h, dtype, dev), weight(h, d, dtype, dev));
+    let act = Activation::Silu;
+    let mlp = GatedMlp::from_seed(&wg, None, &wu, None, &wd, None, act).unwrap();
+    for &m in ms {
+        let x = weight(m, d, dtype, dev);
+        let mut g = c.benchmark_group(format!("{dev_name}/ffn/gated/{dtype:?}/{d}x{h}/m{m}"));
+        g.throughput(Throughput::Bytes((3 * d * h * dtype.size_in_bytes()) as u64));
+        g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        g.bench_function("stock", |bch| {
+            bch.iter_custom(|iters| {
+                common::time_iters(dev, iters, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))
+            })
+        });
+        g.finish();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for (dev_name, dev) in common::devices() {
+        if dev.is_cuda() {
+            let dtype = DType::F16;
+            let ms = [1, 2, 4, 8, 16, 32, 64, 128, 512];
+            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &ms);
+            bench_plain(c, dev_name, &dev, dtype, 768, 3072, &ms);
+            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &ms);
+            bench_gated(c, dev_name, &dev, dtype, 4096, 11008, &[1, 16, 512]);
+        } else {
+            let dtype = DType::F32;
+            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &[1, 4, 16, 64, 512]);
+            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &[1, 16]);
+            bench_gated(c, dev_name, &dev, dtype, 1024, 2816, &[1, 16]);
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // short runs: ~80 groups, and GPU time is scarce
+    config = Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(800));
+    targets = bench
+}
+criterion_main!(benches);
