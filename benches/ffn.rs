@@ -3,6 +3,7 @@
 //! - `fused`: [`FusedMlp`] (weights `[out, in]`, the layout the kernels stream),
 //! - `fused_seed_layout`: [`fused_ffn`] with `[in, out]` weights (CPU kernel / cuBLAS path),
 //! - `stock`: `reference::ffn` (what candle users write today);
+//!
 //! and `.../gated/...` for SwiGLU (`GatedMlp` vs `reference::gated_ffn`).
 
 mod common;

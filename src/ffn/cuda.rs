@@ -128,7 +128,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
             block_dim: ((cfg.warps * 32) as u32, 1, 1),
             shared_mem_bytes: cfg.smem_bytes as u32,
         };
-        let mut builder = func.builder();
+        let mut builder = stream.launch_builder(&func);
         builder.arg(&params);
         // SAFETY: `FfnParams` mirrors `ffn::Params`; x, w, bias and y hold the [m, k], [n2, k],
         // [n2] and [m, n] elements the kernel reads and writes; the guards outlive the launch.
