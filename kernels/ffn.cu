@@ -68,11 +68,22 @@ template <> struct MmaOp<__nv_bfloat16> {
 
 // 8 consecutive 16-bit elements of `row` from column k, zero past `k_end`. ALIGNED (K % 8 == 0 and
 // 16-byte aligned bases): one 16-byte load, and a chunk is either all in range or all out.
-template <typename T, bool ALIGNED>
+// STREAM: a weight row (read once per call) rather than a token row (re-read by every block).
+template <typename T, bool ALIGNED, bool STREAM>
 __device__ __forceinline__ uint4 load8(const T* __restrict__ row, int k, int k_end) {
   if (ALIGNED) {
     if (k >= k_end) return make_uint4(0, 0, 0, 0);
-    return __ldg(reinterpret_cast<const uint4*>(row + k));
+    if constexpr (STREAM) {
+      // Weights are read once: skip L1, and have L2 fetch whole 256-byte blocks from HBM (the
+      // warp's following chunks of the same rows use the rest).
+      uint4 v;
+      asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                   : "l"(row + k));
+      return v;
+    } else {
+      return __ldg(reinterpret_cast<const uint4*>(row + k));
+    }
   } else {
     const unsigned short* r = reinterpret_cast<const unsigned short*>(row);
     uint32_t v[VEC / 2];
@@ -135,9 +146,9 @@ __device__ void proj_small_m(const Params& p) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
 #pragma unroll
-      for (int r = 0; r < (GATED ? 4 : 2); ++r) wv[r][u] = load8<T, ALIGNED>(w_rows[r], kc + u * CHUNK_K, k_end);
+      for (int r = 0; r < (GATED ? 4 : 2); ++r) wv[r][u] = load8<T, ALIGNED, true>(w_rows[r], kc + u * CHUNK_K, k_end);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) xv[nt][u] = load8<T, ALIGNED>(x_rows[nt], kc + u * CHUNK_K, k_end);
+      for (int nt = 0; nt < NT; ++nt) xv[nt][u] = load8<T, ALIGNED, false>(x_rows[nt], kc + u * CHUNK_K, k_end);
     }
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {

@@ -16,6 +16,8 @@ use crate::cpu::CpuFloat;
 /// Output columns per task: 32 f32 accumulators per token stay in L1 for M <= 32, and a
 /// 4096-wide layer still splits into 128 tasks.
 const TILE_N: usize = 32;
+/// Weight rows per block in the `[in, out]` layout (an 8 KiB f32 buffer, L1-resident).
+const KB: usize = 64;
 /// k elements converted to f32 per step in the `[out, in]` layout (a 2 KiB buffer).
 const CHUNK_K: usize = 512;
 /// f32 lanes of the dot-product accumulators (one AVX register; LLVM vectorizes the lanes).
@@ -120,15 +122,34 @@ fn accumulate_body<T: RowToF32, const FMA: bool>(x: &[f32], w: &[T], s: Shape, c
     match s.layout {
         // Row k of W holds the tile's columns contiguously: axpy of that row into each token.
         WeightLayout::InOut => {
-            let mut wrow = [0f32; TILE_N];
-            for kk in 0..s.k {
-                T::row_to_f32(&w[kk * s.n2 + c0..kk * s.n2 + c0 + tn], &mut wrow[..tn]);
-                for mi in 0..s.m {
-                    let xv = x[mi * s.k + kk];
-                    let a = &mut acc[mi * TILE_N..(mi + 1) * TILE_N];
-                    for (a, &wv) in a.iter_mut().zip(&wrow) {
-                        *a = madd::<FMA>(xv, wv, *a);
+            // A block of KB weight rows of the tile, converted once, then token pairs accumulate
+            // it with their 2 x TILE_N sums in registers.
+            let mut wblk = [0f32; KB * TILE_N];
+            for k0 in (0..s.k).step_by(KB) {
+                let kl = KB.min(s.k - k0);
+                for kk in 0..kl {
+                    let src = &w[(k0 + kk) * s.n2 + c0..(k0 + kk) * s.n2 + c0 + tn];
+                    T::row_to_f32(src, &mut wblk[kk * TILE_N..kk * TILE_N + tn]);
+                }
+                let wblk = &wblk[..kl * TILE_N];
+                let mut mi = 0;
+                while mi < s.m {
+                    let rows = if mi + 1 < s.m { 2 } else { 1 };
+                    let (x0, x1) = (&x[mi * s.k + k0..][..kl], &x[(mi + rows - 1) * s.k + k0..][..kl]);
+                    let mut a0 = [0f32; TILE_N];
+                    let mut a1 = [0f32; TILE_N];
+                    for ((wr, &xv0), &xv1) in wblk.chunks_exact(TILE_N).zip(x0).zip(x1) {
+                        for j in 0..TILE_N {
+                            a0[j] = madd::<FMA>(xv0, wr[j], a0[j]);
+                            a1[j] = madd::<FMA>(xv1, wr[j], a1[j]);
+                        }
                     }
+                    for (r, a) in [a0, a1].iter().enumerate().take(rows) {
+                        for (d, v) in acc[(mi + r) * TILE_N..(mi + r + 1) * TILE_N].iter_mut().zip(a) {
+                            *d += v;
+                        }
+                    }
+                    mi += rows;
                 }
             }
         }

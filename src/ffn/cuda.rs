@@ -1,8 +1,11 @@
 //! CUDA glue of the small-M projection (`kernels/ffn.cu`): config choice, params, launch.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
 use super::{weight_layout, Epilogue, WeightLayout};
@@ -67,6 +70,19 @@ pub(crate) fn choose_config(m: usize, n: usize, k: usize, gated: bool, sm_count:
 
 type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
+/// The device's SM count, queried once per device (a driver call per launch shows at M = 1).
+fn sm_count(dev: &candle_core::CudaDevice) -> Result<usize> {
+    static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
+    let mut cache = SMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = cache.get(&dev.id()) {
+        return Ok(n);
+    }
+    let attr = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    let n = (dev.cuda_stream().context().attribute(attr).w()?).max(1) as usize;
+    cache.insert(dev.id(), n);
+    Ok(n)
+}
+
 pub(super) fn fwd(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg>) -> Result<CudaStorage> {
     match x.0.dtype() {
         DType::F16 => fwd_t::<half::f16>(epi, x, w, b),
@@ -94,8 +110,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
         return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
     }
     let stream = dev.cuda_stream();
-    let sm_count = stream.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
-    let cfg = choose_config(m, n, k, epi.gated(), sm_count.max(1) as usize);
+    let cfg = choose_config(m, n, k, epi.gated(), sm_count(dev)?);
     // 16-byte loads need K % 8 == 0 and 16-byte aligned row starts (allocations are 256-aligned).
     let aligned = k % 8 == 0 && x.1.start_offset() % 8 == 0 && w.1.start_offset() % 8 == 0;
     let name = format!(

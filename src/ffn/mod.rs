@@ -173,17 +173,22 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
             }
         }
         FfnPath::MatmulEpilogue => {
-            let a = x.matmul(&w)?;
             match epi {
-                Epilogue::Act(act) => bias_act(&a, b, act),
+                Epilogue::Act(Activation::Identity) if b.is_none() => x.matmul(&w),
+                Epilogue::Act(act) => bias_act(&x.matmul(&w)?, b, act),
                 Epilogue::Gated(act) => {
-                    let n = a.dim(1)? / 2;
+                    // two GEMMs on the gate and up halves (views, no copy), as stock does
+                    let n = w.dim(1)? / 2;
                     let (bg, bu) = match b {
                         Some(b) => (Some(b.narrow(0, 0, n)?), Some(b.narrow(0, n, n)?)),
                         None => (None, None),
                     };
-                    let g = bias_act(&a.narrow(1, 0, n)?, bg.as_ref(), act)?;
-                    let u = bias_act(&a.narrow(1, n, n)?, bu.as_ref(), Activation::Identity)?;
+                    let g = bias_act(&x.matmul(&w.narrow(1, 0, n)?)?, bg.as_ref(), act)?;
+                    let u = x.matmul(&w.narrow(1, n, n)?)?;
+                    let u = match bu {
+                        Some(bu) => bias_act(&u, Some(&bu), Activation::Identity)?,
+                        None => u,
+                    };
                     g * u
                 }
             }
