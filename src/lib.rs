@@ -16,4 +16,6 @@ pub mod testing;
 pub use activation::Activation;
 pub use attention::{fused_attention, fused_attention_with, AttentionConfig, Dropout};
 pub use bias_act::bias_act;
-pub use ffn::{choose_path, fused_ffn, FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_SMALL_M_MAX};
+pub use ffn::{
+    choose_path, fused_ffn, FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_SMALL_M_MAX, GPU_WIDE_TILE_MAX_WEIGHTS,
+};

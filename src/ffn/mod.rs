@@ -6,7 +6,8 @@
 //! cache, the second adds the bias. The path per projection is a pure function of the shapes
 //! ([`choose_path`]):
 //! - CPU, M <= [`CPU_FUSED_MAX_M`]: our multithreaded kernel (`cpu.rs`), f32 accumulation.
-//! - CUDA, f16/bf16, M <= [`GPU_SMALL_M_MAX`], weights stored `[out, in]`: the weight-streaming
+//! - CUDA, f16/bf16, M <= 16 (<= [`GPU_SMALL_M_MAX`] for weights up to
+//!   [`GPU_WIDE_TILE_MAX_WEIGHTS`] elements), weights stored `[out, in]`: the weight-streaming
 //!   tensor-core kernel of `kernels/ffn.cu` (reads each weight once, 16-byte loads).
 //! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
 //!
@@ -110,14 +111,21 @@ pub enum FfnPath {
     MatmulEpilogue,
 }
 
+/// Largest weight (k·n elements) for which the CUDA kernel also takes 17..=32 tokens: with 4
+/// token tiles it lost to cuBLAS on 4096x11008 (106 vs 65 µs at M=32, H200) but won on 512x2048
+/// (17.5 vs 38.8 µs); up to 16 tokens it won on every measured shape (benchmarks/ffn.md).
+pub const GPU_WIDE_TILE_MAX_WEIGHTS: usize = 4 << 20;
+
 /// The path for one projection `[m, k] · [k, n]`: a pure function of the device kind, dtype,
-/// token count and whether the weight is stored `[out, in]` (each output's k contiguous).
-pub fn choose_path(cuda: bool, dtype: DType, m: usize, weight_out_in: bool) -> FfnPath {
+/// token count, weight size and whether the weight is stored `[out, in]` (each output's k
+/// contiguous).
+pub fn choose_path(cuda: bool, dtype: DType, m: usize, k: usize, n: usize, weight_out_in: bool) -> FfnPath {
     if !cuda {
         return if m <= CPU_FUSED_MAX_M { FfnPath::CpuFused } else { FfnPath::MatmulEpilogue };
     }
     let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
-    if tensor_core_dtype && weight_out_in && m <= GPU_SMALL_M_MAX {
+    let max_m = if k.saturating_mul(n) <= GPU_WIDE_TILE_MAX_WEIGHTS { GPU_SMALL_M_MAX } else { 16 };
+    if tensor_core_dtype && weight_out_in && m <= max_m {
         FfnPath::CudaSmallM
     } else {
         FfnPath::MatmulEpilogue
@@ -163,7 +171,8 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
     };
     let out_in = weight_layout(w.layout()) == Some(WeightLayout::OutIn);
     let x = x.contiguous()?;
-    let path = choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, out_in);
+    let (k, n2) = w.dims2()?;
+    let path = choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, k, n2, out_in);
     match path {
         FfnPath::CpuFused | FfnPath::CudaSmallM => {
             let op = ProjOp { epi };
@@ -347,15 +356,24 @@ mod tests {
 
     #[test]
     fn path_by_device_dtype_and_m() {
-        assert_eq!(choose_path(false, DType::F32, 1, false), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, true), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, true), FfnPath::MatmulEpilogue);
+        let (k, n) = (512, 2048);
+        assert_eq!(choose_path(false, DType::F32, 1, k, n, false), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, k, n, true), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, k, n, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, k, n, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, k, n, true), FfnPath::MatmulEpilogue);
         // f32 has no 16-bit tensor-core mma; [in, out] storage can't be streamed row by row
-        assert_eq!(choose_path(true, DType::F32, 1, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F32, 1, k, n, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, false), FfnPath::MatmulEpilogue);
+    }
+
+    #[test]
+    fn big_weights_take_the_kernel_up_to_16_tokens() {
+        let (k, n) = (4096, 11008);
+        assert_eq!(choose_path(true, DType::F16, 16, k, n, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 17, k, n, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 32, 1024, 4096, true), FfnPath::CudaSmallM);
     }
 
     #[test]
