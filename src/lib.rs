@@ -8,8 +8,8 @@ mod bias_act;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod quant;
 mod ffn;
+pub mod quant;
 pub mod reference;
 pub mod testing;
 
