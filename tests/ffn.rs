@@ -9,11 +9,14 @@ use tiny_gemm::{fused_ffn, reference, Activation, FusedMlp, GatedMlp};
 
 /// `(atol, rtol)` of an FFN output of O(1) values: f32 accumulation over K plus the one rounding
 /// of the hidden activations and of the output to `dtype` (the f64 reference rounds neither).
+/// The hidden rounding reaches each output as a sum of H terms of size eps·|h|/sqrt(H): about
+/// eps·rms(h) (rms(h) ~ 1.5 here), and each case checks up to ~10^5 outputs, so atol is ~8 of
+/// those standard deviations (bf16 at 1.6e-2 failed once in three full GPU sweeps, at 5 sigma).
 fn ffn_tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F32 => (1e-4, 1e-4),
-        DType::F16 => (2e-3, 4e-3),
-        DType::BF16 => (1.6e-2, 3.2e-2),
+        DType::F16 => (4e-3, 4e-3),
+        DType::BF16 => (3e-2, 3.2e-2),
         _ => unreachable!(),
     }
 }
