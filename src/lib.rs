@@ -10,6 +10,7 @@ mod cpu;
 pub mod cuda;
 mod ffn;
 pub mod quant;
+mod layer_norm;
 pub mod reference;
 pub mod testing;
 
@@ -19,3 +20,4 @@ pub use bias_act::bias_act;
 pub use ffn::{
     choose_path, fused_ffn, FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_SMALL_M_MAX, GPU_WIDE_TILE_MAX_WEIGHTS,
 };
+pub use layer_norm::{add_layer_norm, layer_norm};

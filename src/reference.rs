@@ -52,6 +52,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &crate::AttentionConfi
         p = (p * mask)?;
     }
     p.matmul(&v)
+/// Residual-add + LayerNorm the stock-candle way: `x + residual`, then `candle_nn::LayerNorm`
+/// (affine, mean removed) over the last dimension. Returns `(normed, sum)`.
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    use candle_core::Module;
+    let sum = match residual {
+        Some(r) => (x + r)?,
+        None => x.clone(),
+    };
+    let beta = match beta {
+        Some(b) => b.clone(),
+        None => gamma.zeros_like()?,
+    };
+    let ln = candle_nn::LayerNorm::new(gamma.clone(), beta, eps);
+    Ok((ln.forward(&sum)?, sum))
 }
 
 /// The seed's FFN the stock-candle way: `act(x·w1 + b1)·w2 + b2` with `w1 [D, H]`, `w2 [H, O]`
