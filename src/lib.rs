@@ -11,6 +11,7 @@ pub mod cuda;
 mod ffn;
 pub mod quant;
 mod layer_norm;
+pub mod models;
 pub mod reference;
 pub mod testing;
 

@@ -1,0 +1,256 @@
+//! The pieces of a GPT-2 block that a [`Mode`] swaps: linear layers, the MLP, attention and the
+//! residual-add + LayerNorm. Each has a stock-candle implementation (the reference) and the
+//! crate's fused one; adding a new kernel is one match arm in the `make_*` functions.
+
+use candle_core::{bail, DType, Module, Result, Tensor, D};
+
+use crate::Activation;
+
+/// How a model runs its layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Plain candle layers: `matmul` + `broadcast_add`, `gelu`, `candle_nn::LayerNorm`,
+    /// `softmax_last_dim`. The reference every other mode is compared against.
+    Stock,
+    /// The crate's fused ops: [`add_layer_norm`](crate::add_layer_norm) between blocks and
+    /// [`bias_act`](crate::bias_act) for the MLP's bias + GELU. Attention is the stock
+    /// composition until the fused attention kernel is merged (see [`Mode::uses_fused_attention`]).
+    Fused,
+    /// [`Mode::Fused`] plus INT4 weight-only linear layers quantized in groups of `group_size`
+    /// along the input dimension. Not available until the INT4 kernels are merged: building a
+    /// model in this mode returns an error.
+    Int4 {
+        /// Input-dimension group size of the quantization scales (e.g. 128).
+        group_size: usize,
+    },
+    /// Stock candle ops that all have a backward pass (LayerNorm and softmax composed from tensor
+    /// ops), with dropout of probability `dropout` on the embeddings, attention and MLP outputs:
+    /// what `examples/train_gpt` trains with. Same function as [`Mode::Stock`] when `dropout` is 0.
+    Train {
+        /// Dropout probability (0 turns it off).
+        dropout: f32,
+    },
+}
+
+impl Mode {
+    /// The name used on the command line and in tables: `stock`, `fused`, `int4`, `train`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Stock => "stock",
+            Mode::Fused => "fused",
+            Mode::Int4 { .. } => "int4",
+            Mode::Train { .. } => "train",
+        }
+    }
+
+    /// Whether attention runs the fused kernel. False in every mode until `fused_attention`
+    /// (issue 3) is merged; the fused modes then flip this to true.
+    pub fn uses_fused_attention(&self) -> bool {
+        false
+    }
+}
+
+/// `y = x·W + b` over weights in GPT-2's Conv1D layout, `W: [in, out]`.
+pub trait LinearLayer: Send + Sync {
+    /// `x: [.., in]` to `[.., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Bytes of weight (and bias) storage, as held on the device.
+    fn weight_bytes(&self) -> usize;
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+/// `x.matmul(W)` over the flattened leading dims, `W: [in, out]` (any strides).
+fn matmul_in_out(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let k = dims.pop().unwrap_or(1);
+    let rows = dims.iter().product::<usize>();
+    let y = x.reshape((rows, k))?.matmul(w)?;
+    dims.push(w.dim(1)?);
+    y.reshape(dims)
+}
+
+/// The stock linear layer: `matmul` then `broadcast_add`.
+struct StockLinear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl LinearLayer for StockLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = matmul_in_out(x, &self.w)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        bytes(&self.w) + self.b.as_ref().map_or(0, bytes)
+    }
+}
+
+fn int4_not_available() -> candle_core::Error {
+    candle_core::Error::Msg(
+        "--mode int4 is not available yet: the INT4 linear layer (tiny_gemm::quant::Int4Linear, issue 5) \
+         has not been merged into this build"
+            .into(),
+    )
+}
+
+/// A linear layer for `mode` from a `[in, out]` weight and an optional `[out]` bias.
+pub fn make_linear(mode: Mode, w: Tensor, b: Option<Tensor>) -> Result<Box<dyn LinearLayer>> {
+    match mode {
+        Mode::Stock | Mode::Fused | Mode::Train { .. } => Ok(Box::new(StockLinear { w, b })),
+        // swap in: `Ok(Box::new(crate::quant::Int4Linear::from_in_out(&w, b, group_size)?))`
+        Mode::Int4 { .. } => Err(int4_not_available()),
+    }
+}
+
+/// GPT-2's MLP: `proj(gelu_tanh(x·W_fc + b_fc))`.
+pub trait MlpLayer: Send + Sync {
+    /// `x: [.., n_embd]` to `[.., n_embd]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Bytes of weight storage.
+    fn weight_bytes(&self) -> usize;
+}
+
+/// Stock: linear, `Tensor::gelu` (the tanh form), linear.
+struct StockMlp {
+    fc: Box<dyn LinearLayer>,
+    proj: Box<dyn LinearLayer>,
+    dropout: f32,
+}
+
+impl MlpLayer for StockMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = Activation::GeluTanh.apply_tensor(&self.fc.forward(x)?)?;
+        dropout(&self.proj.forward(&h)?, self.dropout)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.fc.weight_bytes() + self.proj.weight_bytes()
+    }
+}
+
+/// Fused bias + GELU: `matmul`, then [`bias_act`](crate::bias_act) in one pass, then the
+/// projection. Superseded by `tiny_gemm::FusedMlp` (issue 4) once merged.
+struct BiasActMlp {
+    fc_w: Tensor,
+    fc_b: Tensor,
+    proj: Box<dyn LinearLayer>,
+}
+
+impl MlpLayer for BiasActMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = crate::bias_act(&matmul_in_out(x, &self.fc_w)?, Some(&self.fc_b), Activation::GeluTanh)?;
+        self.proj.forward(&h)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        bytes(&self.fc_w) + bytes(&self.fc_b) + self.proj.weight_bytes()
+    }
+}
+
+/// The MLP for `mode` from the Conv1D weights `fc: [C, F]`, `proj: [F, C]` and their biases.
+pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Result<Box<dyn MlpLayer>> {
+    match mode {
+        Mode::Stock | Mode::Train { .. } => Ok(Box::new(StockMlp {
+            fc: make_linear(mode, fc.0, Some(fc.1))?,
+            proj: make_linear(mode, proj.0, Some(proj.1))?,
+            dropout: if let Mode::Train { dropout } = mode { dropout } else { 0.0 },
+        })),
+        // swap in: `Ok(Box::new(crate::FusedMlp::new(fc.0, fc.1, proj.0, proj.1, Activation::GeluTanh)?))`
+        Mode::Fused => {
+            Ok(Box::new(BiasActMlp { fc_w: fc.0, fc_b: fc.1, proj: make_linear(mode, proj.0, Some(proj.1))? }))
+        }
+        Mode::Int4 { .. } => Err(int4_not_available()),
+    }
+}
+
+/// Causal scaled-dot-product attention, `q: [B, H, Nq, D]`, `k, v: [B, H, Nk, D]` with
+/// `Nk >= Nq`: query `i` sees keys `0..=i + Nk - Nq` (the queries are the last `Nq` positions).
+/// Returns `[B, H, Nq, D]`.
+pub fn attention(mode: Mode, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    // swap in when `mode.uses_fused_attention()`: `crate::fused_attention(q, k, v, true)`
+    // (Nq = 1 in decode steps takes its decode path).
+    let (nq, nk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
+    if nk < nq {
+        bail!("attention: {nk} keys for {nq} queries; the queries must be the last Nk positions");
+    }
+    let dtype = q.dtype();
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = if nq > 1 { scores.broadcast_add(&causal_mask(nq, nk, dtype, q.device())?)? } else { scores };
+    // softmax in f32 for the half types
+    let scores = scores.to_dtype(DType::F32)?;
+    let p = match mode {
+        Mode::Train { .. } => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        _ => candle_nn::ops::softmax_last_dim(&scores)?,
+    };
+    p.to_dtype(dtype)?.matmul(v)
+}
+
+/// `[Nq, Nk]`: 0 where query `i` may see key `j` (`j <= i + Nk - Nq`), -inf elsewhere.
+fn causal_mask(nq: usize, nk: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
+    let offset = nk - nq;
+    let mask: Vec<f32> =
+        (0..nq).flat_map(|i| (0..nk).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Tensor::from_vec(mask, (nq, nk), dev)?.to_dtype(dtype)
+}
+
+/// `(LayerNorm(x + residual), x + residual)`, the residual add optional.
+pub struct AddNorm {
+    mode: Mode,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl AddNorm {
+    /// A LayerNorm with weight `gamma` and bias `beta`, run the way `mode` says.
+    pub fn new(mode: Mode, gamma: Tensor, beta: Tensor, eps: f64) -> Self {
+        Self { mode, gamma, beta, eps }
+    }
+
+    /// Returns `(normed, sum)` with `sum = x + residual` (or `x`).
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        match self.mode {
+            Mode::Fused | Mode::Int4 { .. } => {
+                crate::add_layer_norm(x, residual, &self.gamma, Some(&self.beta), self.eps)
+            }
+            Mode::Stock => {
+                let sum = match residual {
+                    Some(r) => (x + r)?,
+                    None => x.clone(),
+                };
+                let ln = candle_nn::LayerNorm::new(self.gamma.clone(), self.beta.clone(), self.eps);
+                Ok((ln.forward(&sum)?, sum))
+            }
+            Mode::Train { .. } => {
+                let sum = match residual {
+                    Some(r) => (x + r)?,
+                    None => x.clone(),
+                };
+                let centered = sum.broadcast_sub(&sum.mean_keepdim(D::Minus1)?)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                Ok((normed.broadcast_mul(&self.gamma)?.broadcast_add(&self.beta)?, sum))
+            }
+        }
+    }
+
+    /// Bytes of weight storage.
+    pub fn weight_bytes(&self) -> usize {
+        bytes(&self.gamma) + bytes(&self.beta)
+    }
+}
+
+/// Inverted dropout with probability `p` (identity when `p == 0`).
+pub(crate) fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    candle_nn::ops::dropout(x, p)
+}
