@@ -254,7 +254,8 @@ mod cuda {
             let s = both.then(|| out.slice(numel..2 * numel));
             let null = 0u64; // a null pointer: no residual / no sum output
             let (rows_i, cols_i) = (rows as i64, cols as i64);
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xs);
             if op.add {
                 b.arg(&rs);

@@ -32,6 +32,11 @@ fn check(dev: &Device, shape: &[usize], dtype: DType, with_residual: bool) -> Re
     assert_eq!((y.dtype(), s.dtype()), (dtype, dtype));
     assert!(y.device().same_device(dev) && s.device().same_device(dev));
     let what = format!("{dev:?} {shape:?} {dtype:?} residual={with_residual}");
+    if x.elem_count() == 0 {
+        // nothing to compare (and candle's CUDA copies reject empty buffers): shapes only
+        assert_eq!((y.dims(), s.dims()), (shape, shape), "{what}");
+        return Ok(());
+    }
 
     // the sum: x + r rounded once to dtype, as candle's `add`
     let (stock_y, stock_s) = reference::add_layer_norm(&x, r.as_ref(), &gamma, Some(&beta), eps)?;

@@ -43,7 +43,7 @@ fn tokenizer_file(path: &Path) -> Result<Tokenizer> {
 
 fn config_file(path: &Path) -> Result<Gpt2Config> {
     let json = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Gpt2Config::from_json(&json).with_context(|| path.display().to_string())?)
+    Gpt2Config::from_json(&json).with_context(|| path.display().to_string())
 }
 
 impl Source {

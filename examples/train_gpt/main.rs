@@ -55,12 +55,13 @@ struct Args {
     weight_decay: f64,
     #[arg(long, default_value_t = 0.1)]
     dropout: f32,
-    /// Optimizer steps (the schedule's length); training also stops at --max-minutes.
+    /// Optimizer steps; training stops at --max-minutes too, the cosine schedule then following
+    /// the elapsed time instead.
     #[arg(long, default_value_t = 4000)]
     steps: usize,
     #[arg(long, default_value_t = 200)]
     warmup: usize,
-    /// Wall-clock budget in minutes (the schedule is not shortened: set --steps to fit).
+    /// Wall-clock budget in minutes.
     #[arg(long, default_value_t = 40.0)]
     max_minutes: f64,
     #[arg(long, default_value_t = 250)]
@@ -193,15 +194,17 @@ fn main() -> Result<()> {
     let mut rng = Rng(args.seed);
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
-    let (t0, mut best, mut log) = (Instant::now(), (f64::INFINITY, 0usize), String::new());
+    let (mut best, mut log) = ((f64::INFINITY, 0usize), String::new());
     let mut last_step = 0;
     let weights = args.out_dir.join("model.safetensors");
+    let t0 = Instant::now();
     for step in 1..=args.steps {
+        // the schedule runs to --steps or to --max-minutes, whichever comes first
+        let progress = (step as f64 / args.steps as f64).max(t0.elapsed().as_secs_f64() / (args.max_minutes * 60.0));
         let lr = if step <= args.warmup {
             args.lr * step as f64 / args.warmup as f64
         } else {
-            let p = (step - args.warmup) as f64 / (args.steps - args.warmup).max(1) as f64;
-            args.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+            args.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
         };
         opt.set_learning_rate(lr);
         let starts: Vec<usize> = (0..args.batch).map(|_| rng.below(train.len() - args.ctx - 1)).collect();
@@ -217,7 +220,11 @@ fn main() -> Result<()> {
                 "step {step} lr {lr:.2e} train {train_loss:.4} val {val_loss:.4} ({:.0}s)",
                 t0.elapsed().as_secs_f64()
             );
-            bar.println(&line);
+            if bar.is_hidden() {
+                println!("{line}"); // not a terminal: no bar, plain log lines
+            } else {
+                bar.println(&line);
+            }
             log.push_str(&line);
             log.push('\n');
             bar.set_message(format!("val {val_loss:.3}"));
