@@ -27,6 +27,19 @@ pub use layers::{attention, make_linear, make_mlp, AddNorm, LinearLayer, MlpLaye
 /// Standard deviation of GPT-2's initial weights.
 const INIT_STD: f64 = 0.02;
 
+/// Runs `$body` in a trace span named `$name` (a literal: span names are static), waiting for
+/// the GPU (`$dev: Option<&Device>`) before the span closes so it shows kernel time.
+macro_rules! traced {
+    ($name:literal, $dev:expr, $body:expr) => {{
+        let _span = tracing::trace_span!($name).entered();
+        let out = $body?;
+        if let Some(dev) = $dev {
+            dev.synchronize()?;
+        }
+        Ok::<_, candle_core::Error>(out)
+    }};
+}
+
 struct Block {
     ln_1: AddNorm,
     c_attn: Box<dyn LinearLayer>,
@@ -216,9 +229,9 @@ impl Gpt2 {
         // the previous block's MLP output, not yet added to h (AddNorm adds it)
         let mut pending: Option<Tensor> = None;
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let (x, sum) = traced("ln_1", self.sync(), || block.ln_1.forward(&h, pending.as_ref()))?;
+            let (x, sum) = traced!("ln_1", self.sync(), block.ln_1.forward(&h, pending.as_ref()))?;
             h = sum;
-            let qkv = traced("c_attn", self.sync(), || block.c_attn.forward(&x))?;
+            let qkv = traced!("c_attn", self.sync(), block.c_attn.forward(&x))?;
             let heads = |i: usize| -> Result<Tensor> {
                 qkv.narrow(2, i * self.cfg.n_embd, self.cfg.n_embd)?
                     .reshape((b, t, nh, hd))?
@@ -231,36 +244,26 @@ impl Gpt2 {
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
             *kv = Some((k.clone(), v.clone()));
-            let a = traced("attention", self.sync(), || attention(self.mode, &q, &k, &v))?;
+            let a = traced!("attention", self.sync(), attention(self.mode, &q, &k, &v))?;
             let a = a.transpose(1, 2)?.reshape((b, t, self.cfg.n_embd))?;
-            let a = layers::dropout(&traced("attn.c_proj", self.sync(), || block.c_proj.forward(&a))?, dropout)?;
-            let (x, sum) = traced("ln_2", self.sync(), || block.ln_2.forward(&h, Some(&a)))?;
+            let a = layers::dropout(&traced!("attn.c_proj", self.sync(), block.c_proj.forward(&a))?, dropout)?;
+            let (x, sum) = traced!("ln_2", self.sync(), block.ln_2.forward(&h, Some(&a)))?;
             h = sum;
-            pending = Some(traced("mlp", self.sync(), || block.mlp.forward(&x))?);
+            pending = Some(traced!("mlp", self.sync(), block.mlp.forward(&x))?);
         }
         let h = if last_only { h.narrow(1, t - 1, 1)? } else { h };
         let pending = match pending {
             Some(p) if last_only => Some(p.narrow(1, t - 1, 1)?),
             p => p,
         };
-        let (x, _) = traced("ln_f", self.sync(), || self.ln_f.forward(&h, pending.as_ref()))?;
-        traced("lm_head", self.sync(), || self.lm_head.forward(&x))
+        let (x, _) = traced!("ln_f", self.sync(), self.ln_f.forward(&h, pending.as_ref()))?;
+        traced!("lm_head", self.sync(), self.lm_head.forward(&x))
     }
 
     /// Whether spans should wait for the GPU (so they show kernel time): only when tracing.
     fn sync(&self) -> Option<&Device> {
         (tracing::enabled!(tracing::Level::TRACE) && self.wte.device().is_cuda()).then(|| self.wte.device())
     }
-}
-
-/// Runs `f` in a trace span named `name`, synchronizing `dev` (if any) before the span closes.
-fn traced<T>(name: &'static str, dev: Option<&Device>, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let _span = tracing::span!(tracing::Level::TRACE, "op", name).entered();
-    let out = f()?;
-    if let Some(dev) = dev {
-        dev.synchronize()?;
-    }
-    Ok(out)
 }
 
 /// Seeded random GPT-2 weights (Hugging Face names, f32, on the CPU) with GPT-2's initialization:
