@@ -3,7 +3,7 @@
 //! CUDA kernel: `kernels/layer_norm.cu`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{self, dispatch_float, CpuFloat};
@@ -69,23 +69,22 @@ pub fn add_layer_norm(
     }
     let x = x.contiguous()?;
     let gamma = gamma.contiguous()?;
-    // Packing beta (or zeros) into one [2, cols] tensor keeps the op a CustomOp3.
+    // beta rides in the op (CustomOp3 takes three tensors); the kernel reads it in place
     let beta = match beta {
         Some(b) => b.contiguous()?,
         None => gamma.zeros_like()?,
     };
-    let params = Tensor::stack(&[&gamma, &beta], 0)?;
     let eps = eps as f32;
     match residual {
         None => {
-            // The normalized output only: feed x twice and tell the op not to add.
-            let y = x.apply_op3_no_bwd(&x, &params, &AddLayerNorm { eps, add: false })?;
+            // The normalized output only: x is passed twice and the second is ignored.
+            let y = x.apply_op3_no_bwd(&x, &gamma, &AddLayerNorm { eps, add: false, beta })?;
             Ok((y, x))
         }
         Some(r) => {
             let r = r.contiguous()?;
-            // One call computes both outputs; they are returned concatenated on a new leading dim.
-            let both = x.apply_op3_no_bwd(&r, &params, &AddLayerNorm { eps, add: true })?;
+            // One call computes both outputs, returned stacked on a new leading dim.
+            let both = x.apply_op3_no_bwd(&r, &gamma, &AddLayerNorm { eps, add: true, beta })?;
             Ok((both.get(0)?, both.get(1)?))
         }
     }
@@ -101,6 +100,8 @@ struct AddLayerNorm {
     /// true: `x + residual`, output `[2, ..x.dims]` (normalized values, then the sum);
     /// false: the second input is ignored, output `[..x.dims]` (normalized values)
     add: bool,
+    /// `[cols]`, contiguous, same dtype and device as x
+    beta: Tensor,
 }
 
 impl AddLayerNorm {
@@ -139,13 +140,15 @@ fn cpu_fwd_t<T: CpuFloat>(
     op: &AddLayerNorm,
     x: (&CpuStorage, &Layout),
     r: (&CpuStorage, &Layout),
-    p: (&CpuStorage, &Layout),
+    g: (&CpuStorage, &Layout),
 ) -> Result<CpuStorage> {
     let cols = x.1.dims().last().copied().unwrap_or(1);
     let xs = cpu::contiguous::<T>(x.0, x.1)?;
     let rs = if op.add { Some(cpu::contiguous::<T>(r.0, r.1)?) } else { None };
-    let ps = cpu::contiguous::<T>(p.0, p.1)?;
-    let (gamma, beta) = ps.split_at(cols);
+    let gamma = cpu::contiguous::<T>(g.0, g.1)?;
+    let (beta_storage, beta_layout) = op.beta.storage_and_layout();
+    let Storage::Cpu(beta_storage) = &*beta_storage else { bail!("add_layer_norm: beta is not on the CPU") };
+    let beta = cpu::contiguous::<T>(beta_storage, beta_layout)?;
     let n = xs.len();
     let zero = T::from_f32(0.0);
     let mut out = vec![zero; if op.add { 2 * n } else { n }];
@@ -219,23 +222,23 @@ pub(crate) fn choose_threads(cols: usize) -> u32 {
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::{backend::BackendStorage, CudaStorage, DType, Layout, Result};
+    use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result, Storage};
 
     use super::{choose_threads, AddLayerNorm};
     use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx};
 
     type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
-    pub(super) fn fwd(op: &AddLayerNorm, x: Arg, r: Arg, p: Arg) -> Result<CudaStorage> {
+    pub(super) fn fwd(op: &AddLayerNorm, x: Arg, r: Arg, g: Arg) -> Result<CudaStorage> {
         match x.0.dtype() {
-            DType::F32 => fwd_t::<f32>(op, x, r, p),
-            DType::F16 => fwd_t::<half::f16>(op, x, r, p),
-            DType::BF16 => fwd_t::<half::bf16>(op, x, r, p),
+            DType::F32 => fwd_t::<f32>(op, x, r, g),
+            DType::F16 => fwd_t::<half::f16>(op, x, r, g),
+            DType::BF16 => fwd_t::<half::bf16>(op, x, r, g),
             dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "add_layer_norm")),
         }
     }
 
-    fn fwd_t<T: CudaDType + DeviceRepr>(op: &AddLayerNorm, x: Arg, r: Arg, p: Arg) -> Result<CudaStorage> {
+    fn fwd_t<T: CudaDType + DeviceRepr>(op: &AddLayerNorm, x: Arg, r: Arg, g: Arg) -> Result<CudaStorage> {
         let dev = x.0.device();
         let numel = x.1.shape().elem_count();
         let cols = x.1.dims().last().copied().unwrap_or(1);
@@ -244,9 +247,10 @@ mod cuda {
         let func = load_func(dev, "layer_norm", ptx::LAYER_NORM, &name)?;
         let xs = contiguous_view::<T>(x.0, x.1)?;
         let rs = contiguous_view::<T>(r.0, r.1)?;
-        let ps = contiguous_view::<T>(p.0, p.1)?;
-        let gamma = ps.slice(0..cols);
-        let beta = ps.slice(cols..2 * cols);
+        let gamma = contiguous_view::<T>(g.0, g.1)?;
+        let (beta_storage, beta_layout) = op.beta.storage_and_layout();
+        let Storage::Cuda(beta_storage) = &*beta_storage else { bail!("add_layer_norm: beta is not on CUDA") };
+        let beta = contiguous_view::<T>(beta_storage, beta_layout)?;
         let both = op.add;
         let out = alloc_output::<T>(dev, if both { 2 * numel } else { numel })?;
         if rows > 0 {
