@@ -52,6 +52,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &crate::AttentionConfi
         p = (p * mask)?;
     }
     p.matmul(&v)
+}
+
 /// Residual-add + LayerNorm the stock-candle way: `x + residual`, then `candle_nn::LayerNorm`
 /// (affine, mean removed) over the last dimension. Returns `(normed, sum)`.
 pub fn add_layer_norm(
