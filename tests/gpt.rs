@@ -170,7 +170,7 @@ fn fused_matches_stock_on_tiny_random_configs() -> Result<()> {
 #[test]
 fn kv_cache_decode_equals_full_recompute() -> Result<()> {
     for dev in devices() {
-        let cfg = Gpt2Config::sized(61, 23, 32, 2, 2);
+        let cfg = Gpt2Config::sized(61, 23, 64, 2, 2); // head dim 32: the fused attention kernel
         let w = random_weights(&cfg, fresh_seed())?;
         for mode in [Mode::Stock, Mode::Fused] {
             let model = Gpt2::from_tensors(w.clone(), &cfg, mode, DType::F32, &dev)?;
@@ -274,10 +274,39 @@ fn bad_weight_files_are_clear_errors() -> Result<()> {
 }
 
 #[test]
-fn int4_mode_says_not_available_yet() -> Result<()> {
-    let cfg = tiny_config();
-    let w = random_weights(&cfg, 3)?;
-    let msg = err_of(Gpt2::from_tensors(w, &cfg, Mode::Int4 { group_size: 128 }, DType::F32, &Device::Cpu));
-    assert!(msg.contains("not available yet"), "{msg}");
+fn int4_mode_is_close_to_stock_and_its_cache_is_exact() -> Result<()> {
+    for dev in devices() {
+        // head dim 32 (fused attention), K = 64 and 256: multiples of group 32 and 64
+        let cfg = Gpt2Config::sized(97, 24, 64, 2, 2);
+        let w = random_weights(&cfg, fresh_seed())?;
+        let stock = Gpt2::from_tensors(w.clone(), &cfg, Mode::Stock, DType::F32, &dev)?;
+        for group_size in [32, 64] {
+            let int4 = Gpt2::from_tensors(w.clone(), &cfg, Mode::Int4 { group_size }, DType::F32, &dev)?;
+            assert!(int4.weight_bytes() < stock.weight_bytes());
+            let ids = random_ids(cfg.n_positions, cfg.vocab_size, &dev)?;
+            let a = stock.forward(&ids, &mut KvCache::new(), false)?;
+            let b = int4.forward(&ids, &mut KvCache::new(), false)?;
+            // 4-bit weights: logits (|l| ~ 1) move by a few percent of their spread
+            let spread = a.to_dtype(DType::F32)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+            assert_close(&b, &a, (0.15 * spread, 0.0), &format!("{dev:?} int4 g{group_size} vs stock"));
+            // decode with the cache = full recompute, in int4 too
+            let mut cache = KvCache::new();
+            let mut got = vec![int4.forward(&ids.narrow(1, 0, 7)?, &mut cache, false)?];
+            for p in 7..cfg.n_positions {
+                got.push(int4.forward(&ids.narrow(1, p, 1)?, &mut cache, false)?);
+            }
+            assert_close(&Tensor::cat(&got, 1)?, &b, (2e-3, 2e-3), &format!("{dev:?} int4 cached vs full"));
+        }
+    }
+    // a hidden size that is not a multiple of the group size is an error naming both
+    let cfg = Gpt2Config::sized(11, 4, 48, 1, 1);
+    let msg = err_of(Gpt2::from_tensors(
+        random_weights(&cfg, 3)?,
+        &cfg,
+        Mode::Int4 { group_size: 32 },
+        DType::F32,
+        &Device::Cpu,
+    ));
+    assert!(msg.contains("48") && msg.contains("32"), "{msg}");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! A GPT-2 on stock candle layers vs the crate's fused ops (vs INT4 weights, once merged).
+//! A GPT-2 on stock candle layers vs the crate's fused ops vs fused ops + INT4 weights.
 //!
 //! ```sh
 //! cargo run --release --example gpt                      # the embedded Shakespeare GPT, offline, CPU
@@ -46,8 +46,8 @@ struct Args {
     /// Seeded random weights of a GPT-2 size (gpt2, gpt2-medium, distilgpt2): speed, no download.
     #[arg(long)]
     random_init: Option<String>,
-    /// How the layers run. `fused` until INT4 lands: int4 errors with "not available yet".
-    #[arg(long, value_enum, default_value_t = ModeArg::Fused)]
+    /// How the layers run: stock candle layers, the fused ops, or fused + INT4 weights.
+    #[arg(long, value_enum, default_value_t = ModeArg::Int4)]
     mode: ModeArg,
     /// INT4 group size (along the input dimension).
     #[arg(long, default_value_t = 128)]

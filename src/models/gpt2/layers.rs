@@ -12,13 +12,14 @@ pub enum Mode {
     /// Plain candle layers: `matmul` + `broadcast_add`, `gelu`, `candle_nn::LayerNorm`,
     /// `softmax_last_dim`. The reference every other mode is compared against.
     Stock,
-    /// The crate's fused ops: [`add_layer_norm`](crate::add_layer_norm) between blocks and
-    /// [`bias_act`](crate::bias_act) for the MLP's bias + GELU. Attention is the stock
-    /// composition until the fused attention kernel is merged (see [`Mode::uses_fused_attention`]).
+    /// The crate's fused ops: [`add_layer_norm`](crate::add_layer_norm) between blocks,
+    /// [`bias_act`](crate::bias_act) for the MLP's bias + GELU and
+    /// [`fused_attention`](crate::fused_attention) (for the head dims it supports, see
+    /// [`Mode::uses_fused_attention`]). The fused FFN (issue 4) is not merged yet.
     Fused,
-    /// [`Mode::Fused`] plus INT4 weight-only linear layers quantized in groups of `group_size`
-    /// along the input dimension. Not available until the INT4 kernels are merged: building a
-    /// model in this mode returns an error.
+    /// [`Mode::Fused`] plus INT4 weight-only linear layers ([`crate::quant::Int4Linear`],
+    /// asymmetric, quantized in groups of `group_size` along the input dimension), the tied LM
+    /// head included.
     Int4 {
         /// Input-dimension group size of the quantization scales (e.g. 128).
         group_size: usize,
@@ -43,10 +44,11 @@ impl Mode {
         }
     }
 
-    /// Whether attention runs the fused kernel. False in every mode until `fused_attention`
-    /// (issue 3) is merged; the fused modes then flip this to true.
-    pub fn uses_fused_attention(&self) -> bool {
-        false
+    /// Whether attention runs [`crate::fused_attention`] for heads of width `head_dim`: in the
+    /// fused modes, when the kernel supports the head dim (a multiple of 8 in 32..=256); other
+    /// head dims use the stock composition.
+    pub fn uses_fused_attention(&self, head_dim: usize) -> bool {
+        matches!(self, Mode::Fused | Mode::Int4 { .. }) && head_dim % 8 == 0 && (32..=256).contains(&head_dim)
     }
 }
 
@@ -92,20 +94,31 @@ impl LinearLayer for StockLinear {
     }
 }
 
-fn int4_not_available() -> candle_core::Error {
-    candle_core::Error::Msg(
-        "--mode int4 is not available yet: the INT4 linear layer (tiny_gemm::quant::Int4Linear, issue 5) \
-         has not been merged into this build"
-            .into(),
-    )
+/// An INT4 linear layer over the weight `[in, out]`, transposed once to the `[out, in]` that
+/// [`crate::quant`] quantizes.
+struct Int4Layer {
+    inner: crate::quant::Int4Linear,
+}
+
+impl LinearLayer for Int4Layer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_core::Module::forward(&self.inner, x)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.inner.weight().size_in_bytes() + self.inner.bias().map_or(0, bytes)
+    }
 }
 
 /// A linear layer for `mode` from a `[in, out]` weight and an optional `[out]` bias.
 pub fn make_linear(mode: Mode, w: Tensor, b: Option<Tensor>) -> Result<Box<dyn LinearLayer>> {
     match mode {
         Mode::Stock | Mode::Fused | Mode::Train { .. } => Ok(Box::new(StockLinear { w, b })),
-        // swap in: `Ok(Box::new(crate::quant::Int4Linear::from_in_out(&w, b, group_size)?))`
-        Mode::Int4 { .. } => Err(int4_not_available()),
+        Mode::Int4 { group_size } => {
+            let cfg = crate::quant::Int4Config { group_size, symmetric: false };
+            let weight = crate::quant::Int4Weight::quantize(&w.t()?.contiguous()?, cfg)?;
+            Ok(Box::new(Int4Layer { inner: crate::quant::Int4Linear::new(weight, b)? }))
+        }
     }
 }
 
@@ -138,19 +151,20 @@ impl MlpLayer for StockMlp {
 /// Fused bias + GELU: `matmul`, then [`bias_act`](crate::bias_act) in one pass, then the
 /// projection. Superseded by `tiny_gemm::FusedMlp` (issue 4) once merged.
 struct BiasActMlp {
-    fc_w: Tensor,
+    /// the fc layer without its bias
+    fc: Box<dyn LinearLayer>,
     fc_b: Tensor,
     proj: Box<dyn LinearLayer>,
 }
 
 impl MlpLayer for BiasActMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = crate::bias_act(&matmul_in_out(x, &self.fc_w)?, Some(&self.fc_b), Activation::GeluTanh)?;
+        let h = crate::bias_act(&self.fc.forward(x)?, Some(&self.fc_b), Activation::GeluTanh)?;
         self.proj.forward(&h)
     }
 
     fn weight_bytes(&self) -> usize {
-        bytes(&self.fc_w) + bytes(&self.fc_b) + self.proj.weight_bytes()
+        self.fc.weight_bytes() + bytes(&self.fc_b) + self.proj.weight_bytes()
     }
 }
 
@@ -162,11 +176,12 @@ pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Res
             proj: make_linear(mode, proj.0, Some(proj.1))?,
             dropout: if let Mode::Train { dropout } = mode { dropout } else { 0.0 },
         })),
-        // swap in: `Ok(Box::new(crate::FusedMlp::new(fc.0, fc.1, proj.0, proj.1, Activation::GeluTanh)?))`
-        Mode::Fused => {
-            Ok(Box::new(BiasActMlp { fc_w: fc.0, fc_b: fc.1, proj: make_linear(mode, proj.0, Some(proj.1))? }))
-        }
-        Mode::Int4 { .. } => Err(int4_not_available()),
+        // swap in for Fused: `crate::FusedMlp` (issue 4) once merged
+        Mode::Fused | Mode::Int4 { .. } => Ok(Box::new(BiasActMlp {
+            fc: make_linear(mode, fc.0, None)?,
+            fc_b: fc.1,
+            proj: make_linear(mode, proj.0, Some(proj.1))?,
+        })),
     }
 }
 
@@ -174,11 +189,13 @@ pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Res
 /// `Nk >= Nq`: query `i` sees keys `0..=i + Nk - Nq` (the queries are the last `Nq` positions).
 /// Returns `[B, H, Nq, D]`.
 pub fn attention(mode: Mode, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    // swap in when `mode.uses_fused_attention()`: `crate::fused_attention(q, k, v, true)`
-    // (Nq = 1 in decode steps takes its decode path).
     let (nq, nk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
     if nk < nq {
         bail!("attention: {nk} keys for {nq} queries; the queries must be the last Nk positions");
+    }
+    if mode.uses_fused_attention(d) {
+        // causal, bottom-right aligned; Nq = 1 (decode) takes the kernel's decode path
+        return crate::fused_attention(q, k, v, true);
     }
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
