@@ -12,6 +12,7 @@ mod ffn;
 pub mod quant;
 mod layer_norm;
 pub mod models;
+pub mod quant;
 pub mod reference;
 pub mod testing;
 
