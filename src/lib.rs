@@ -9,7 +9,6 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod ffn;
-pub mod quant;
 mod layer_norm;
 pub mod models;
 pub mod quant;
