@@ -13,9 +13,9 @@ pub enum Mode {
     /// `softmax_last_dim`. The reference every other mode is compared against.
     Stock,
     /// The crate's fused ops: [`add_layer_norm`](crate::add_layer_norm) between blocks,
-    /// [`bias_act`](crate::bias_act) for the MLP's bias + GELU and
+    /// [`FusedMlp`](crate::FusedMlp) for the MLP (bias + GELU-tanh fused) and
     /// [`fused_attention`](crate::fused_attention) (for the head dims it supports, see
-    /// [`Mode::uses_fused_attention`]). The fused FFN (issue 4) is not merged yet.
+    /// [`Mode::uses_fused_attention`]).
     Fused,
     /// [`Mode::Fused`] plus INT4 weight-only linear layers ([`crate::quant::Int4Linear`],
     /// asymmetric, quantized in groups of `group_size` along the input dimension), the tied LM
@@ -148,8 +148,8 @@ impl MlpLayer for StockMlp {
     }
 }
 
-/// Fused bias + GELU: `matmul`, then [`bias_act`](crate::bias_act) in one pass, then the
-/// projection. Superseded by `tiny_gemm::FusedMlp` (issue 4) once merged.
+/// Linear (INT4), then [`bias_act`](crate::bias_act) for the bias + GELU in one pass, then the
+/// projection: the INT4 mode's MLP.
 struct BiasActMlp {
     /// the fc layer without its bias
     fc: Box<dyn LinearLayer>,
@@ -168,6 +168,22 @@ impl MlpLayer for BiasActMlp {
     }
 }
 
+/// [`crate::FusedMlp`]: both projections and the bias + GELU epilogue in the crate's fused FFN.
+struct FusedMlpLayer {
+    mlp: crate::FusedMlp,
+    weight_bytes: usize,
+}
+
+impl MlpLayer for FusedMlpLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.mlp.forward(x)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+}
+
 /// The MLP for `mode` from the Conv1D weights `fc: [C, F]`, `proj: [F, C]` and their biases.
 pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Result<Box<dyn MlpLayer>> {
     match mode {
@@ -176,8 +192,12 @@ pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Res
             proj: make_linear(mode, proj.0, Some(proj.1))?,
             dropout: if let Mode::Train { dropout } = mode { dropout } else { 0.0 },
         })),
-        // swap in for Fused: `crate::FusedMlp` (issue 4) once merged
-        Mode::Fused | Mode::Int4 { .. } => Ok(Box::new(BiasActMlp {
+        Mode::Fused => {
+            let weight_bytes = bytes(&fc.0) + bytes(&fc.1) + bytes(&proj.0) + bytes(&proj.1);
+            let mlp = crate::FusedMlp::from_seed(&fc.0, Some(&fc.1), &proj.0, Some(&proj.1), Activation::GeluTanh)?;
+            Ok(Box::new(FusedMlpLayer { mlp, weight_bytes }))
+        }
+        Mode::Int4 { .. } => Ok(Box::new(BiasActMlp {
             fc: make_linear(mode, fc.0, None)?,
             fc_b: fc.1,
             proj: make_linear(mode, proj.0, Some(proj.1))?,
