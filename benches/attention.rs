@@ -6,29 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tiny_gemm::{fused_attention, reference, AttentionConfig};
-
-/// Stock candle attention for Hq == Hkv with a precomputed additive mask.
-fn stock(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-    let s = (q.matmul(&k.t()?)? * scale)?;
-    let s = match mask {
-        Some(m) => s.broadcast_add(m)?,
-        None => s,
-    };
-    candle_nn::ops::softmax_last_dim(&s)?.matmul(v)
-}
-
-/// The additive causal mask (bottom-right aligned) for `nq` queries over `nk` keys.
-fn causal_mask(nq: usize, nk: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let off = nk as i64 - nq as i64;
-    let m: Vec<f32> = (0..nq as i64)
-        .flat_map(|i| (0..nk as i64).map(move |j| if j > i + off { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(m, (nq, nk), dev)?.to_dtype(dtype)
-}
 
 struct Shape4 {
     b: usize,
@@ -51,7 +31,7 @@ fn bench_pair(c: &mut Criterion, dev: &Device, group: &str, param: usize, s: &Sh
     let dtype = if dev.is_cuda() { DType::F16 } else { DType::F32 };
     let rand = |h, n| Tensor::randn(0f32, 1.0, (s.b, h, n, s.d), dev).unwrap().to_dtype(dtype).unwrap();
     let (q, k, v) = (rand(s.h, s.nq), rand(s.h, s.nk), rand(s.h, s.nk));
-    let mask = s.causal.then(|| causal_mask(s.nq, s.nk, dtype, dev).unwrap());
+    let mask = s.causal.then(|| reference::causal_mask(s.nq, s.nk, dtype, dev).unwrap());
     // the two agree before they are timed
     let cfg = AttentionConfig { causal: s.causal, ..Default::default() };
     let (fused, want) =
@@ -66,7 +46,9 @@ fn bench_pair(c: &mut Criterion, dev: &Device, group: &str, param: usize, s: &Sh
         bch.iter_custom(|iters| common::time_iters(dev, iters, || fused_attention(&q, &k, &v, s.causal)))
     });
     g.bench_with_input(BenchmarkId::new("stock", param), &param, |bch, _| {
-        bch.iter_custom(|iters| common::time_iters(dev, iters, || stock(&q, &k, &v, mask.as_ref())))
+        bch.iter_custom(|iters| {
+            common::time_iters(dev, iters, || reference::attention_with_mask(&q, &k, &v, mask.as_ref()))
+        })
     });
     g.finish();
 }

@@ -219,7 +219,8 @@ pub fn attention(mode: Mode, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
     }
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = if nq > 1 { scores.broadcast_add(&causal_mask(nq, nk, dtype, q.device())?)? } else { scores };
+    let scores =
+        if nq > 1 { scores.broadcast_add(&crate::reference::causal_mask(nq, nk, dtype, q.device())?)? } else { scores };
     // softmax in f32 for the half types
     let scores = scores.to_dtype(DType::F32)?;
     let p = match mode {
@@ -227,14 +228,6 @@ pub fn attention(mode: Mode, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tenso
         _ => candle_nn::ops::softmax_last_dim(&scores)?,
     };
     p.to_dtype(dtype)?.matmul(v)
-}
-
-/// `[Nq, Nk]`: 0 where query `i` may see key `j` (`j <= i + Nk - Nq`), -inf elsewhere.
-fn causal_mask(nq: usize, nk: usize, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
-    let offset = nk - nq;
-    let mask: Vec<f32> =
-        (0..nq).flat_map(|i| (0..nk).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Tensor::from_vec(mask, (nq, nk), dev)?.to_dtype(dtype)
 }
 
 /// `(LayerNorm(x + residual), x + residual)`, the residual add optional.

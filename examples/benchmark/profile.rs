@@ -1,0 +1,181 @@
+//! `--profile`: where a transformer block's time goes, op by op, for stock, fused and INT4.
+//!
+//! Two measurements of the same `Block::forward` code:
+//! - the breakdown table: each op timed in isolation on its real inputs (warm-up, many
+//!   back-to-back calls, one synchronize), so the rows add up to the block's own time measured
+//!   the same way — the table prints both and their ratio;
+//! - a Chrome/Perfetto trace (`trace_<device>.json`, open in ui.perfetto.dev) of one forward pass
+//!   per variant with a tracing span per op, synchronized on the GPU so spans show kernel time, and
+//!   NVTX ranges so Nsight Systems shows the same names.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::block::{Block, Kind, Weights};
+use crate::cases::{randn, Dims};
+use crate::harness::{measure, TimingOpts};
+
+enum Mode {
+    Off,
+    /// synchronize around each op, emit a span and an NVTX range
+    Trace,
+    /// time each op alone: `iters` back-to-back calls, one synchronize
+    Isolate {
+        iters: usize,
+    },
+}
+
+/// Wraps every op call of a [`Block`] forward pass.
+pub struct Prof {
+    dev: Device,
+    mode: Mode,
+    /// (op, µs per call) in call order
+    pub records: Vec<(&'static str, f64)>,
+}
+
+/// A span named after the op (tracing wants static span names, so the block's ops are listed).
+macro_rules! op_span {
+    ($name:expr, [$($n:literal),* $(,)?]) => {
+        match $name {
+            $($n => tracing::info_span!($n),)*
+            other => tracing::info_span!("op", name = other),
+        }
+    };
+}
+
+impl Prof {
+    pub fn off() -> Self {
+        Self { dev: Device::Cpu, mode: Mode::Off, records: Vec::new() }
+    }
+
+    fn new(dev: &Device, mode: Mode) -> Self {
+        Self { dev: dev.clone(), mode, records: Vec::new() }
+    }
+
+    /// Runs one op of the forward pass (`f` is pure, so isolation may call it many times).
+    pub fn op<T>(&mut self, name: &'static str, f: impl Fn() -> Result<T>) -> Result<T> {
+        match self.mode {
+            Mode::Off => f(),
+            Mode::Trace => {
+                self.dev.synchronize()?;
+                let span = op_span!(
+                    name,
+                    [
+                        "ln1",
+                        "qkv_proj",
+                        "split_heads",
+                        "attention",
+                        "merge_heads",
+                        "out_proj",
+                        "residual+ln2",
+                        "fc1",
+                        "gelu",
+                        "bias+gelu",
+                        "fc2",
+                        "fused_mlp",
+                        "residual",
+                    ]
+                )
+                .entered();
+                nvtx::range_push!("{name}");
+                let start = Instant::now();
+                let out = f()?;
+                self.dev.synchronize()?;
+                self.records.push((name, start.elapsed().as_secs_f64() * 1e6));
+                nvtx::range_pop!();
+                drop(span);
+                Ok(out)
+            }
+            Mode::Isolate { iters } => {
+                let out = f()?; // warm-up, and the value the pass goes on with
+                self.dev.synchronize()?;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(f()?);
+                }
+                self.dev.synchronize()?;
+                self.records.push((name, start.elapsed().as_secs_f64() * 1e6 / iters as f64));
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct VariantProfile {
+    pub variant: &'static str,
+    /// the whole block, timed like the sweeps (µs, median)
+    pub block_us: f64,
+    /// per op, in call order (µs)
+    pub ops: Vec<(String, f64)>,
+    pub ops_sum_us: f64,
+    /// one synchronized pass (the trace), per op (µs)
+    pub traced_ops: Vec<(String, f64)>,
+}
+
+pub fn run(
+    dev: &Device,
+    dtype: DType,
+    d: Dims,
+    tokens: usize,
+    opts: TimingOpts,
+    out: &Path,
+) -> Result<Vec<VariantProfile>> {
+    let w = Weights::random(d, dtype, dev)?;
+    let x: Tensor = randn(&[1, tokens, d.d_model], 1.0, dtype, dev)?;
+    let iters = if dev.is_cuda() { 200 } else { 5 };
+    let dev_name = if dev.is_cuda() { "cuda" } else { "cpu" };
+    let trace_path = out.join(format!("trace_{dev_name}.json"));
+    let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new().file(&trace_path).include_args(true).build();
+    let subscriber = {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry().with(layer)
+    };
+    let mut profiles = Vec::new();
+    tracing::subscriber::with_default(subscriber, || -> Result<()> {
+        for kind in [Kind::Stock, Kind::Fused, Kind::Int4] {
+            let block = Block::new(&w, kind, d, &[tokens])?;
+            let whole = measure(dev, 1, opts, |_| {
+                block.forward(&x, None, &mut Prof::off())?;
+                Ok(())
+            })?;
+            let mut iso = Prof::new(dev, Mode::Isolate { iters });
+            block.forward(&x, None, &mut iso)?;
+            let mut trace = Prof::new(dev, Mode::Trace);
+            {
+                let _pass = tracing::info_span!("block_forward", variant = kind.name()).entered();
+                block.forward(&x, None, &mut trace)?;
+            }
+            let ops_sum_us = iso.records.iter().map(|r| r.1).sum();
+            profiles.push(VariantProfile {
+                variant: kind.name(),
+                block_us: whole.median_us,
+                ops: iso.records.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+                ops_sum_us,
+                traced_ops: trace.records.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+            });
+        }
+        Ok(())
+    })?;
+    drop(guard); // flushes the trace file
+    print_breakdown(&profiles, tokens, d);
+    println!("wrote {} (open in https://ui.perfetto.dev)", trace_path.display());
+    Ok(profiles)
+}
+
+fn print_breakdown(profiles: &[VariantProfile], tokens: usize, d: Dims) {
+    println!(
+        "block prefill of {tokens} tokens, d_model {}, {} heads, ffn {}: µs per op (isolated), share of the op sum",
+        d.d_model, d.heads, d.hidden
+    );
+    for p in profiles {
+        println!("\n[{}]", p.variant);
+        for (n, t) in &p.ops {
+            println!("  {n:<14} {t:>10.1} µs {:>5.1}%", 100.0 * t / p.ops_sum_us);
+        }
+        println!("  {:<14} {:>10.1} µs", "sum of ops", p.ops_sum_us);
+        println!("  {:<14} {:>10.1} µs   (sum / block = {:.2})", "whole block", p.block_us, p.ops_sum_us / p.block_us);
+    }
+}

@@ -1,0 +1,126 @@
+//! Results: the stdout table, the JSON file and the PNG plots.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::harness::{Peaks, Stats};
+
+/// One measured variant at one sweep point.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub op: String,
+    pub x: usize,
+    pub shape: String,
+    pub variant: String,
+    pub stats: Stats,
+    /// stock time / this time
+    pub speedup: f64,
+    pub tflops: f64,
+    pub gbs: f64,
+    /// achieved GB/s over the measured copy bandwidth
+    pub bandwidth_fraction: f64,
+}
+
+/// Everything one run measured, plus what it ran on.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub peaks: Peaks,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Meta {
+    pub card: String,
+    pub driver: String,
+    pub device: String,
+    pub dtype: String,
+    pub mode: String,
+    pub dims: crate::cases::Dims,
+    pub tiny_gemm_version: &'static str,
+    pub candle_version: &'static str,
+    pub date_utc: String,
+    pub command: String,
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "{:<10} {:>6} {:<34} {:<7} {:>11} {:>8} {:>9} {:>9} {:>6}",
+        "op", "x", "shape", "variant", "µs/call", "speedup", "TFLOP/s", "GB/s", "%bw"
+    );
+    for r in rows {
+        println!(
+            "{:<10} {:>6} {:<34} {:<7} {:>11.2} {:>7.2}x {:>9.2} {:>9.1} {:>5.0}%",
+            r.op,
+            r.x,
+            r.shape,
+            r.variant,
+            r.stats.median_us,
+            r.speedup,
+            r.tflops,
+            r.gbs,
+            100.0 * r.bandwidth_fraction
+        );
+    }
+}
+
+pub fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report).map_err(std::io::Error::other)?)
+}
+
+const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+const COLORS: [RGBColor; 5] = [
+    RGBColor(120, 120, 120), // stock: grey
+    RGBColor(220, 50, 32),
+    RGBColor(0, 90, 181),
+    RGBColor(26, 133, 55),
+    RGBColor(153, 79, 0),
+];
+
+/// One PNG per op: latency vs the swept value, one line per variant, log-log axes.
+pub fn plot(report: &Report, op: &str, x_label: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    // Registering twice is harmless; plotters keeps the first.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let rows: Vec<&Row> = report.rows.iter().filter(|r| r.op == op).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut variants: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !variants.contains(&r.variant.as_str()) {
+            variants.push(&r.variant);
+        }
+    }
+    let (xmin, xmax) = rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.x as f64), b.max(r.x as f64)));
+    let (ymin, ymax) =
+        rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.stats.median_us), b.max(r.stats.median_us)));
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!("{op} on {} ({}, {})", report.meta.card, report.meta.dtype, report.meta.mode);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((xmin * 0.9..xmax * 1.1).log_scale(), (ymin * 0.7..ymax * 1.4).log_scale())?;
+    chart.configure_mesh().x_desc(x_label).y_desc("µs per call (median)").draw()?;
+    for (i, v) in variants.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> =
+            rows.iter().filter(|r| r.variant == *v).map(|r| (r.x as f64, r.stats.median_us)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(*v)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
