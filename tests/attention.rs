@@ -1,7 +1,7 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
-use common::{assert_close, devices, randn, FLOAT_DTYPES};
+use common::{assert_close, devices, err_text, randn, FLOAT_DTYPES};
 use tiny_gemm::attention::dropout_mask;
 use tiny_gemm::attention_layer::MultiHeadAttention;
 use tiny_gemm::{fused_attention, fused_attention_with, reference, AttentionConfig, Dropout};
@@ -322,13 +322,6 @@ fn dropout_mask_matches_cpu() -> Result<()> {
 }
 
 // ---- bad input -----------------------------------------------------------------------------
-
-fn err_text(r: Result<Tensor>) -> String {
-    match r {
-        Ok(t) => panic!("expected an error, got a tensor of shape {:?}", t.dims()),
-        Err(e) => e.to_string(),
-    }
-}
 
 fn zeros(shape: &[usize], dtype: DType) -> Tensor {
     Tensor::zeros(shape, dtype, &Device::Cpu).unwrap()

@@ -1,7 +1,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
-use common::{assert_close, devices, randn, tolerance, FLOAT_DTYPES};
+use common::{assert_close, devices, err_text, randn, tolerance, FLOAT_DTYPES};
 use tiny_gemm::{bias_act, reference, Activation};
 
 /// Shapes that are not multiples of any block size, plus an empty one.
@@ -64,13 +64,6 @@ fn same_result_on_every_call() -> Result<()> {
         assert_eq!(a.to_dtype(DType::F32)?.to_vec2::<f32>()?, c.to_dtype(DType::F32)?.to_vec2::<f32>()?);
     }
     Ok(())
-}
-
-fn err_text(r: Result<Tensor>) -> String {
-    match r {
-        Ok(t) => panic!("expected an error, got a tensor of shape {:?}", t.dims()),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]

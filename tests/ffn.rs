@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use common::{assert_close, devices, randn, FLOAT_DTYPES};
+use common::{assert_close, devices, err_text, randn, FLOAT_DTYPES};
 use tiny_gemm::{fused_ffn, reference, Activation, FusedMlp, GatedMlp};
 
 /// `(atol, rtol)` of an FFN output of O(1) values: f32 accumulation over K plus the one rounding
@@ -335,13 +335,6 @@ fn gated_mlp_loads_llama_layout() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn err_text(r: Result<Tensor>) -> String {
-    match r {
-        Ok(t) => panic!("expected an error, got a tensor of shape {:?}", t.dims()),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]

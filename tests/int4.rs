@@ -1,7 +1,7 @@
 mod common;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use common::{devices, randn, FLOAT_DTYPES};
+use common::{devices, err_text, randn, FLOAT_DTYPES};
 use tiny_gemm::quant::{
     int4_matmul, load_int4, save_int4, Int4Config, Int4Linear, Int4Weight, QuantReport, SUPPORTED_GROUP_SIZES,
 };
@@ -233,13 +233,6 @@ fn save_load_bit_exact() -> Result<()> {
     assert_eq!(to_vec64(&back.dequantize()?), to_vec64(&one.dequantize()?));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
-}
-
-fn err_text<T: std::fmt::Debug>(r: Result<T>) -> String {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use common::{assert_close, devices, randn, tolerance, FLOAT_DTYPES};
+use common::{assert_close, devices, err_text, randn, tolerance, FLOAT_DTYPES};
 use tiny_gemm::{add_layer_norm, layer_norm, reference};
 
 /// Shapes with awkward last dimensions (1, 17, 100, 1023, more than one block's worth of threads
@@ -105,13 +105,6 @@ fn constant_rows_normalize_to_beta() -> Result<()> {
         assert_close(&y, &b.unsqueeze(0)?.broadcast_as((3, 1000))?.contiguous()?, (1e-6, 0.0), "constant");
     }
     Ok(())
-}
-
-fn err_text(r: Result<(Tensor, Tensor)>) -> String {
-    match r {
-        Ok((t, _)) => panic!("expected an error, got a tensor of shape {:?}", t.dims()),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]

@@ -59,3 +59,11 @@ pub fn assert_close(got: &Tensor, want: &Tensor, (atol, rtol): (f64, f64), what:
     let i = worst.1;
     assert!(worst.0 <= 0.0, "{what}: at flat index {i}: got {} want {} (atol {atol}, rtol {rtol})", g[i], w[i]);
 }
+
+/// The error message of a call that must fail; panics (failing the test) if it succeeded.
+pub fn err_text<T>(r: Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error, got Ok({})", std::any::type_name::<T>()),
+        Err(e) => e.to_string(),
+    }
+}
