@@ -2,24 +2,29 @@
 # Builds the crate's CUDA test / bench / example binaries here (no GPU needed: see
 # scripts/cuda-toolchain.sh) and packs them, with gpu-run.sh, into one folder to copy to a GPU host.
 #
-#   scripts/gpu-bundle.sh [--tests|--benches|--examples|all] [--only NAME]...
-#     --only NAME   keep only targets named NAME (repeatable), e.g. --only bias_act
+#   scripts/gpu-bundle.sh [--tests] [--benches] [--examples] [all] [--only NAME]...
+#     kinds add up (none given = all); --only NAME keeps only targets named NAME (repeatable),
+#     e.g. `--tests --examples --only gpt` packs test-gpt and example-gpt but not bench-gpt
 #   GPU_BUNDLE_DIR  output folder (default .gpu at the repo root; keep it out of git)
 #
 # Then on the GPU host, from the folder's parent: bash .gpu/gpu-run.sh tests|benches|example NAME ...
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
-what=all
+tests=0 benches=0 examples=0
 only=()
 while (($#)); do
   case $1 in
-    --tests | --benches | --examples | all) what=$1 ;;
+    --tests) tests=1 ;;
+    --benches) benches=1 ;;
+    --examples) examples=1 ;;
+    all) tests=1 benches=1 examples=1 ;;
     --only) only+=("$2"); shift ;;
-    *) echo "usage: $0 [--tests|--benches|--examples|all] [--only NAME]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [--tests] [--benches] [--examples] [all] [--only NAME]..." >&2; exit 2 ;;
   esac
   shift
 done
+((tests + benches + examples)) || tests=1 benches=1 examples=1
 out=$(realpath -m "${GPU_BUNDLE_DIR:-$top/.gpu}")
 : "${CUDA_COMPUTE_CAP:=90}"
 export CUDA_COMPUTE_CAP
@@ -40,13 +45,13 @@ for line in sys.stdin:
         print(k, m["target"]["name"], m["executable"])'
 }
 {
-  if [[ $what == all || $what == --tests ]]; then
+  if ((tests)); then
     cargo test --release --features cuda --no-run --message-format=json-render-diagnostics
   fi
-  if [[ $what == all || $what == --benches ]]; then
+  if ((benches)); then
     cargo bench --features cuda --no-run --message-format=json-render-diagnostics
   fi
-  if [[ $what == all || $what == --examples ]]; then
+  if ((examples)); then
     cargo build --release --features cuda --examples --message-format=json-render-diagnostics
   fi
 } | collect | sort -u > "$out/manifest.all"
