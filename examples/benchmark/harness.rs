@@ -75,6 +75,11 @@ pub struct Peaks {
     pub bandwidth_gbs: f64,
     /// A large square matmul in the benchmark dtype, TFLOP/s.
     pub matmul_tflops: f64,
+    /// Per-call time of a stock candle op on 8 elements (`affine`), µs: the host-side dispatch
+    /// floor (allocation, launch) that every op pays whatever its size.
+    pub candle_op_floor_us: f64,
+    /// The same for one of ours (`bias_act` on 8 elements, one launch), µs.
+    pub tiny_gemm_op_floor_us: f64,
 }
 
 /// Measures [`Peaks`] on `dev` with candle's own kernels (cuBLAS for the matmul on CUDA).
@@ -104,7 +109,21 @@ pub fn measure_peaks(dev: &Device, dtype: DType, opts: TimingOpts) -> Result<Pea
         Ok(())
     })?;
     let flops = 2.0 * (n as f64).powi(3);
-    Ok(Peaks { bandwidth_gbs: bytes / secs(copy) / 1e9, matmul_tflops: flops / secs(mm) / 1e12 })
+    let tiny = Tensor::zeros(8, dtype, dev)?;
+    let candle_floor = measure(dev, 1, opts, |_| {
+        std::hint::black_box(tiny.affine(1.0, 0.0)?);
+        Ok(())
+    })?;
+    let ours_floor = measure(dev, 1, opts, |_| {
+        std::hint::black_box(tiny_gemm::bias_act(&tiny, None, tiny_gemm::Activation::Identity)?);
+        Ok(())
+    })?;
+    Ok(Peaks {
+        bandwidth_gbs: bytes / secs(copy) / 1e9,
+        matmul_tflops: flops / secs(mm) / 1e12,
+        candle_op_floor_us: candle_floor.median_us,
+        tiny_gemm_op_floor_us: ours_floor.median_us,
+    })
 }
 
 fn secs(s: Stats) -> f64 {

@@ -140,7 +140,10 @@ fn main() -> Result<()> {
 
     println!("{card} (driver {driver}), {dtype:?}; measuring the card's peaks...");
     let peaks = harness::measure_peaks(&dev, dtype, opts)?;
-    println!("peaks: copy {:.0} GB/s, matmul {:.1} TFLOP/s", peaks.bandwidth_gbs, peaks.matmul_tflops);
+    println!(
+        "peaks: copy {:.0} GB/s, matmul {:.1} TFLOP/s; per-op host floor (8 elements): candle {:.1} µs, tiny-gemm {:.1} µs",
+        peaks.bandwidth_gbs, peaks.matmul_tflops, peaks.candle_op_floor_us, peaks.tiny_gemm_op_floor_us
+    );
 
     let (mode_name, points, x_label) = match args.mode {
         Mode::SeqLength => ("seq_length", args.seq_lengths.clone(), "sequence length (prefill tokens)"),
@@ -242,8 +245,14 @@ fn card_info(dev: &Device) -> (String, String) {
     }
 }
 
+/// The candle-core version this binary was built with, from the crate's Cargo.lock.
 fn candle_core_version() -> &'static str {
-    "0.11.1" // pinned in Cargo.toml
+    let lock = include_str!("../../Cargo.lock");
+    lock.split("[[package]]")
+        .find(|p| p.contains("name = \"candle-core\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or("unknown")
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock (days-to-civil, H. Hinnant).
