@@ -122,7 +122,12 @@ pub fn ffn(x: usize, d: Dims, dtype: DType, dev: &Device) -> Result<Case> {
     let b2 = sets(n, &[dm], dtype, dev)?;
     let xs = sets(n, &[m, dm], dtype, dev)?;
     let act = tiny_gemm::Activation::Gelu;
-    let (w1f, w2f, b1f, b2f, xf) = (w1.clone(), w2.clone(), b1.clone(), b2.clone(), xs.clone());
+    // `fused` is the drop-in layer (weights turned once into the `[out, in]` layout its kernels
+    // stream); `fused_ffn_seed` is the seed's call on `[in, out]` tensors as they are.
+    let mlps: Vec<tiny_gemm::FusedMlp> = (0..n)
+        .map(|i| tiny_gemm::FusedMlp::from_seed(&w1[i], Some(&b1[i]), &w2[i], Some(&b2[i]), act))
+        .collect::<Result<_>>()?;
+    let (w1f, w2f, b1f, b2f, xf, xl) = (w1.clone(), w2.clone(), b1.clone(), b2.clone(), xs.clone(), xs.clone());
     Ok(Case {
         op: "ffn",
         x,
@@ -136,6 +141,10 @@ pub fn ffn(x: usize, d: Dims, dtype: DType, dev: &Device) -> Result<Case> {
                 Ok(())
             }),
             variant("fused", move |i| {
+                candle_core::Module::forward(&mlps[i], &xl[i])?;
+                Ok(())
+            }),
+            variant("fused_ffn_seed", move |i| {
                 tiny_gemm::fused_ffn(&xf[i], &w1f[i], Some(&b1f[i]), &w2f[i], Some(&b2f[i]), act)?;
                 Ok(())
             }),
