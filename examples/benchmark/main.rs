@@ -178,6 +178,9 @@ fn main() -> Result<()> {
     let json = args.out.join(format!("{stem}.json"));
     report::write_json(&report, &json)?;
     println!("wrote {}", json.display());
+    let md = args.out.join(format!("{stem}.md"));
+    std::fs::write(&md, report::markdown(&report))?;
+    println!("wrote {}", md.display());
     for op in &ops {
         let png = args.out.join(format!("{op}_{stem}.png"));
         report::plot(&report, op, x_label, &png).map_err(|e| candle_core::Error::Msg(format!("plot {op}: {e}")))?;

@@ -1,4 +1,4 @@
-//! Results: the stdout table, the JSON file and the PNG plots.
+//! Results: the stdout table, the JSON file, a Markdown summary (for BENCHMARKS.md) and the PNG plots.
 
 use std::path::Path;
 
@@ -63,6 +63,66 @@ pub fn print_table(rows: &[Row]) {
             100.0 * r.bandwidth_fraction
         );
     }
+}
+
+/// One Markdown table per op: a row per sweep point, a column per variant with its time and its
+/// speedup over stock, headed by what the run measured on. BENCHMARKS.md pastes these verbatim.
+pub fn markdown(report: &Report) -> String {
+    use std::fmt::Write;
+    let (m, p) = (&report.meta, &report.peaks);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} (driver {}), {}, `{}` mode, {} UTC, tiny-gemm {} / candle {}. Measured peaks: copy {:.0} GB/s, \
+         matmul {:.0} TFLOP/s; per-op host floor (8 elements): candle {:.1} µs, tiny-gemm {:.1} µs. \
+         µs per call (median of {} repeats), speedup vs stock in brackets.",
+        m.card,
+        m.driver,
+        m.dtype,
+        m.mode,
+        m.date_utc,
+        m.tiny_gemm_version,
+        m.candle_version,
+        p.bandwidth_gbs,
+        p.matmul_tflops,
+        p.candle_op_floor_us,
+        p.tiny_gemm_op_floor_us,
+        report.rows.first().map_or(0, |r| r.stats.repeats),
+    );
+    let mut ops: Vec<&str> = Vec::new();
+    for r in &report.rows {
+        if !ops.contains(&r.op.as_str()) {
+            ops.push(&r.op);
+        }
+    }
+    for op in ops {
+        let rows: Vec<&Row> = report.rows.iter().filter(|r| r.op == op).collect();
+        let mut variants: Vec<&str> = Vec::new();
+        let mut xs: Vec<usize> = Vec::new();
+        for r in &rows {
+            if !variants.contains(&r.variant.as_str()) {
+                variants.push(&r.variant);
+            }
+            if !xs.contains(&r.x) {
+                xs.push(r.x);
+            }
+        }
+        let _ = writeln!(s, "\n**{op}**\n\n| x | shape | {} |", variants.join(" | "));
+        let _ = writeln!(s, "|---:|---|{}", "---:|".repeat(variants.len()));
+        for x in xs {
+            let at: Vec<&&Row> = rows.iter().filter(|r| r.x == x).collect();
+            let cells: Vec<String> = variants
+                .iter()
+                .map(|v| match at.iter().find(|r| r.variant == *v) {
+                    Some(r) if r.variant == "stock" => format!("{:.1}", r.stats.median_us),
+                    Some(r) => format!("{:.1} ({:.2}x)", r.stats.median_us, r.speedup),
+                    None => "-".into(),
+                })
+                .collect();
+            let _ = writeln!(s, "| {x} | {} | {} |", at[0].shape, cells.join(" | "));
+        }
+    }
+    s
 }
 
 pub fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
