@@ -42,6 +42,8 @@ pub struct Meta {
     pub candle_version: &'static str,
     pub date_utc: String,
     pub command: String,
+    /// whether cudarc's per-buffer CUDA events were on (candle's default)
+    pub event_tracking: bool,
 }
 
 pub fn print_table(rows: &[Row]) {
@@ -75,7 +77,7 @@ pub fn markdown(report: &Report) -> String {
         s,
         "{} (driver {}), {}, `{}` mode, {} UTC, tiny-gemm {} / candle {}. Measured peaks: copy {:.0} GB/s, \
          matmul {:.0} TFLOP/s; per-op host floor (8 elements): candle {:.1} µs, tiny-gemm {:.1} µs. \
-         µs per call (median of {} repeats), speedup vs stock in brackets.",
+         {}µs per call (median of {} repeats), speedup vs stock in brackets.",
         m.card,
         m.driver,
         m.dtype,
@@ -87,6 +89,7 @@ pub fn markdown(report: &Report) -> String {
         p.matmul_tflops,
         p.candle_op_floor_us,
         p.tiny_gemm_op_floor_us,
+        if m.device == "cuda" && !m.event_tracking { "CUDA event tracking off. " } else { "" },
         report.rows.first().map_or(0, |r| r.stats.repeats),
     );
     let mut ops: Vec<&str> = Vec::new();
