@@ -67,7 +67,7 @@ rm "$out/manifest.all"
 cp scripts/gpu-run.sh "$out/gpu-run.sh"
 # One solid archive: the binaries share candle's embedded PTX (~40 MB each), which xz -9e (64 MiB
 # window) stores once; with -6 (8 MiB window) a 16-binary bundle passed 72 MiB before it was stopped.
-tar -C "$out" -cf - bin | xz -T0 -9e > "$out/bundle.tar.xz"
+tar -C "$out" -cf - bin | xz -T0 -9 > "$out/bundle.tar.xz"
 rm -rf "$out/bin"
 size=$(stat -c %s "$out/bundle.tar.xz")
 echo "gpu-bundle: $(wc -l < "$out/manifest.txt") binaries, $((size / 1024 / 1024)) MiB in $out/bundle.tar.xz"
