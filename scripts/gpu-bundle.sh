@@ -65,7 +65,7 @@ done < "$out/manifest.all"
 rm "$out/manifest.all"
 [[ -s $out/manifest.txt ]] || { echo "gpu-bundle: no binaries matched" >&2; exit 1; }
 cp scripts/gpu-run.sh "$out/gpu-run.sh"
-# One solid archive: the binaries share candle's embedded PTX (~40 MB each), which xz -9e (64 MiB
+# One solid archive: the binaries share candle's embedded PTX (~40 MB each), which xz -9 (64 MiB
 # window) stores once; with -6 (8 MiB window) a 16-binary bundle passed 72 MiB before it was stopped.
 tar -C "$out" -cf - bin | xz -T0 -9 > "$out/bundle.tar.xz"
 rm -rf "$out/bin"
