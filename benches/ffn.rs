@@ -3,6 +3,10 @@
 //! - `fused`: [`FusedMlp`] (weights `[out, in]`, the layout the kernels stream),
 //! - `fused_seed_layout`: [`fused_ffn`] with `[in, out]` weights (CPU kernel / cuBLAS path),
 //! - `stock`: `reference::ffn` (what candle users write today);
+//! - CUDA, M <= 16: `one_launch` / `two_projections`: `FusedMlp` / `GatedMlp` with the kernel
+//!   forced (`fused` is whichever `choose_kernel` picks); `cublaslt`: two projections with the
+//!   small-M projection kernel switched off (cuBLASLt GEMMs);
+//! - CUDA, M > 16: `cublas_bias_act`: the cuBLASLt path switched off (candle's matmul + `bias_act`);
 //!
 //! and `.../gated/...` for SwiGLU (`GatedMlp` vs `reference::gated_ffn`).
 
@@ -12,23 +16,63 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tiny_gemm::{fused_ffn, reference, Activation, FusedMlp, GatedMlp};
+use tiny_gemm::{fused_ffn, reference, Activation, FfnKernel, FusedMlp, GatedMlp, GPU_ONE_LAUNCH_MAX_M};
 
 fn weight(rows: usize, cols: usize, dtype: DType, dev: &Device) -> Tensor {
     (Tensor::randn(0f32, 1.0, (rows, cols), dev).unwrap() / (rows as f64).sqrt()).unwrap().to_dtype(dtype).unwrap()
 }
 
-fn bench_plain(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d: usize, h: usize, ms: &[usize]) {
+#[allow(clippy::too_many_arguments)]
+fn bench_plain(
+    c: &mut Criterion,
+    dev_name: &str,
+    dev: &Device,
+    dtype: DType,
+    d: usize,
+    h: usize,
+    ms: &[usize],
+    act: Activation,
+) {
     let (w1, w2) = (weight(d, h, dtype, dev), weight(h, d, dtype, dev));
     let b1 = weight(1, h, dtype, dev).squeeze(0).unwrap();
     let b2 = weight(1, d, dtype, dev).squeeze(0).unwrap();
-    let act = Activation::Gelu;
     let mlp = FusedMlp::from_seed(&w1, Some(&b1), &w2, Some(&b2), act).unwrap();
+    // GELU (erf) is the default; other activations get a suffix
+    let act_name = if act == Activation::Gelu { String::new() } else { format!("_{}", act.name()) };
     for &m in ms {
         let x = weight(m, d, dtype, dev);
-        let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}"));
+        let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}{act_name}"));
         g.throughput(Throughput::Bytes((2 * d * h * dtype.size_in_bytes()) as u64)); // the weights, once
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        if dev.is_cuda() && m <= GPU_ONE_LAUNCH_MAX_M {
+            for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)]
+            {
+                g.bench_function(name, |bch| {
+                    bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward_with(&x, Some(kernel))))
+                });
+            }
+            // both projections through cuBLASLt (the small-M kernel switched off)
+            g.bench_function("cublaslt", |bch| {
+                bch.iter_custom(|iters| {
+                    tiny_gemm::set_small_m_kernel(false);
+                    let two = Some(FfnKernel::TwoProjections);
+                    let t = common::time_iters(dev, iters, || mlp.forward_with(&x, two));
+                    tiny_gemm::set_small_m_kernel(true);
+                    t
+                })
+            });
+        }
+        if dev.is_cuda() && m > GPU_ONE_LAUNCH_MAX_M {
+            // the cuBLASLt epilogue path switched off: candle's matmul + our bias_act
+            g.bench_function("cublas_bias_act", |bch| {
+                bch.iter_custom(|iters| {
+                    tiny_gemm::set_cublaslt_epilogues(false);
+                    let t = common::time_iters(dev, iters, || mlp.forward(&x));
+                    tiny_gemm::set_cublaslt_epilogues(true);
+                    t
+                })
+            });
+        }
         g.bench_function("fused_seed_layout", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
@@ -52,6 +96,34 @@ fn bench_gated(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d:
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/gated/{dtype:?}/{d}x{h}/m{m}"));
         g.throughput(Throughput::Bytes((3 * d * h * dtype.size_in_bytes()) as u64));
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        if dev.is_cuda() && m <= GPU_ONE_LAUNCH_MAX_M {
+            for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)]
+            {
+                g.bench_function(name, |bch| {
+                    bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward_with(&x, Some(kernel))))
+                });
+            }
+            // both projections through cuBLASLt (the small-M kernel switched off)
+            g.bench_function("cublaslt", |bch| {
+                bch.iter_custom(|iters| {
+                    tiny_gemm::set_small_m_kernel(false);
+                    let two = Some(FfnKernel::TwoProjections);
+                    let t = common::time_iters(dev, iters, || mlp.forward_with(&x, two));
+                    tiny_gemm::set_small_m_kernel(true);
+                    t
+                })
+            });
+        }
+        if dev.is_cuda() && m > GPU_ONE_LAUNCH_MAX_M {
+            g.bench_function("cublas_bias_act", |bch| {
+                bch.iter_custom(|iters| {
+                    tiny_gemm::set_cublaslt_epilogues(false);
+                    let t = common::time_iters(dev, iters, || mlp.forward(&x));
+                    tiny_gemm::set_cublaslt_epilogues(true);
+                    t
+                })
+            });
+        }
         g.bench_function("stock", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))
@@ -66,14 +138,18 @@ fn bench(c: &mut Criterion) {
         if dev.is_cuda() {
             let dtype = DType::F16;
             let ms = [1, 4, 16, 32, 64, 512];
-            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &ms);
-            bench_plain(c, dev_name, &dev, dtype, 768, 3072, &[1, 16]);
-            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &ms);
+            let gelu = Activation::Gelu;
+            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &ms, gelu);
+            bench_plain(c, dev_name, &dev, dtype, 768, 3072, &[1, 16], gelu);
+            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &ms, gelu);
+            // both biases in cuBLASLt epilogues (GELU tanh and ReLU have one; erf GELU has not)
+            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &[512], Activation::GeluTanh);
             bench_gated(c, dev_name, &dev, dtype, 4096, 11008, &[1, 16, 512]);
         } else {
             let dtype = DType::F32;
-            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &[1, 4, 16, 64]);
-            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &[1, 16]);
+            let gelu = Activation::Gelu;
+            bench_plain(c, dev_name, &dev, dtype, 512, 2048, &[1, 4, 16, 64], gelu);
+            bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &[1, 16], gelu);
             bench_gated(c, dev_name, &dev, dtype, 1024, 2816, &[1, 16]);
         }
     }

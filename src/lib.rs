@@ -19,6 +19,8 @@ pub use activation::Activation;
 pub use attention::{fused_attention, fused_attention_with, AttentionConfig, Dropout};
 pub use bias_act::bias_act;
 pub use ffn::{
-    choose_path, fused_ffn, FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_SMALL_M_MAX, GPU_WIDE_TILE_MAX_WEIGHTS,
+    choose_kernel, choose_path, cublaslt_fusable, fused_ffn, set_cublaslt_epilogues, set_small_m_kernel, FfnKernel,
+    FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_ONE_LAUNCH_AUTO_MAX_M, GPU_ONE_LAUNCH_MAX_M,
+    GPU_ONE_LAUNCH_MAX_WEIGHTS, GPU_SMALL_M_MAX, GPU_WIDE_TILE_MAX_WEIGHTS,
 };
 pub use layer_norm::{add_layer_norm, layer_norm};

@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use common::{assert_close, devices, err_text, randn, FLOAT_DTYPES};
-use tiny_gemm::{fused_ffn, reference, Activation, FusedMlp, GatedMlp};
+use tiny_gemm::{fused_ffn, reference, Activation, FfnKernel, FusedMlp, GatedMlp};
 
 /// `(atol, rtol)` of an FFN output of O(1) values: f32 accumulation over K plus the one rounding
 /// of the hidden activations and of the output to `dtype` (the f64 reference rounds neither).
@@ -333,6 +333,111 @@ fn gated_mlp_loads_llama_layout() -> Result<()> {
                 assert_close(&mlp.forward(&x)?, &stock, (2.0 * atol, 2.0 * rtol), &format!("{dev:?} {dtype:?} m={m}"));
             }
         }
+    }
+    Ok(())
+}
+
+/// The CUDA one-launch kernel, forced, on `(d, h)` for each M and activation: vs the f64
+/// reference, vs the two-projection path, and bitwise repeatable (fixed-order reduction of the
+/// blocks' partials).
+#[cfg(feature = "cuda")]
+fn check_one_launch(d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Result<()> {
+    let dev = common::cuda_device();
+    let one = Some(FfnKernel::OneLaunch);
+    let o64 = |t: &Option<Tensor>| t.as_ref().map(to64).transpose();
+    for dtype in [DType::F16, DType::BF16] {
+        for &act in acts {
+            let bias = act != Activation::Relu;
+            let (w1, w2) = (weight(h, d, dtype, &dev)?, weight(d, h, dtype, &dev)?); // [out, in]
+            let (b1, b2) = (randn(&[h], dtype, &dev)?, randn(&[d], dtype, &dev)?);
+            let (b1, b2) = if bias { (Some(b1), Some(b2)) } else { (None, None) };
+            let mlp = FusedMlp::new(w1.clone(), b1.clone(), w2.clone(), b2.clone(), act)?;
+            for &m in ms {
+                let x = randn(&[m, d], dtype, &dev)?;
+                let got = mlp.forward_with(&x, one)?;
+                let want = reference::ffn(
+                    &to64(&x)?,
+                    &to64(&w1.t()?)?,
+                    o64(&b1)?.as_ref(),
+                    &to64(&w2.t()?)?,
+                    o64(&b2)?.as_ref(),
+                    act,
+                )?;
+                let what = format!("one launch {d}x{h} {dtype:?} {act} bias={bias} m={m}");
+                assert_close(&got, &want, ffn_tolerance(dtype), &format!("{what} vs f64"));
+                let two = mlp.forward_with(&x, Some(FfnKernel::TwoProjections))?;
+                assert_close(&got, &two, stock_tolerance(dtype, &dev, h), &format!("{what} vs two projections"));
+                let again = mlp.forward_with(&x, one)?;
+                let diff = (got.to_dtype(DType::F32)? - again.to_dtype(DType::F32)?)?.abs()?.max_all()?;
+                assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{what}: not repeatable");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one-launch kernel on awkward aligned shapes: hidden sizes not a multiple of its 64-unit
+/// chunk, outputs not a multiple of 16, 1..16 tokens; plain and gated.
+#[cfg(feature = "cuda")]
+#[test]
+fn one_launch_kernel_matches_reference() -> Result<()> {
+    for (d, h, ms) in [(72, 136, &[1, 2, 3, 8, 9, 16][..]), (200, 1000, &[1, 5, 16][..]), (8, 8, &[1, 16][..])] {
+        check_one_launch(d, h, ms, &Activation::ALL)?;
+    }
+    let dev = common::cuda_device();
+    let one = Some(FfnKernel::OneLaunch);
+    for dtype in [DType::F16, DType::BF16] {
+        // gated (SwiGLU / GeGLU): a gate bias only, so the missing up bias counts as zeros
+        for (d, h) in [(72, 136), (512, 1376)] {
+            for act in [Activation::Silu, Activation::Gelu] {
+                let (wg, wu, wd) = (weight(d, h, dtype, &dev)?, weight(d, h, dtype, &dev)?, weight(h, d, dtype, &dev)?);
+                let bg = randn(&[h], dtype, &dev)?;
+                let mlp = GatedMlp::from_seed(&wg, Some(&bg), &wu, None, &wd, None, act)?;
+                for m in [1, 7, 16] {
+                    let x = randn(&[m, d], dtype, &dev)?;
+                    let got = mlp.forward_with(&x, one)?;
+                    let want = reference::gated_ffn(
+                        &to64(&x)?,
+                        &to64(&wg)?,
+                        Some(&to64(&bg)?),
+                        &to64(&wu)?,
+                        None,
+                        &to64(&wd)?,
+                        None,
+                        act,
+                    )?;
+                    let (atol, rtol) = ffn_tolerance(dtype);
+                    let what = format!("one launch gated {d}x{h} {dtype:?} {act} m={m}");
+                    assert_close(&got, &want, (2.0 * atol, 2.0 * rtol), &what);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one-launch kernel (forced) on the Llama shape: 172 blocks, 256 output row groups.
+#[cfg(feature = "cuda")]
+#[test]
+fn one_launch_kernel_llama_shape() -> Result<()> {
+    check_one_launch(4096, 11008, &[1, 16], &[Activation::Silu])
+}
+
+#[test]
+fn one_launch_kernel_out_of_range_is_an_error() -> Result<()> {
+    let z = |s: &[usize], dev: &Device| Tensor::zeros(s, DType::F16, dev);
+    let one = Some(FfnKernel::OneLaunch);
+    for dev in devices() {
+        let mlp = FusedMlp::new(z(&[16, 8], &dev)?, None, z(&[8, 16], &dev)?, None, Activation::Gelu)?;
+        if dev.is_cpu() {
+            let msg = err_text(mlp.forward_with(&z(&[2, 8], &dev)?, one));
+            assert!(msg.contains("one-launch") && msg.contains("CUDA"), "{msg}");
+        }
+        let msg = err_text(mlp.forward_with(&z(&[17, 8], &dev)?, one));
+        assert!(msg.contains("one-launch") && msg.contains("m=17"), "{msg}");
+        let odd = FusedMlp::new(z(&[16, 9], &dev)?, None, z(&[9, 16], &dev)?, None, Activation::Gelu)?;
+        let msg = err_text(odd.forward_with(&z(&[2, 9], &dev)?, one));
+        assert!(msg.contains("multiples of 8") && msg.contains("d=9"), "{msg}");
     }
     Ok(())
 }

@@ -1,15 +1,19 @@
-//! CUDA glue of the small-M projection (`kernels/ffn.cu`): config choice, params, launch.
+//! CUDA glue of the small-M kernels: the projection (`kernels/ffn.cu`) and the one-launch FFN
+//! (`kernels/ffn_fused.cu`): config choice, params, scratch, launch.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
 use super::{weight_layout, Epilogue, WeightLayout};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx};
+use crate::Activation;
 
 /// Output features per block (the mma's M side); mirrors `ffn::ROWS`.
 const ROWS: usize = 16;
@@ -70,6 +74,28 @@ pub(crate) fn choose_config(m: usize, n: usize, k: usize, gated: bool, sm_count:
 
 type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
+/// Which entry point: (kernel file, dtype, activation, gated, token tiles, aligned loads).
+type EntryKey = (&'static str, DType, Activation, bool, usize, bool);
+
+/// The entry point `key` of module `module` on `dev`, looked up once per device (a name format and
+/// a driver lookup per launch show at M = 1).
+fn entry(
+    dev: &candle_core::CudaDevice,
+    module: &'static str,
+    ptx: &'static str,
+    key: EntryKey,
+    name: impl FnOnce() -> Result<String>,
+) -> Result<CudaFunction> {
+    static FUNCS: OnceLock<Mutex<HashMap<(DeviceId, EntryKey), CudaFunction>>> = OnceLock::new();
+    let mut cache = FUNCS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = cache.get(&(dev.id(), key)) {
+        return Ok(f.clone());
+    }
+    let f = load_func(dev, module, ptx, &name()?)?;
+    cache.insert((dev.id(), key), f.clone());
+    Ok(f)
+}
+
 /// The device's SM count, queried once per device (a driver call per launch shows at M = 1).
 fn sm_count(dev: &candle_core::CudaDevice) -> Result<usize> {
     static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
@@ -113,15 +139,17 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
     let cfg = choose_config(m, n, k, epi.gated(), sm_count(dev)?);
     // 16-byte loads need K % 8 == 0 and 16-byte aligned row starts (allocations are 256-aligned).
     let aligned = k % 8 == 0 && x.1.start_offset() % 8 == 0 && w.1.start_offset() % 8 == 0;
-    let name = format!(
-        "ffn_proj_{}_{}_{}_nt{}_{}",
-        dtype_suffix(x.0.dtype(), "fused_ffn")?,
-        epi.act().name(),
-        if epi.gated() { "gated" } else { "plain" },
-        cfg.nt,
-        if aligned { "a" } else { "u" }
-    );
-    let func = load_func(dev, "ffn", ptx::FFN, &name)?;
+    let key = ("ffn", x.0.dtype(), epi.act(), epi.gated(), cfg.nt, aligned);
+    let func = entry(dev, "ffn", ptx::FFN, key, || {
+        Ok(format!(
+            "ffn_proj_{}_{}_{}_nt{}_{}",
+            dtype_suffix(x.0.dtype(), "fused_ffn")?,
+            epi.act().name(),
+            if epi.gated() { "gated" } else { "plain" },
+            cfg.nt,
+            if aligned { "a" } else { "u" }
+        ))
+    })?;
 
     {
         let (x_ptr, _x_guard) = xs.device_ptr(&stream);
@@ -152,6 +180,203 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
 
+/// Hidden units per block of the one-launch kernel; mirrors `FusedTraits::HIDDEN_CHUNK`.
+const HIDDEN_CHUNK: usize = 64;
+/// Warps per block of the one-launch kernel; mirrors `FusedTraits::WARPS`.
+const FUSED_WARPS: usize = 16;
+/// Token tiles compiled for the one-launch kernel (`_nt1`, `_nt2`): up to 8 or 16 tokens.
+const FUSED_TOKEN_TILES: [usize; 2] = [1, 2];
+/// Largest M the one-launch kernel takes.
+pub(crate) const FUSED_MAX_M: usize = FUSED_TOKEN_TILES[FUSED_TOKEN_TILES.len() - 1] * TOKENS;
+
+/// One-launch kernel arguments; mirrors `ffn::FusedParams` in kernels/ffn_fused.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct FusedParams {
+    x: u64,       // [M, D]
+    w1: u64,      // [H1, D]
+    b1: u64,      // [H1] or 0
+    w2: u64,      // [O, H]
+    b2: u64,      // [O] or 0
+    y: u64,       // [M, O]
+    partial: u64, // [groups][blocks][M][16] f32
+    tickets: u64, // [groups] u32
+    m: i32,
+    d: i32,
+    h: i32,
+    o: i32,
+}
+// SAFETY: plain-old-data with the C layout of `ffn::FusedParams`.
+unsafe impl DeviceRepr for FusedParams {}
+
+/// Launch shape and scratch of the one-launch FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FusedConfig {
+    /// Token tiles of 8 (template parameter NT).
+    pub nt: usize,
+    /// Blocks: one per [`HIDDEN_CHUNK`] hidden units.
+    pub blocks: usize,
+    /// 16-row groups of the output, one ticket each.
+    pub groups: usize,
+    /// f32 partial sums: `groups * blocks * m * 16`.
+    pub partial_len: usize,
+}
+
+/// The one-launch config for `m` tokens, hidden size `h`, output size `o` (`m <= FUSED_MAX_M`).
+pub(crate) fn choose_fused_config(m: usize, h: usize, o: usize) -> FusedConfig {
+    let nt = FUSED_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(FUSED_TOKEN_TILES[1]);
+    let blocks = h.div_ceil(HIDDEN_CHUNK).max(1);
+    let groups = o.div_ceil(ROWS).max(1);
+    FusedConfig { nt, blocks, groups, partial_len: groups * blocks * m * ROWS }
+}
+
+/// Per-device scratch of the one-launch kernel: tickets (zero between launches: fresh buffers are
+/// zeroed and each launch's last arrivals reset theirs) and partial sums, grown on demand and
+/// reused, so a call allocates only its output. Device pointers are taken once; the buffers live in
+/// the cache, and a replaced buffer is freed in stream order after the launches that used it.
+struct Scratch {
+    tickets: CudaSlice<u32>,
+    tickets_ptr: u64,
+    partial: CudaSlice<f32>,
+    partial_ptr: u64,
+}
+
+impl Scratch {
+    /// The device's scratch with room for `groups` tickets and `partial_len` partial sums.
+    fn ensure<'a>(
+        slot: &'a mut Option<Scratch>,
+        dev: &candle_core::CudaDevice,
+        groups: usize,
+        partial_len: usize,
+    ) -> Result<&'a Scratch> {
+        let fits = slot.as_ref().is_some_and(|s| s.tickets.len() >= groups && s.partial.len() >= partial_len);
+        if !fits {
+            let stream = dev.cuda_stream();
+            let (old_t, old_p) = slot.take().map_or((None, None), |s| (Some(s.tickets), Some(s.partial)));
+            let tickets = match old_t {
+                Some(t) if t.len() >= groups => t,
+                _ => stream.alloc_zeros::<u32>(groups.next_power_of_two()).w()?,
+            };
+            let partial = match old_p {
+                Some(p) if p.len() >= partial_len => p,
+                // SAFETY: every launch writes the partial sums it reads.
+                _ => unsafe { stream.alloc::<f32>(partial_len.next_power_of_two()) }.w()?,
+            };
+            let tickets_ptr = tickets.device_ptr(&stream).0;
+            let partial_ptr = partial.device_ptr(&stream).0;
+            *slot = Some(Scratch { tickets, tickets_ptr, partial, partial_ptr });
+        }
+        Ok(slot.as_ref().expect("set above"))
+    }
+}
+
+/// `y = act(x·W1 + b1)·W2 + b2` (or the gated form) in one launch. `x [m, d]` contiguous, `w1` a
+/// logical `[d, h1]` and `w2` a logical `[h, o]` weight, both stored `[out, in]`; the caller
+/// ([`super::choose_kernel`]) checked dtype, layouts, alignment and `m <= FUSED_MAX_M`.
+pub(super) fn ffn_fwd(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    match x.0.dtype() {
+        DType::F16 => ffn_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
+        DType::BF16 => ffn_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA one-launch kernel)")),
+    }
+}
+
+fn ffn_fwd_t<T: CudaDType + DeviceRepr>(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
+    let h1 = w1.1.dims()[1];
+    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
+    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
+    let aligned = [d, h, x.1.start_offset(), w1.1.start_offset(), w2.1.start_offset()].iter().all(|v| v % 8 == 0);
+    if !out_in(w1.1)
+        || !out_in(w2.1)
+        || !aligned
+        || m == 0
+        || m > FUSED_MAX_M
+        || h1 != if epi.gated() { 2 * h } else { h }
+    {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}) is outside the one-launch kernel's range", w1.1.stride(), w2.1.stride());
+    }
+    if [m, d, h1, o].iter().any(|&v| v > i32::MAX as usize) {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] exceeds the one-launch kernel's i32 indexing");
+    }
+    let xs = contiguous_view::<T>(x.0, x.1)?;
+    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h1);
+    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
+    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let mut y = alloc_output::<T>(dev, m * o)?;
+    if o == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
+    }
+    let cfg = choose_fused_config(m, h, o);
+    let key = ("ffn_fused", x.0.dtype(), epi.act(), epi.gated(), cfg.nt, true);
+    let func = entry(dev, "ffn_fused", ptx::FFN_FUSED, key, || {
+        Ok(format!(
+            "ffn_fused_{}_{}_{}_nt{}",
+            dtype_suffix(x.0.dtype(), "fused_ffn")?,
+            epi.act().name(),
+            if epi.gated() { "gated" } else { "plain" },
+            cfg.nt
+        ))
+    })?;
+
+    static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<Scratch>>>> = OnceLock::new();
+    // Held through the launch: launches on this device's stream share the scratch in stream order.
+    let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::ensure(scratch.entry(dev.id()).or_default(), dev, cfg.groups, cfg.partial_len)?;
+    let stream = dev.cuda_stream();
+    {
+        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
+        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
+        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
+        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
+        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
+        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+        let params = FusedParams {
+            x: x_ptr,
+            w1: w1_ptr,
+            b1: b1_dev.as_ref().map_or(0, |(p, _)| *p),
+            w2: w2_ptr,
+            b2: b2_dev.as_ref().map_or(0, |(p, _)| *p),
+            y: y_ptr,
+            partial: scratch.partial_ptr,
+            tickets: scratch.tickets_ptr,
+            m: m as i32,
+            d: d as i32,
+            h: h as i32,
+            o: o as i32,
+        };
+        let launch = LaunchConfig {
+            grid_dim: (cfg.blocks as u32, 1, 1),
+            block_dim: ((FUSED_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&params);
+        // SAFETY: `FusedParams` mirrors `ffn::FusedParams`; x, w1, b1, w2, b2 and y hold the [m, d],
+        // [h1, d], [h1], [o, h], [o] and [m, o] elements the kernel reads and writes; the scratch
+        // holds >= `groups` zeroed tickets and `partial_len` floats and stays cached (the lock is
+        // held) until the launch is queued; the guards outlive the launch.
+        unsafe { builder.launch(launch) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +402,19 @@ mod tests {
                 assert!(c.smem_bytes <= 48 * 1024, "{c:?}");
             }
         }
+    }
+
+    #[test]
+    fn fused_config_covers_hidden_and_output() {
+        for (m, h, o, nt) in [(1, 2048, 512, 1), (8, 3072, 768, 1), (9, 300, 100, 2), (16, 11008, 4096, 2)] {
+            let c = choose_fused_config(m, h, o);
+            assert_eq!(c.nt, nt, "m={m}");
+            assert!(c.nt * TOKENS >= m);
+            assert!(c.blocks * HIDDEN_CHUNK >= h && (c.blocks - 1) * HIDDEN_CHUNK < h, "{c:?}");
+            assert!(c.groups * ROWS >= o && (c.groups - 1) * ROWS < o, "{c:?}");
+            assert_eq!(c.partial_len, c.groups * c.blocks * m * ROWS);
+        }
+        assert_eq!(FUSED_MAX_M, 16);
     }
 
     #[test]

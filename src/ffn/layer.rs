@@ -11,7 +11,7 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::{check_bias, check_same, flatten_tokens, project, unflatten_tokens, Epilogue};
+use super::{check_bias, check_same, ffn, flatten_tokens, unflatten_tokens, Epilogue, FfnKernel};
 use crate::cpu::is_supported_float;
 use crate::Activation;
 
@@ -153,16 +153,23 @@ impl FusedMlp {
     pub fn activation(&self) -> Activation {
         self.act
     }
+
+    /// `forward` with the kernel forced (benches and tests compare the two); an error where the
+    /// forced kernel can't run.
+    #[doc(hidden)]
+    pub fn forward_with(&self, x: &Tensor, kernel: Option<FfnKernel>) -> Result<Tensor> {
+        check_input(x, &self.up.w, "FusedMlp")?;
+        let (x2, lead) = flatten_tokens(x, "FusedMlp")?;
+        let (up, down) = (self.up.w.t()?, self.down.w.t()?);
+        let y = ffn(&x2, &up, self.up.b.as_ref(), &down, self.down.b.as_ref(), Epilogue::Act(self.act), kernel)?;
+        unflatten_tokens(y, &lead)
+    }
 }
 
 impl Module for FusedMlp {
     /// `x [..., D]` → `[..., O]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.up.w, "FusedMlp")?;
-        let (x2, lead) = flatten_tokens(x, "FusedMlp")?;
-        let h = project(&x2, &self.up.w.t()?, self.up.b.as_ref(), Epilogue::Act(self.act))?;
-        let y = project(&h, &self.down.w.t()?, self.down.b.as_ref(), Epilogue::Act(Activation::Identity))?;
-        unflatten_tokens(y, &lead)
+        self.forward_with(x, None)
     }
 }
 
@@ -250,15 +257,23 @@ impl GatedMlp {
     pub fn activation(&self) -> Activation {
         self.act
     }
+
+    /// `forward` with the kernel forced (benches and tests compare the two); an error where the
+    /// forced kernel can't run.
+    #[doc(hidden)]
+    pub fn forward_with(&self, x: &Tensor, kernel: Option<FfnKernel>) -> Result<Tensor> {
+        check_input(x, &self.gate_up.w, "GatedMlp")?;
+        let (x2, lead) = flatten_tokens(x, "GatedMlp")?;
+        let (gate_up, down) = (self.gate_up.w.t()?, self.down.w.t()?);
+        let epi = Epilogue::Gated(self.act);
+        let y = ffn(&x2, &gate_up, self.gate_up.b.as_ref(), &down, self.down.b.as_ref(), epi, kernel)?;
+        unflatten_tokens(y, &lead)
+    }
 }
 
 impl Module for GatedMlp {
     /// `x [..., D]` → `[..., O]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        check_input(x, &self.gate_up.w, "GatedMlp")?;
-        let (x2, lead) = flatten_tokens(x, "GatedMlp")?;
-        let h = project(&x2, &self.gate_up.w.t()?, self.gate_up.b.as_ref(), Epilogue::Gated(self.act))?;
-        let y = project(&h, &self.down.w.t()?, self.down.b.as_ref(), Epilogue::Act(Activation::Identity))?;
-        unflatten_tokens(y, &lead)
+        self.forward_with(x, None)
     }
 }

@@ -9,7 +9,16 @@
 //! - CUDA, f16/bf16, M <= 16 (<= [`GPU_SMALL_M_MAX`] for weights up to
 //!   [`GPU_WIDE_TILE_MAX_WEIGHTS`] elements), weights stored `[out, in]`: the weight-streaming
 //!   tensor-core kernel of `kernels/ffn.cu` (reads each weight once, 16-byte loads).
+//! - other CUDA f16/bf16 cases: cuBLASLt (`lt.rs`), the bias (+ ReLU / tanh-GELU) in the GEMM's
+//!   epilogue where cuBLASLt has one ([`cublaslt_fusable`]), else our
+//!   [`bias_act`](crate::bias_act) after a plain cuBLASLt GEMM.
 //! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
+//!
+//! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]):
+//! `kernels/ffn_fused.cu` computes each block's 64 hidden units on chip, multiplies them into the
+//! output, and the last block to finish each 16-row output tile sums the blocks' partials in a
+//! fixed order (deterministic). A call is then one allocation and one launch instead of two of
+//! each; it is picked where it measured faster (small weights, M <= [`GPU_ONE_LAUNCH_AUTO_MAX_M`]).
 //!
 //! Weight layout: the kernels want each output's weights contiguous, i.e. candle's `Linear`
 //! layout `[out, in]`; the layers keep their weights that way (loaded as is, no copy).
@@ -21,11 +30,15 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod layer;
+#[cfg(feature = "cuda")]
+mod lt;
 
 pub use layer::{FusedMlp, GatedMlp};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cpu::{dispatch_float, is_supported_float};
 use crate::{bias_act, Activation};
@@ -75,9 +88,100 @@ pub fn fused_ffn(
     check_weight(x, w2, "w2", hidden, "the hidden size H of w1")?;
     check_bias(x, b1, "b1", hidden)?;
     check_bias(x, b2, "b2", w2.dim(1)?)?;
-    let h = project(&x2, w1, b1, Epilogue::Act(act))?;
-    let y = project(&h, w2, b2, Epilogue::Act(Activation::Identity))?;
+    let y = ffn(&x2, w1, b1, w2, b2, Epilogue::Act(act), None)?;
     unflatten_tokens(y, &lead)
+}
+
+/// How a whole FFN (both projections) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnKernel {
+    /// One CUDA launch for both projections (`kernels/ffn_fused.cu`).
+    OneLaunch,
+    /// Two projections, each on the path [`choose_path`] picks.
+    TwoProjections,
+}
+
+/// Largest token count the CUDA one-launch FFN takes (2 token tiles of 8), when forced.
+pub const GPU_ONE_LAUNCH_MAX_M: usize = 16;
+
+/// Largest token count for which [`choose_kernel`] picks the one-launch FFN. Measured on H100
+/// (f16, 512x2048, benchmarks/ffn.md): 10.2 vs 14.0 µs for two projections at M = 1, a tie at
+/// M = 4 (13.3 vs 13.2), a loss at M = 16 (25.5 vs 13.8): its cross-block reduction grows with M.
+pub const GPU_ONE_LAUNCH_AUTO_MAX_M: usize = 4;
+
+/// Largest first-projection weight (D·H elements) for which [`choose_kernel`] picks the one-launch
+/// FFN: it won on 512x2048 (1M) and lost on 768x3072 (13.4 vs 12.9 µs at M = 1) and 4096x11008
+/// (111 vs 79 µs) on H100.
+pub const GPU_ONE_LAUNCH_MAX_WEIGHTS: usize = 1 << 20;
+
+/// Whether the one-launch kernel can run: CUDA, f16/bf16, both weights stored `[out, in]`, 16-byte
+/// aligned loads (D and H multiples of 8, tensor offsets too), 1..=[`GPU_ONE_LAUNCH_MAX_M`] tokens.
+fn one_launch_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool, aligned: bool) -> bool {
+    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
+    cuda && tensor_core_dtype && out_in && aligned && (1..=GPU_ONE_LAUNCH_MAX_M).contains(&m)
+}
+
+/// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
+/// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
+/// loads are aligned (D and H multiples of 8, tensor offsets too). Gated FFNs keep two
+/// projections: the one-launch form lost on the only gated shape measured (4096x11008).
+#[allow(clippy::too_many_arguments)]
+pub fn choose_kernel(
+    cuda: bool,
+    dtype: DType,
+    m: usize,
+    d: usize,
+    h1: usize,
+    gated: bool,
+    out_in: bool,
+    aligned: bool,
+) -> FfnKernel {
+    let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
+    if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
+        FfnKernel::OneLaunch
+    } else {
+        FfnKernel::TwoProjections
+    }
+}
+
+/// The FFN `epi(x·w1 + b1)·w2 + b2` on `x [m, d]`, `w1` logical `[d, h1]`, `w2` logical `[h, o]`
+/// (shapes checked by the callers); `force` overrides [`choose_kernel`] (benches, tests).
+pub(crate) fn ffn(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: Option<&Tensor>,
+    w2: &Tensor,
+    b2: Option<&Tensor>,
+    epi: Epilogue,
+    force: Option<FfnKernel>,
+) -> Result<Tensor> {
+    let out_in = |w: &Tensor| weight_layout(w.layout()) == Some(WeightLayout::OutIn);
+    let x = x.contiguous()?;
+    let (m, d) = x.dims2()?;
+    let (h1, h) = (w1.dim(1)?, w2.dim(0)?);
+    let offsets = [&x, w1, w2].iter().all(|t| t.layout().start_offset() % 8 == 0);
+    let aligned = d % 8 == 0 && h % 8 == 0 && offsets;
+    let (cuda, both_out_in) = (x.device().is_cuda(), out_in(w1) && out_in(w2));
+    let auto = choose_kernel(cuda, x.dtype(), m, d, h1, epi.gated(), both_out_in, aligned);
+    match force.unwrap_or(auto) {
+        FfnKernel::OneLaunch => {
+            if !one_launch_feasible(cuda, x.dtype(), m, both_out_in, aligned) {
+                bail!(
+                    "fused_ffn: the one-launch kernel needs CUDA f16/bf16, [out, in] weights, D and H multiples \
+                     of 8 and 1..={GPU_ONE_LAUNCH_MAX_M} tokens; got {:?} {:?} m={m} d={d} h={h}",
+                    x.device().location(),
+                    x.dtype()
+                );
+            }
+            let (b1, b2) = (b1.map(Tensor::contiguous).transpose()?, b2.map(Tensor::contiguous).transpose()?);
+            let op = FfnOp { w1: w1.clone(), b1, w2: w2.clone(), b2, epi };
+            x.apply_op1_no_bwd(&op)
+        }
+        FfnKernel::TwoProjections => {
+            let hidden = project(&x, w1, b1, epi)?;
+            project(&hidden, w2, b2, Epilogue::Act(Activation::Identity))
+        }
+    }
 }
 
 /// What a projection applies to `a = x·W` before its only store.
@@ -109,6 +213,31 @@ pub enum FfnPath {
     CudaSmallM,
     /// candle's matmul (gemm crate / cuBLAS), then our `bias_act` epilogue.
     MatmulEpilogue,
+    /// cuBLASLt GEMMs (`lt.rs`): the bias (+ ReLU / tanh-GELU) in the GEMM's epilogue where
+    /// cuBLASLt has one ([`cublaslt_fusable`]), else our `bias_act` after it.
+    CublasLt,
+}
+
+/// Whether cuBLASLt has an epilogue for `act` after the bias (its GELU is the tanh form).
+pub fn cublaslt_fusable(act: Activation) -> bool {
+    matches!(act, Activation::Identity | Activation::Relu | Activation::GeluTanh)
+}
+
+static CUBLASLT: AtomicBool = AtomicBool::new(true);
+static SMALL_M_KERNEL: AtomicBool = AtomicBool::new(true);
+
+/// Turns the [`FfnPath::CudaSmallM`] kernel on or off process-wide (on by default), so benches can
+/// time it against cuBLASLt at small M in one run.
+#[doc(hidden)]
+pub fn set_small_m_kernel(on: bool) {
+    SMALL_M_KERNEL.store(on, Ordering::Relaxed);
+}
+
+/// Turns the [`FfnPath::CublasLt`] path on or off process-wide (on by default), so benches can time
+/// it against candle's matmul + `bias_act` ([`FfnPath::MatmulEpilogue`]) in one run.
+#[doc(hidden)]
+pub fn set_cublaslt_epilogues(on: bool) {
+    CUBLASLT.store(on, Ordering::Relaxed);
 }
 
 /// Largest weight (k·n elements) for which the CUDA kernel also takes 17..=32 tokens: with 4
@@ -117,9 +246,19 @@ pub enum FfnPath {
 pub const GPU_WIDE_TILE_MAX_WEIGHTS: usize = 4 << 20;
 
 /// The path for one projection `[m, k] · [k, n]`: a pure function of the device kind, dtype,
-/// token count, weight size and whether the weight is stored `[out, in]` (each output's k
-/// contiguous).
-pub fn choose_path(cuda: bool, dtype: DType, m: usize, k: usize, n: usize, weight_out_in: bool) -> FfnPath {
+/// token count, weight size, whether the weight is stored `[out, in]` (each output's k
+/// contiguous) and whether the cuBLASLt path is on. cuBLASLt won or tied against candle's matmul
+/// plus `bias_act` on every measured large-M shape (H100, f16, benchmarks/ffn.md: 148 vs 195 µs at
+/// M=512 on 4096x11008 with both epilogues fused, 178 vs 191 with erf GELU, 287 vs 287 gated).
+pub fn choose_path(
+    cuda: bool,
+    dtype: DType,
+    m: usize,
+    k: usize,
+    n: usize,
+    weight_out_in: bool,
+    cublaslt: bool,
+) -> FfnPath {
     if !cuda {
         return if m <= CPU_FUSED_MAX_M { FfnPath::CpuFused } else { FfnPath::MatmulEpilogue };
     }
@@ -127,6 +266,8 @@ pub fn choose_path(cuda: bool, dtype: DType, m: usize, k: usize, n: usize, weigh
     let max_m = if k.saturating_mul(n) <= GPU_WIDE_TILE_MAX_WEIGHTS { GPU_SMALL_M_MAX } else { 16 };
     if tensor_core_dtype && weight_out_in && m <= max_m {
         FfnPath::CudaSmallM
+    } else if tensor_core_dtype && cublaslt {
+        FfnPath::CublasLt
     } else {
         FfnPath::MatmulEpilogue
     }
@@ -172,8 +313,24 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
     let out_in = weight_layout(w.layout()) == Some(WeightLayout::OutIn);
     let x = x.contiguous()?;
     let (k, n2) = w.dims2()?;
-    let path = choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, k, n2, out_in);
+    // the small-M kernel streams [out, in] weights; switched off, the weight counts as not streamable
+    let streamable = out_in && SMALL_M_KERNEL.load(Ordering::Relaxed);
+    let path =
+        choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, k, n2, streamable, CUBLASLT.load(Ordering::Relaxed));
+    // a plain cuBLASLt GEMM (no bias, no activation)
+    let lt_matmul = |w: &Tensor| x.apply_op2_no_bwd(w, &LtOp { act: Activation::Identity });
     match path {
+        FfnPath::CublasLt => match epi {
+            Epilogue::Act(act) if cublaslt_fusable(act) => {
+                let op = LtOp { act };
+                match b {
+                    Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+                    None => x.apply_op2_no_bwd(&w, &op),
+                }
+            }
+            Epilogue::Act(act) => bias_act(&lt_matmul(&w)?, b, act),
+            Epilogue::Gated(act) => gated(&w, b, act, lt_matmul),
+        },
         FfnPath::CpuFused | FfnPath::CudaSmallM => {
             let op = ProjOp { epi };
             match b {
@@ -181,28 +338,34 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
                 None => x.apply_op2_no_bwd(&w, &op),
             }
         }
-        FfnPath::MatmulEpilogue => {
-            match epi {
-                Epilogue::Act(Activation::Identity) if b.is_none() => x.matmul(&w),
-                Epilogue::Act(act) => bias_act(&x.matmul(&w)?, b, act),
-                Epilogue::Gated(act) => {
-                    // two GEMMs on the gate and up halves (views, no copy), as stock does
-                    let n = w.dim(1)? / 2;
-                    let (bg, bu) = match b {
-                        Some(b) => (Some(b.narrow(0, 0, n)?), Some(b.narrow(0, n, n)?)),
-                        None => (None, None),
-                    };
-                    let g = bias_act(&x.matmul(&w.narrow(1, 0, n)?)?, bg.as_ref(), act)?;
-                    let u = x.matmul(&w.narrow(1, n, n)?)?;
-                    let u = match bu {
-                        Some(bu) => bias_act(&u, Some(&bu), Activation::Identity)?,
-                        None => u,
-                    };
-                    g * u
-                }
-            }
-        }
+        FfnPath::MatmulEpilogue => match epi {
+            Epilogue::Act(Activation::Identity) if b.is_none() => x.matmul(&w),
+            Epilogue::Act(act) => bias_act(&x.matmul(&w)?, b, act),
+            Epilogue::Gated(act) => gated(&w, b, act, |w| x.matmul(w)),
+        },
     }
+}
+
+/// The gated epilogue after two GEMMs (`matmul`) on the gate and up halves of `w` (views, no
+/// copy), as stock does: `act(x·w_gate + b_gate) * (x·w_up + b_up)`.
+fn gated(
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+    matmul: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let n = w.dim(1)? / 2;
+    let (bg, bu) = match b {
+        Some(b) => (Some(b.narrow(0, 0, n)?), Some(b.narrow(0, n, n)?)),
+        None => (None, None),
+    };
+    let g = bias_act(&matmul(&w.narrow(1, 0, n)?)?, bg.as_ref(), act)?;
+    let u = matmul(&w.narrow(1, n, n)?)?;
+    let u = match bu {
+        Some(bu) => bias_act(&u, Some(&bu), Activation::Identity)?,
+        None => u,
+    };
+    g * u
 }
 
 /// `x` as `[M, D]` plus its leading dims; `x` must have rank >= 2 and a supported float dtype.
@@ -350,6 +513,118 @@ impl CustomOp3 for ProjOp {
     }
 }
 
+/// One projection through cuBLASLt with the bias + activation in its epilogue (`lt.rs`); the CPU
+/// side (never chosen by [`choose_path`]) is the fused CPU projection.
+struct LtOp {
+    act: Activation,
+}
+
+impl CustomOp2 for LtOp {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        ProjOp { epi: Epilogue::Act(self.act) }.cpu((s1, l1), (s2, l2), None)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = lt::fwd(self.act, (s1, l1), (s2, l2), None)?;
+        Ok((out, Shape::from((l1.dims()[0], l2.dims()[1]))))
+    }
+}
+
+impl CustomOp3 for LtOp {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        ProjOp { epi: Epilogue::Act(self.act) }.cpu((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = lt::fwd(self.act, (s1, l1), (s2, l2), Some((s3, l3)))?;
+        Ok((out, Shape::from((l1.dims()[0], l2.dims()[1]))))
+    }
+}
+
+/// The whole FFN as one candle op on `x [m, d]` (contiguous); the weights ride in the op and are
+/// read through their storages. CUDA: the one-launch kernel; CPU: the two fused CPU projections.
+struct FfnOp {
+    w1: Tensor,
+    b1: Option<Tensor>,
+    w2: Tensor,
+    b2: Option<Tensor>,
+    epi: Epilogue,
+}
+
+impl CustomOp1 for FfnOp {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn cpu(st: &Storage) -> Result<&CpuStorage> {
+            match st {
+                Storage::Cpu(c) => Ok(c),
+                _ => bail!("fused_ffn: x is on the CPU, a weight is not"),
+            }
+        }
+        let (w1, w1l) = self.w1.storage_and_layout();
+        let (w2, w2l) = self.w2.storage_and_layout();
+        let (b1, b2) =
+            (self.b1.as_ref().map(Tensor::storage_and_layout), self.b2.as_ref().map(Tensor::storage_and_layout));
+        let b1 = b1.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((cpu(b)?, *bl))).transpose()?;
+        let b2 = b2.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((cpu(b)?, *bl))).transpose()?;
+        let (hidden, hidden_shape) = ProjOp { epi: self.epi }.cpu((s, l), (cpu(&w1)?, w1l), b1)?;
+        let hidden_layout = Layout::contiguous(hidden_shape);
+        ProjOp { epi: Epilogue::Act(Activation::Identity) }.cpu((&hidden, &hidden_layout), (cpu(&w2)?, w2l), b2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        fn gpu(st: &Storage) -> Result<&candle_core::CudaStorage> {
+            match st {
+                Storage::Cuda(c) => Ok(c),
+                _ => bail!("fused_ffn: x is on a CUDA device, a weight is not"),
+            }
+        }
+        let (w1, w1l) = self.w1.storage_and_layout();
+        let (w2, w2l) = self.w2.storage_and_layout();
+        let (b1, b2) =
+            (self.b1.as_ref().map(Tensor::storage_and_layout), self.b2.as_ref().map(Tensor::storage_and_layout));
+        let b1 = b1.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
+        let b2 = b2.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
+        let out = cuda::ffn_fwd(self.epi, (s, l), (gpu(&w1)?, w1l), b1, (gpu(&w2)?, w2l), b2)?;
+        Ok((out, Shape::from((l.dims()[0], w2l.dims()[1]))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,23 +632,59 @@ mod tests {
     #[test]
     fn path_by_device_dtype_and_m() {
         let (k, n) = (512, 2048);
-        assert_eq!(choose_path(false, DType::F32, 1, k, n, false), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, k, n, true), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, k, n, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, k, n, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, k, n, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, k, n, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(false, DType::F32, 1, k, n, false, false), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, k, n, true, false), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, k, n, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, k, n, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, k, n, true, false), FfnPath::MatmulEpilogue);
         // f32 has no 16-bit tensor-core mma; [in, out] storage can't be streamed row by row
-        assert_eq!(choose_path(true, DType::F32, 1, k, n, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, k, n, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F32, 1, k, n, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, false, false), FfnPath::MatmulEpilogue);
+    }
+
+    #[test]
+    fn cublaslt_for_large_m() {
+        let (k, n) = (4096, 11008);
+        assert_eq!(choose_path(true, DType::F16, 512, k, n, true, true), FfnPath::CublasLt);
+        assert_eq!(choose_path(true, DType::BF16, 33, k, n, false, true), FfnPath::CublasLt);
+        // switched off (benches): candle's matmul + bias_act
+        assert_eq!(choose_path(true, DType::F16, 512, k, n, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F32, 512, k, n, true, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, true, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(false, DType::F16, 512, k, n, true, true), FfnPath::MatmulEpilogue);
+        assert!(cublaslt_fusable(Activation::GeluTanh) && !cublaslt_fusable(Activation::Gelu));
     }
 
     #[test]
     fn big_weights_take_the_kernel_up_to_16_tokens() {
         let (k, n) = (4096, 11008);
-        assert_eq!(choose_path(true, DType::F16, 16, k, n, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::F16, 17, k, n, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 32, 1024, 4096, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 16, k, n, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 17, k, n, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 32, 1024, 4096, true, false), FfnPath::CudaSmallM);
+    }
+
+    #[test]
+    fn one_launch_for_small_cuda_ffns() {
+        let (d, h) = (512, 2048);
+        let k = |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, gated, out_in, aligned);
+        assert_eq!(k(1, d, h, false, true, true), FfnKernel::OneLaunch);
+        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M, d, h, false, true, true), FfnKernel::OneLaunch);
+        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, false, true, true), FfnKernel::OneLaunch);
+        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(0, d, h, false, true, true), FfnKernel::TwoProjections);
+        // CPU, f32, [in, out] weights, unaligned rows, gated: the two-projection paths
+        assert_eq!(choose_kernel(false, DType::F16, 1, d, h, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(choose_kernel(true, DType::F32, 1, d, h, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(1, d, h, false, false, true), FfnKernel::TwoProjections);
+        assert_eq!(k(1, d, h, false, true, false), FfnKernel::TwoProjections);
+        assert_eq!(k(1, d, 2 * h, true, true, true), FfnKernel::TwoProjections);
+        // larger weights: the launch saved is small next to the weight stream
+        assert_eq!(k(1, 768, 3072, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoProjections);
+        // what a forced launch accepts
+        assert!(one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M, true, true));
+        assert!(!one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M + 1, true, true));
     }
 
     #[test]
