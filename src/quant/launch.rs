@@ -98,11 +98,10 @@ fn x_rows(m: usize, variant: GemmVariant) -> usize {
     m.min(variant.rows())
 }
 
-/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel time, no staged x): two
-/// tiles per block of 4 warps beat one tile (20.5 against 23.6 µs at M=1) and four tiles at M=16
-/// beat two (22.1 against 24.6 µs); staging x in shared memory helped at M=1 (one tile per block:
-/// 22.2 against 26.1 µs per call in the bench) but its shared memory cuts the resident blocks as
-/// rows grow (M=4: 32.8 against 26.3 µs), so only M <= 2 stages it.
+/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM): two
+/// tiles per block of 4 warps beat one (M=1: 20.0 against 22.1) and four tiles beat two at M=16
+/// (23.3 against 25.1); staging x in shared memory wins at M <= 2 (M=1: 20.0 against 21.3) but its
+/// shared memory cuts the resident blocks as rows grow (M=4: 23.4 against 21.5).
 pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
     let variant = match m {
         0..=2 => GemmVariant::N2M8X,
