@@ -4,18 +4,21 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::{choose_gemm_config, GEMM_WARPS};
+use super::launch::choose_gemm_config;
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
 
 const MODULE: &str = "int4_gemm";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 
 /// Mirrors `GemmDims` in kernels/int4_gemm.cu.
 #[repr(C)]
@@ -97,12 +100,16 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
     let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
     let xs = contiguous_view::<T>(x, l)?;
     let y = alloc_output::<T>(dev, m * n)?;
-    let partial = alloc_output::<f32>(dev, if cfg.splits > 1 { cfg.splits * m * n } else { 1 })?;
-    let variant = if cfg.tiles_per_warp == 2 { "m16" } else { "m8" };
+    // f32 partials only with several K splits; one split writes y directly (a null `float*`)
+    let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{variant}_{sym}"))?;
+    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name()))?;
+    let smem = cfg.smem_bytes(m, w.cfg.group_size, w.cfg.symmetric);
+    if smem > DEFAULT_SMEM_LIMIT {
+        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    }
     with_views(w, |p, s, z| {
-        let null = 0u64; // a null `const __half*`: symmetric, implicit zero point
+        let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&gemm);
         b.arg(&xs).arg(&p).arg(&s);
@@ -110,23 +117,29 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
             Some(z) => b.arg(z),
             None => b.arg(&null),
         };
-        b.arg(&y).arg(&partial).arg(&dims);
+        b.arg(&y);
+        match &partial {
+            Some(part) => b.arg(part),
+            None => b.arg(&null),
+        };
+        b.arg(&dims);
         let lc = LaunchConfig {
             grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, cfg.m_blocks as u32),
-            block_dim: ((GEMM_WARPS * 32) as u32, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: ((cfg.warps * 32) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
         };
         // SAFETY: argument types and count match `int4_gemm_<T>_<variant>_<sym>` in kernels/int4_gemm.cu;
-        // every view covers the extents `dims` describes (checked by int4_matmul / the format).
+        // every view covers the extents `dims` describes (checked by int4_matmul / the format), and
+        // `smem` is the layout the kernel derives from `dims` and the variant.
         unsafe { b.launch(lc) }.w()?;
         Ok(())
     })?;
-    if cfg.splits > 1 {
+    if let Some(partial) = &partial {
         let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
         let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&reduce);
-        b.arg(&partial).arg(&y).arg(&mn).arg(&splits);
+        b.arg(partial).arg(&y).arg(&mn).arg(&splits);
         // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n.
         unsafe { b.launch(elementwise_config(m * n)) }.w()?;
     }

@@ -20,8 +20,12 @@
 //! 128 k (the last chunk may be 32, 64 or 96 wide): chunk `c` has `wc = min(4, K/32 - 4c)`
 //! words per lane and starts at word `128·c`. Within a chunk, lane `l = 4·g + t` (t in 0..4, the
 //! `mma.sync.m16n8k16` B-fragment owner of row g) owns `wc` consecutive words at
-//! `128·c + l·wc + j`, word `j` covering the 32-wide sub-tile `k0 = 128·c + 32·j`. Nibble `p`
-//! (bits `4p..4p+4`) of that word holds `k = k0 + 16·((p>>1)&1) + 2·t + 8·(p&1) + (p>>2)`.
+//! `128·c + l·wc + j`, word `j` covering the 32-wide sub-tile `k0 = 128·c + 32·j`, of which it
+//! holds the 8 consecutive `k0 + 8·t .. k0 + 8·t + 8`: nibble `p` (bits `4p..4p+4`) holds
+//! `k = k0 + 8·t + 2·(p & 3) + (p >> 2)` (even k in the low half-word, odd k in the high one).
+//!
+//! The MMA's k order is free as long as A and B agree: lane column t's k16 step `s` takes
+//! `k0 + 8·t + 4·s .. + 4`, so its A fragment for one word is a single 16-byte load of x.
 //!
 //! So one 16-byte load per lane of a warp streams 512 contiguous bytes that are exactly the B
 //! fragments of 8 `m16n8k16` MMAs, and `(word >> 4i) & 0x000f000f` yields the f16x2 pair of
@@ -37,8 +41,9 @@ pub const TILE_N: usize = 8;
 pub const CHUNK_K: usize = 128;
 /// K values per packed u32 word of one lane (8 nibbles, two k16 MMA steps).
 pub const SUBTILE_K: usize = 32;
-/// The version written into saved files; loading any other version is an error.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version written into saved files; loading any other version is an error. Version 1 (before
+/// 2026-11-26) ordered the k of a lane column differently.
+pub const FORMAT_VERSION: u32 = 2;
 /// Group sizes the format supports.
 pub const SUPPORTED_GROUP_SIZES: [usize; 3] = [32, 64, 128];
 /// Largest quantized value.
@@ -74,10 +79,13 @@ impl Int4Config {
     }
 }
 
+/// Consecutive k of one lane column within a 32-wide sub-tile.
+pub(crate) const LANE_K: usize = SUBTILE_K / 4;
+
 /// K offset, within its 32-wide sub-tile, of nibble `p` (0..8) of a word owned by lane column `t`.
 #[inline(always)]
 pub(crate) const fn nibble_k(p: usize, t: usize) -> usize {
-    16 * ((p >> 1) & 1) + 2 * t + 8 * (p & 1) + (p >> 2)
+    LANE_K * t + 2 * (p & 3) + (p >> 2)
 }
 
 /// Words per lane in chunk `c` of a K-wide row.
@@ -92,9 +100,8 @@ pub(crate) fn locate(k_total: usize, g: usize, k: usize) -> (usize, usize) {
     let c = k / CHUNK_K;
     let kk = k % CHUNK_K;
     let (j, r) = (kk / SUBTILE_K, kk % SUBTILE_K);
-    let (i, h, r3) = (r / 16, (r % 16) / 8, r % 8);
-    let (t, p1) = (r3 / 2, r3 % 2);
-    let p = 4 * p1 + 2 * i + h;
+    let (t, e) = (r / LANE_K, r % LANE_K);
+    let p = (e >> 1) | ((e & 1) << 2);
     let wc = chunk_words(k_total, c);
     (CHUNK_K * c + (4 * g + t) * wc + j, p)
 }

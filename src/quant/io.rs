@@ -4,7 +4,7 @@
 //! `NAME.zeros` (F16 `[K/G, N]`, asymmetric only); metadata `NAME.config`
 //! (`n=..,k=..,group_size=..,symmetric=..`) and `NAME.checksum` (a 64-bit hash of the three
 //! tensors' bytes, so a flipped byte is caught), plus `format=tiny_gemm.int4` and
-//! `format_version=1`. Loading checks all of it, the shapes against the config, and the value
+//! `format_version=2` (version 1 files, an older nibble order, are rejected). Loading checks all of it, the shapes against the config, and the value
 //! ranges (scales finite and ≥ 0, zeros integers in 0..=15): a bad file is an error.
 
 use std::collections::{BTreeMap, HashMap};
@@ -130,7 +130,11 @@ pub fn load_int4(path: impl AsRef<Path>, dev: &Device) -> Result<HashMap<String,
     }
     let version = meta.get("format_version").map(String::as_str);
     if version != Some(&FORMAT_VERSION.to_string()[..]) {
-        bail!("int4: {}: format version {version:?}, this build reads version {FORMAT_VERSION}", path.display());
+        bail!(
+            "int4: {}: format version {version:?}, this build reads only version {FORMAT_VERSION} \
+             (re-quantize the weights and save them again)",
+            path.display()
+        );
     }
     let mut out = HashMap::new();
     let mut expected_tensors = 0;

@@ -1,40 +1,127 @@
 //! Launch shape of the CUDA small-M kernel: a pure function of the problem and the SM count.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
-use super::format::{CHUNK_K, TILE_N};
+use super::format::{CHUNK_K, SUBTILE_K, TILE_N};
 
-/// Warps per block of `int4_gemm_*` (mirrors `GEMM_WARPS` in kernels/int4_gemm.cu).
-pub(crate) const GEMM_WARPS: usize = 4;
-/// Resident warps per SM to aim for: enough 512-byte loads in flight to saturate HBM.
-const TARGET_WARPS_PER_SM: usize = 48;
+/// Warps per SM below which K is split across blocks (f32 partials + a reduce kernel). Harness
+/// (H100, K=4096 -> N=11008): one split beat two and four at every M from 1 to 16 (M=1, two tiles
+/// per block: 20.5 against 23.9 and 23.2 µs), so only grids far below one warp per scheduler split.
+const TARGET_WARPS_PER_SM: usize = 8;
+/// K chunks per block at most: bounds the block's staged scales (shared memory).
+const MAX_CHUNKS_PER_SPLIT: usize = 64;
+/// Bytes of one lane's 16-byte chunk load times a warp: one ring stage of one tile.
+const STAGE_BYTES: usize = 16 * 32;
+/// Shared memory for a block's staged activations at most: more rows per block mean shorter K
+/// splits.
+const MAX_X_BYTES: usize = 64 * 1024;
+/// Padding of a staged activation row, in elements (`X_PAD` in kernels/int4_gemm.cu).
+const X_PAD: usize = 32;
+
+/// The `int4_gemm_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
+/// kernels/int4_gemm.cu): tiles of 8 output rows per block, activation rows per 16-row block
+/// (8: rows g + 8 of the A fragment are known zero), activations staged in shared memory or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GemmVariant {
+    /// Two tiles, up to 8 rows, x staged in shared memory.
+    N2M8X,
+    /// Two tiles, up to 8 rows, x read from global memory.
+    N2M8,
+    /// Four tiles, up to 16 rows, x read from global memory.
+    N4M16,
+}
+
+impl GemmVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::N2M8X => "n2m8x",
+            Self::N2M8 => "n2m8",
+            Self::N4M16 => "n4m16",
+        }
+    }
+    /// Tiles of 8 output rows per block (`NT`).
+    pub fn tiles(self) -> usize {
+        match self {
+            Self::N2M8X | Self::N2M8 => 2,
+            Self::N4M16 => 4,
+        }
+    }
+    /// Activation rows per 16-row block the variant reads.
+    pub fn rows(self) -> usize {
+        match self {
+            Self::N2M8X | Self::N2M8 => 8,
+            Self::N4M16 => 16,
+        }
+    }
+    /// cp.async ring stages per warp (`DEPTH`).
+    pub fn depth(self) -> usize {
+        4
+    }
+    /// Whether a block stages its activations in shared memory (`XS`).
+    pub fn stages_x(self) -> bool {
+        self == Self::N2M8X
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GemmConfig {
-    /// Tiles of 8 output rows per warp: 2 above M=8 (kernel `_m16`) halves the activation reads
-    /// per weight byte; 1 otherwise (`_m8`, rows g + 8 of the A fragment are known zero).
-    pub tiles_per_warp: usize,
+    pub variant: GemmVariant,
+    /// Warps per block; they split the block's K range.
+    pub warps: usize,
     /// Blocks of 16 activation rows (grid.z).
     pub m_blocks: usize,
+    /// Blocks of `variant.tiles()` tiles (grid.x).
     pub blocks_x: usize,
     /// K splits (grid.y); > 1 means f32 partials plus a reduce kernel.
     pub splits: usize,
     pub chunks_per_split: usize,
 }
 
-pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
-    let tiles_per_warp = if m > 8 { 2 } else { 1 };
-    let m_blocks = m.div_ceil(16).max(1);
-    let warps = n.div_ceil(TILE_N).div_ceil(tiles_per_warp);
-    let n_chunks = k.div_ceil(CHUNK_K);
-    let wanted = (sm_count.max(1) * TARGET_WARPS_PER_SM).div_ceil(warps * m_blocks).clamp(1, n_chunks);
-    let chunks_per_split = n_chunks.div_ceil(wanted);
-    GemmConfig {
-        tiles_per_warp,
-        m_blocks,
-        blocks_x: warps.div_ceil(GEMM_WARPS),
-        splits: n_chunks.div_ceil(chunks_per_split),
-        chunks_per_split,
+impl GemmConfig {
+    /// Dynamic shared memory of one block for `m` activation rows (mirrors the layout in
+    /// kernels/int4_gemm.cu): the warps' rings, the split's activations (2-byte MMA operands),
+    /// then the scales (and zeros) of the split's groups for the block's columns.
+    pub fn smem_bytes(&self, m: usize, group_size: usize, symmetric: bool) -> usize {
+        let nt = self.variant.tiles();
+        let ring = self.warps * self.variant.depth() * nt * STAGE_BYTES;
+        let x = if self.variant.stages_x() {
+            x_rows(m, self.variant) * (self.chunks_per_split * CHUNK_K + X_PAD) * 2
+        } else {
+            0
+        };
+        let groups = self.chunks_per_split * CHUNK_K / SUBTILE_K / (group_size / SUBTILE_K);
+        ring + x + groups * nt * TILE_N * 2 * if symmetric { 1 } else { 2 }
     }
+}
+
+/// Activation rows a block stages.
+fn x_rows(m: usize, variant: GemmVariant) -> usize {
+    m.min(variant.rows())
+}
+
+/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM): two
+/// tiles per block of 4 warps beat one (M=1: 20.0 against 22.1) and four tiles beat two at M=16
+/// (23.3 against 25.1); staging x in shared memory wins at M <= 2 (M=1: 20.0 against 21.3) but its
+/// shared memory cuts the resident blocks as rows grow (M=4: 23.4 against 21.5).
+pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
+    let variant = match m {
+        0..=2 => GemmVariant::N2M8X,
+        3..=8 => GemmVariant::N2M8,
+        _ => GemmVariant::N4M16,
+    };
+    let warps = 4;
+    let m_blocks = m.div_ceil(16).max(1);
+    let blocks_x = n.div_ceil(TILE_N).div_ceil(variant.tiles());
+    let n_chunks = k.div_ceil(CHUNK_K);
+    let blocks = blocks_x * m_blocks;
+    let wanted = (sm_count.max(1) * TARGET_WARPS_PER_SM).div_ceil(blocks * warps).clamp(1, (n_chunks / warps).max(1));
+    let max_chunks = if variant.stages_x() {
+        MAX_CHUNKS_PER_SPLIT.min(MAX_X_BYTES / (x_rows(m, variant) * CHUNK_K * 2)).max(1)
+    } else {
+        MAX_CHUNKS_PER_SPLIT
+    };
+    let splits = wanted.max(n_chunks.div_ceil(max_chunks));
+    let chunks_per_split = n_chunks.div_ceil(splits);
+    GemmConfig { variant, warps, m_blocks, blocks_x, splits: n_chunks.div_ceil(chunks_per_split), chunks_per_split }
 }
 
 #[cfg(test)]
@@ -43,27 +130,55 @@ mod tests {
 
     #[test]
     fn llama_mlp_shape_on_h100() {
-        // K=4096 -> N=11008, 132 SMs: 1376 warps of one tile, 5 splits of 7 chunks (35 >= 32)
+        // K=4096 -> N=11008, 132 SMs: 688 blocks of two tiles fill the GPU without a K split
         let c = choose_gemm_config(1, 11008, 4096, 132);
-        assert_eq!(c, GemmConfig { tiles_per_warp: 1, m_blocks: 1, blocks_x: 344, splits: 5, chunks_per_split: 7 });
+        let want = GemmConfig {
+            variant: GemmVariant::N2M8X,
+            warps: 4,
+            m_blocks: 1,
+            blocks_x: 688,
+            splits: 1,
+            chunks_per_split: 32,
+        };
+        assert_eq!(c, want);
+        let c = choose_gemm_config(8, 11008, 4096, 132);
+        assert_eq!(c, GemmConfig { variant: GemmVariant::N2M8, ..want });
         let c = choose_gemm_config(16, 11008, 4096, 132);
-        assert_eq!(c.tiles_per_warp, 2);
-        assert!(c.splits * c.chunks_per_split >= 32 && (c.splits - 1) * c.chunks_per_split < 32);
+        assert_eq!(c, GemmConfig { variant: GemmVariant::N4M16, blocks_x: 344, ..want });
+        // a small N splits K
+        let c = choose_gemm_config(1, 2048, 2048, 132);
+        assert_eq!((c.blocks_x, c.splits, c.chunks_per_split), (128, 3, 6));
     }
 
     #[test]
     fn every_split_has_work_and_k_is_covered() {
-        for (n, k) in [(1, 32), (17, 96), (100, 4096), (11008, 4096), (4096, 11008), (8, 11040)] {
+        for (n, k) in [(1, 32), (17, 96), (100, 4096), (11008, 4096), (4096, 11008), (8, 11040), (64, 65536)] {
             for sm in [1, 108, 132] {
-                for m in [1, 9, 16, 17, 64] {
+                for m in [1, 5, 9, 16, 17, 64] {
                     let c = choose_gemm_config(m, n, k, sm);
                     let chunks = k.div_ceil(CHUNK_K);
                     assert!(c.splits >= 1 && c.splits * c.chunks_per_split >= chunks, "{c:?}");
                     assert!((c.splits - 1) * c.chunks_per_split < chunks, "empty split: {c:?}");
-                    assert!(c.blocks_x * GEMM_WARPS * c.tiles_per_warp >= n.div_ceil(TILE_N));
+                    assert!(c.chunks_per_split <= MAX_CHUNKS_PER_SPLIT, "{c:?}");
+                    assert!(c.blocks_x * c.variant.tiles() >= n.div_ceil(TILE_N));
+                    assert!((c.blocks_x - 1) * c.variant.tiles() < n.div_ceil(TILE_N));
                     assert!(c.m_blocks * 16 >= m && (c.m_blocks - 1) * 16 < m);
+                    assert!(m <= 16 * (c.m_blocks - 1) + c.variant.rows(), "rows of the last block: {c:?}");
+                    // what an H100 block can opt in to
+                    assert!(c.smem_bytes(m, 32, false) <= 227 * 1024, "{c:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn shared_memory_of_the_llama_shape() {
+        let c = choose_gemm_config(1, 11008, 4096, 132);
+        // 4 warps x 4 stages x 2 tiles x 512 B + one row of 4096 + 32 activations
+        // + 32 groups x 16 columns x 2 B (scales, and zeros when asymmetric)
+        assert_eq!(c.smem_bytes(1, 128, true), 16384 + 8256 + 1024);
+        assert_eq!(c.smem_bytes(1, 128, false), 16384 + 8256 + 2048);
+        let c = choose_gemm_config(16, 11008, 4096, 132);
+        assert_eq!(c.smem_bytes(16, 128, true), 32768 + 2048);
     }
 }
