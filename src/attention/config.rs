@@ -91,9 +91,8 @@ impl PrefillBlock {
     }
 }
 
-/// Two KV groups need at least this many key tiles: [1,8,128,64] (2 tiles) ran 9.1 µs with
-/// them, 8.8 without (H100).
-pub(crate) const PREFILL_KV_GROUP_MIN_TILES: usize = 4;
+/// Two KV groups need at least one key tile each.
+pub(crate) const PREFILL_KV_GROUP_MIN_TILES: usize = 2;
 
 /// Picks the prefill block. Measured on an H100 (f16, causal, µs per call, one run):
 /// - 32-row warps pay only where tensor-core throughput bounds a grid of several waves
@@ -244,7 +243,7 @@ mod tests {
         // [1, 8, 512, 64]: 64 blocks, one per SM: two KV groups halve the 8-tile walk, no split
         assert_eq!(prefill(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS)), (64, 1, 64, 2, 1, 512));
         assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS)), (80, 1, 64, 2, 1, 512));
-        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 1, 64, 1, 1, 128));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 1, 64, 2, 1, 128));
         // no KV-group instance above D = 128: splits instead
         assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS)), (160, 1, 32, 1, 4, 128));
         // more blocks than fit at once: no split
@@ -256,8 +255,8 @@ mod tests {
         assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 1, 64, 2, 1, 2048));
         assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 128, H100_SMS)), (128, 1, 64, 2, 1, 2048));
         assert_eq!(prefill(choose_plan(false, 1, 8, 1024, 1024, 64, H100_SMS)), (64, 1, 64, 2, 1, 1024));
-        // short walks: one group ([1, 8, 128, 64]: 2 tiles; [4, 8, 512, 64]: 256 blocks, 8 tiles)
-        assert_eq!(prefill(choose_plan(false, 1, 8, 128, 128, 64, H100_SMS)), (64, 1, 64, 1, 1, 128));
+        // one tile: one group
+        assert_eq!(prefill(choose_plan(false, 1, 8, 64, 64, 64, H100_SMS)), (64, 1, 64, 1, 1, 64));
         // 512 blocks at D = 128, fewer than two waves of 32-row blocks: 16-row ones
         assert_eq!(prefill(choose_plan(false, 1, 32, 1024, 1024, 128, H100_SMS)), (128, 1, 64, 1, 1, 1024));
         // keys not a multiple of the tile: the splits still cover them
