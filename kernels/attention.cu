@@ -1,16 +1,20 @@
 // Fused attention, softmax(Q·Kᵀ·scale + mask)·V, never materializing the Nq x Nk scores.
 //
-// attn_prefill_<dtype>_d<HD>_w<WARPS>  FlashAttention-2 style: a block owns BLOCK_M query rows
-//   (16 per warp), streams K/V tiles through shared memory (cp.async, V of tile t loads during Q·Kᵀ, K of
-//   tile t+1 during P·V), computes both products with mma.sync.m16n8k16 (f16/bf16 in, f32
-//   accumulate), keeps P in registers (the C fragment of Q·Kᵀ is the A fragment of P·V) and
-//   skips tiles above the causal diagonal. HD is the head dim padded to 16 (zeros in smem).
+// attn_prefill_<dtype>_d<HD>_w<W>_m<M>_n<N>_g<G>  FlashAttention-2 style: a block owns BLOCK_M
+//   query rows (W warps x M m16 tiles), streams N-key K/V tiles through shared memory (cp.async,
+//   STAGES deep), computes both products with mma.sync.m16n8k16 (f16/bf16 in, f32 accumulate),
+//   keeps P in registers (the C fragment of Q·Kᵀ is the A fragment of P·V), exp2(s·scale - max)
+//   as one FFMA + ex2, skips tiles above the causal diagonal and starts the longest causal walks
+//   first; G KV groups of W warps split the walk in the block. HD is the head dim padded to 16
+//   (zeros in smem).
 // attn_splitkv_<dtype>_d<HD>  flash-decoding for short queries (and every f32 call): SIMT, QROWS
 //   queries per block, the keys split across gridDim.y blocks, each writing its normalized
 //   partial output and log-sum-exp; attn_combine_<dtype> merges the splits.
 //
 // Launch parameters: tg::attn::Params (attention.cuh), mirrored in src/attention/cuda.rs; tile
 // sizes below are mirrored in src/attention/config.rs.
+#include <cfloat>
+
 #include "attention.cuh"
 
 using tg::attn::Mask;
@@ -80,27 +84,47 @@ template <> struct Mma<__nv_bfloat16> {
 };
 
 // ================================ prefill (tensor cores) =====================================
-template <typename T, int HEAD_DIM, int WARPS_>
+// 2^x on the SFU (ex2.approx, ~2 ulp, subnormal results flushed to 0: such a weight is < 2^-126 of
+// the row's largest and vanishes in the sum anyway).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename T, int HEAD_DIM, int WARPS_, int M_TILES_, int BLOCK_N_, int KV_GROUPS_>
 struct PrefillTraits {
-  // Instantiated with 4 warps (64 rows): 8 (128 rows, half the K/V re-reads) measured no faster,
-  // [1,32,4096,128] 987 vs 922 us, [16,8,512,64] 55 vs 54 us (H200, benches/attention).
-  static constexpr int WARPS = WARPS_;
-  static constexpr int THREADS = WARPS * tg::WARP_SIZE;
-  static constexpr int BLOCK_M = WARPS * MMA_M;             // query rows per block
-  static constexpr int BLOCK_N = HEAD_DIM <= 128 ? 64 : 32;  // keys per tile; 32 keeps D=256 in registers
+  static constexpr int WARPS = WARPS_;  // warps over the query rows, in each KV group
+  // m16 tiles per warp: a warp with two (32 rows) reuses every K/V fragment it loads from smem
+  // for both, halving the ldmatrix traffic per mma, which bounds the 16-row warp.
+  static constexpr int M_TILES = M_TILES_;
+  // KV groups of WARPS warps each walk every KV_GROUPS-th key tile of the same query rows and
+  // merge at the end: a small grid's serial walk gets shorter with no combine kernel, no partial
+  // buffer and one launch (the host cost of those is what small calls pay).
+  static constexpr int KV_GROUPS = KV_GROUPS_;
+  static constexpr int THREADS = WARPS * KV_GROUPS * tg::WARP_SIZE;
+  static constexpr int WARP_M = M_TILES * MMA_M;             // query rows per warp
+  static constexpr int BLOCK_M = WARPS * WARP_M;             // query rows per block
+  static constexpr int BLOCK_N = BLOCK_N_;                   // keys per tile
   // K/V tiles in flight: the loop is latency-bound at small shapes, so small heads (cheap smem)
   // prefetch two tiles ahead; larger ones one, keeping two blocks per SM.
   static constexpr int STAGES = HEAD_DIM <= 64 ? 3 : 2;
   static constexpr int SMEM_STRIDE = HEAD_DIM + VEC;  // +16 bytes per row: ldmatrix rows hit distinct banks
-  static constexpr int SMEM_BYTES = (BLOCK_M + STAGES * 2 * BLOCK_N) * SMEM_STRIDE * int(sizeof(T));
+  static constexpr int STAGE_ELEMS = KV_GROUPS * 2 * BLOCK_N * SMEM_STRIDE;  // K, V of one tile per group
+  static constexpr int SMEM_BYTES = (BLOCK_M * SMEM_STRIDE + STAGES * STAGE_ELEMS) * int(sizeof(T));
   static constexpr int D_STEPS = HEAD_DIM / MMA_K;  // k-steps of Q·Kᵀ
-  static constexpr int S_TILES = BLOCK_N / MMA_N;   // n8 tiles of S per warp
-  static constexpr int O_TILES = HEAD_DIM / MMA_N;  // n8 tiles of O per warp
+  static constexpr int S_TILES = BLOCK_N / MMA_N;   // n8 tiles of S per m16 tile
+  static constexpr int O_TILES = HEAD_DIM / MMA_N;  // n8 tiles of O per m16 tile
   static_assert(HEAD_DIM % MMA_K == 0, "head dim instances are multiples of 16");
   static_assert(BLOCK_N % MMA_K == 0 && O_TILES % 2 == 0, "x4 ldmatrix loads two n8 tiles");
   static_assert(sizeof(T) == 2, "the tensor-core path is f16/bf16");
   static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
   static_assert(STAGES >= 2, "the pipeline overlaps at least one tile");
+  static_assert(M_TILES * (O_TILES + S_TILES) * 4 <= 192, "accumulators must leave registers to spare");
+  // The merge: groups 1.. leave each thread's O fragments, row max and partial row sum in smem.
+  static constexpr int MERGE_FLOATS = M_TILES * (O_TILES * 4 + 2 * 2);  // per thread
+  static_assert((KV_GROUPS - 1) * WARPS * tg::WARP_SIZE * MERGE_FLOATS * 4 <= SMEM_BYTES, "merge fits in smem");
+  static_assert(KV_GROUPS >= 1, "at least one group");
 };
 
 // Rows [0, rows) of a [ROWS, HEAD_DIM] tile (row stride `stride`, first `d` columns real) into
@@ -119,19 +143,27 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
   }
 }
 
-template <typename T, int HEAD_DIM, int WARPS>
+// Grid: x = (B x num_splits) x Hq, y = query blocks. The hardware issues blocks in x-fastest
+// order, so with a causal mask y is walked backwards: the longest walks (the last query blocks)
+// start first and the short ones fill the tail of the last wave.
+template <typename T, int HEAD_DIM, int WARPS, int M_TILES, int BLOCK_N, int KV_GROUPS>
 __device__ __forceinline__ void attn_prefill(const Params& p) {
-  using Tr = PrefillTraits<T, HEAD_DIM, WARPS>;
-  constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, STRIDE = Tr::SMEM_STRIDE;
+  using Tr = PrefillTraits<T, HEAD_DIM, WARPS, M_TILES, BLOCK_N, KV_GROUPS>;
+  constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, STRIDE = Tr::SMEM_STRIDE, MT = M_TILES, G = KV_GROUPS;
   constexpr int STAGES = Tr::STAGES, TILE_ELEMS = BN * STRIDE;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [BM, STRIDE]
-  T* sKV = sQ + BM * STRIDE;               // STAGES x (K [BN, STRIDE], V [BN, STRIDE])
+  T* sKV = sQ + BM * STRIDE;               // STAGES x G x (K [BN, STRIDE], V [BN, STRIDE])
 
-  const int warp = threadIdx.x / tg::WARP_SIZE, lane = threadIdx.x % tg::WARP_SIZE;
+  const int lane = threadIdx.x % tg::WARP_SIZE;
+  // warp `warp` of KV group `group`: the group walks tiles t_begin + group, + G, ...
+  const int warp = threadIdx.x / tg::WARP_SIZE % WARPS, group = threadIdx.x / tg::WARP_SIZE / WARPS;
   const int quad_row = lane / 4, quad_col = lane % 4;  // mma fragment coordinates
-  // gridDim.z = B x num_splits: a split owns keys [split * keys_per_split, ...) (whole tiles)
-  const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z / p.num_splits, split = blockIdx.z % p.num_splits;
+  // a split owns keys [split * keys_per_split, ...) (whole tiles)
+  const int h = blockIdx.x % p.hq, bs = blockIdx.x / p.hq;
+  const int b = bs / p.num_splits, split = bs % p.num_splits;
+  const int q_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int q0 = q_block * BM;
   const int hk = h / (p.hq / p.hkv);
   const int rows = min(BM, p.nq - q0);
   const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
@@ -142,117 +174,216 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   const int t_begin = split * split_tiles;
   // causal: tiles past the diagonal skipped
   const int t_end = min(tg::ceil_div(mask.key_end(q0, rows), BN), t_begin + split_tiles);
+  // Scores stay raw until exp2(s * scale - max * scale), one FFMA: the row max of the raw scores
+  // gives the scaled max only for scale > 0, so a negative scale flips the scores' sign instead,
+  // and scale 0 becomes the smallest normal float (masked -inf * 0 would be NaN; exp2 of the
+  // tiny products is exactly 1, as for scale 0).
+  const bool flip = p.scale_log2 < 0.0f;
+  const float scale = fmaxf(fabsf(p.scale_log2), FLT_MIN);
 
-  // K and V of tile `t` into pipeline stage t % STAGES, as one cp.async group.
-  auto load_kv = [&](int t) {
-    if (t < t_end) {
-      const int k0 = t * BN, keys = min(BN, p.nk - k0);
-      T* sK = sKV + (t % STAGES) * 2 * TILE_ELEMS;
-      load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys, p.d);
-      load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK + TILE_ELEMS, vg + int64_t(k0) * p.v_sn, p.v_sn, keys, p.d);
+  // Step `st` covers tiles t_begin + st * G + (0..G), one per group: their K and V go into
+  // pipeline stage st % STAGES, as one cp.async group.
+  auto load_kv = [&](int st) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int t = t_begin + st * G + g;
+      if (t < t_end) {
+        const int k0 = t * BN, keys = min(BN, p.nk - k0);
+        T* sK = sKV + (st % STAGES) * Tr::STAGE_ELEMS + g * 2 * TILE_ELEMS;
+        load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys, p.d);
+        load_tile<T, BN, HEAD_DIM, STRIDE, Tr::THREADS>(sK + TILE_ELEMS, vg + int64_t(k0) * p.v_sn, p.v_sn, keys, p.d);
+      }
     }
-    cp_async_commit();  // an empty group past the end keeps the group count per tile fixed
+    cp_async_commit();  // an empty group past the end keeps the group count per step fixed
   };
+  const int steps = tg::ceil_div(max(0, t_end - t_begin), G);
 
-  // Prologue: Q (with tile 0's group) and the first STAGES - 1 tiles.
+  // Prologue: Q (with step 0's group) and the first STAGES - 1 steps.
   load_tile<T, BM, HEAD_DIM, STRIDE, Tr::THREADS>(sQ, qg, p.q_sn, rows, p.d);
 #pragma unroll
-  for (int t = 0; t < STAGES - 1; ++t) load_kv(t_begin + t);
+  for (int st = 0; st < STAGES - 1; ++st) load_kv(st);
 
-  float o[Tr::O_TILES][4];
+  float o[MT][Tr::O_TILES][4];
 #pragma unroll
-  for (int dt = 0; dt < Tr::O_TILES; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-  RowState row[2];  // this thread's rows: quad_row and quad_row + 8 of the warp's 16
-  const int row_i[2] = {q0 + warp * MMA_M + quad_row, q0 + warp * MMA_M + quad_row + 8};
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int dt = 0; dt < Tr::O_TILES; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+  RowState row[MT][2];  // this thread's rows: quad_row and quad_row + 8 of each m16 tile
+  int row_i[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    row_i[mt][0] = q0 + warp * Tr::WARP_M + mt * MMA_M + quad_row;
+    row_i[mt][1] = row_i[mt][0] + 8;
+  }
 
-  for (int tile = t_begin; tile < t_end; ++tile) {
-    const int k0 = tile * BN;
+  for (int st = 0; st < steps; ++st) {
     cp_async_wait_group<STAGES - 2>();
-    __syncthreads();  // this tile landed; every warp is done with the stage of the previous tile
-    load_kv(tile + STAGES - 1);  // into the previous tile's stage
-    const T* sK = sKV + (tile % STAGES) * 2 * TILE_ELEMS;
+    __syncthreads();  // this step landed; every warp is done with the stage of the previous step
+    load_kv(st + STAGES - 1);  // into the previous step's stage
+    const int tile = t_begin + st * G + group;
+    if (tile >= t_end) continue;  // warp-uniform: this group has no tile in the last step
+    const int k0 = tile * BN;
+    const T* sK = sKV + (st % STAGES) * Tr::STAGE_ELEMS + group * 2 * TILE_ELEMS;
     const T* sV = sK + TILE_ELEMS;
 
-    // S = Q·Kᵀ for the warp's 16 rows
-    float s[Tr::S_TILES][4];
+    // S = Q·Kᵀ for the warp's rows; each K fragment serves all MT m16 tiles.
+    float s[MT][Tr::S_TILES][4];
 #pragma unroll
-    for (int nt = 0; nt < Tr::S_TILES; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Tr::S_TILES; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < Tr::D_STEPS; ++ks) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sQ + (warp * MMA_M + lane % 16) * STRIDE + ks * MMA_K + (lane / 16) * 8);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix_x4(a[mt], sQ + (warp * Tr::WARP_M + mt * MMA_M + lane % 16) * STRIDE + ks * MMA_K + (lane / 16) * 8);
 #pragma unroll
       for (int nt2 = 0; nt2 < Tr::S_TILES / 2; ++nt2) {
         uint32_t bk[4];
         ldmatrix_x4(bk, sK + (nt2 * 16 + (lane / 16) * 8 + lane % 8) * STRIDE + ks * MMA_K + ((lane / 8) % 2) * 8);
-        Mma<T>::run(s[2 * nt2], a, bk[0], bk[1]);
-        Mma<T>::run(s[2 * nt2 + 1], a, bk[2], bk[3]);
-      }
-    }
-
-    // Scale into log2 units; mask only tiles that cross the end of the keys or the diagonal.
-    const bool need_mask = k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
 #pragma unroll
-    for (int nt = 0; nt < Tr::S_TILES; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nt * MMA_N + 2 * quad_col + (e & 1);
-        s[nt][e] = need_mask && !mask.visible(row_i[e / 2], j) ? -INFINITY : s[nt][e] * p.scale_log2;
-      }
-    }
-
-    // Online softmax: a row's 64 scores are spread over the 4 threads of a quad.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < Tr::S_TILES; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-      float ref;
-      const float alpha = row[half].update_max(mx, ref);
-#pragma unroll
-      for (int dt = 0; dt < Tr::O_TILES; ++dt) {
-        o[dt][2 * half] *= alpha;
-        o[dt][2 * half + 1] *= alpha;
-      }
-      float sum = 0.0f;  // this thread's part of the row sum; the quad adds them up at the end
-#pragma unroll
-      for (int nt = 0; nt < Tr::S_TILES; ++nt) {
-#pragma unroll
-        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-          s[nt][e] = exp2f(s[nt][e] - ref);
-          sum += s[nt][e];
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<T>::run(s[mt][2 * nt2], a[mt], bk[0], bk[1]);
+          Mma<T>::run(s[mt][2 * nt2 + 1], a[mt], bk[2], bk[3]);
         }
       }
-      row[half].l += sum;
-      if (p.drop_threshold) {
+    }
+
+    if (flip) {  // block-uniform; see `scale`
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < Tr::S_TILES; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] = -s[mt][nt][e];
+    }
+    // Mask only tiles that cross the end of the keys or the diagonal.
+    if (k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < Tr::S_TILES; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = k0 + nt * MMA_N + 2 * quad_col + (e & 1);
+            if (!mask.visible(row_i[mt][e / 2], j)) s[mt][nt][e] = -INFINITY;
+          }
+    }
+
+    // Online softmax: a row's BN scores are spread over the 4 threads of a quad.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < Tr::S_TILES; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        float ref;
+        const float alpha = row[mt][half].update_max(mx * scale, ref);
+#pragma unroll
+        for (int dt = 0; dt < Tr::O_TILES; ++dt) {
+          o[mt][dt][2 * half] *= alpha;
+          o[mt][dt][2 * half + 1] *= alpha;
+        }
+        float sum = 0.0f;  // this thread's part of the row sum; the quad adds them up at the end
 #pragma unroll
         for (int nt = 0; nt < Tr::S_TILES; ++nt) {
-          const uint2 bits = tg::attn::dropout_bits_pair(p, b, h, row_i[half], k0 + nt * MMA_N + 2 * quad_col);
-          s[nt][2 * half] = tg::attn::apply_dropout(p, bits.x, s[nt][2 * half]);
-          s[nt][2 * half + 1] = tg::attn::apply_dropout(p, bits.y, s[nt][2 * half + 1]);
+#pragma unroll
+          for (int e = 2 * half; e < 2 * half + 2; ++e) {
+            s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], scale, -ref));
+            sum += s[mt][nt][e];
+          }
+        }
+        row[mt][half].l += sum;
+        if (p.drop_threshold) {
+#pragma unroll
+          for (int nt = 0; nt < Tr::S_TILES; ++nt) {
+            const uint2 bits =
+                tg::attn::dropout_bits_pair(p, b, h, row_i[mt][half], k0 + nt * MMA_N + 2 * quad_col);
+            s[mt][nt][2 * half] = tg::attn::apply_dropout(p, bits.x, s[mt][nt][2 * half]);
+            s[mt][nt][2 * half + 1] = tg::attn::apply_dropout(p, bits.y, s[mt][nt][2 * half + 1]);
+          }
         }
       }
     }
 
-
-    // O += P·V: the S accumulators of two n8 tiles are the A fragment of one k16 step.
+    // O += P·V: the S accumulators of two n8 tiles are the A fragment of one k16 step; each V
+    // fragment serves all MT m16 tiles.
 #pragma unroll
     for (int kk = 0; kk < Tr::S_TILES / 2; ++kk) {
-      const uint32_t a[4] = {Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                             Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dt2 = 0; dt2 < Tr::O_TILES / 2; ++dt2) {
         uint32_t bv[4];
         ldmatrix_x4_trans(bv, sV + (kk * MMA_K + ((lane / 8) % 2) * 8 + lane % 8) * STRIDE + dt2 * 16 + (lane / 16) * 8);
-        Mma<T>::run(o[2 * dt2], a, bv[0], bv[1]);
-        Mma<T>::run(o[2 * dt2 + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma<T>::run(o[mt][2 * dt2], a[mt], bv[0], bv[1]);
+          Mma<T>::run(o[mt][2 * dt2 + 1], a[mt], bv[2], bv[3]);
+        }
       }
     }
   }
   cp_async_wait_all();
+
+  if constexpr (G > 1) {
+    // Merge the groups' (max, sum, O) per fragment element into group 0, through smem laid out
+    // [group - 1][warp][value][lane] (conflict-free); the K/V stages and Q are no longer read.
+    constexpr int MF = Tr::MERGE_FLOATS;
+    float* sMerge = reinterpret_cast<float*>(smem_raw);
+    __syncthreads();
+    if (group > 0) {
+      float* dst = sMerge + ((group - 1) * WARPS + warp) * MF * tg::WARP_SIZE + lane;
+      int e = 0;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          dst[(e++) * tg::WARP_SIZE] = row[mt][half].m;
+          dst[(e++) * tg::WARP_SIZE] = row[mt][half].l;
+        }
+#pragma unroll
+        for (int dt = 0; dt < Tr::O_TILES; ++dt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) dst[(e++) * tg::WARP_SIZE] = o[mt][dt][c];
+      }
+    }
+    __syncthreads();
+    if (group > 0) return;
+#pragma unroll
+    for (int g = 1; g < G; ++g) {
+      const float* src = sMerge + ((g - 1) * WARPS + warp) * MF * tg::WARP_SIZE + lane;
+      int e = 0;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        float w_self[2], w_other[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const float m_other = src[(e++) * tg::WARP_SIZE], l_other = src[(e++) * tg::WARP_SIZE];
+          RowState& r = row[mt][half];
+          const float m_new = fmaxf(r.m, m_other);
+          w_self[half] = tg::attn::split_weight(r.m, m_new);
+          w_other[half] = tg::attn::split_weight(m_other, m_new);
+          r.m = m_new;
+          r.l = w_self[half] * r.l + w_other[half] * l_other;
+        }
+#pragma unroll
+        for (int dt = 0; dt < Tr::O_TILES; ++dt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) o[mt][dt][c] = w_self[c / 2] * o[mt][dt][c] + w_other[c / 2] * src[(e++) * tg::WARP_SIZE];
+      }
+    }
+  }
 
   // Epilogue: finish the row sums across the quad, normalize, store (split: the f32 partial and
   // its log-sum-exp, merged by attn_combine).
@@ -260,32 +391,37 @@ __device__ __forceinline__ void attn_prefill(const Params& p) {
   const int64_t total_rows = int64_t(p.b) * p.hq * p.nq;
   T* og = static_cast<T*>(p.o) + bh_row0 * p.d;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float l = row[half].l;
-    l += __shfl_xor_sync(FULL_MASK, l, 1);
-    l += __shfl_xor_sync(FULL_MASK, l, 2);
-    row[half].l = l;
-    const int i = row_i[half];
-    if (i >= p.nq) continue;
-    const float inv = row[half].inv_sum();
-    if (p.num_splits == 1) {
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int dt = 0; dt < Tr::O_TILES; ++dt) {
-        const int col = dt * MMA_N + 2 * quad_col;
-        if (col < p.d) {
-          *reinterpret_cast<uint32_t*>(og + int64_t(i) * p.d + col) =
-              Mma<T>::pack(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    for (int half = 0; half < 2; ++half) {
+      float l = row[mt][half].l;
+      l += __shfl_xor_sync(FULL_MASK, l, 1);
+      l += __shfl_xor_sync(FULL_MASK, l, 2);
+      row[mt][half].l = l;
+      const int i = row_i[mt][half];
+      if (i >= p.nq) continue;
+      const float inv = row[mt][half].inv_sum();
+      if (p.num_splits == 1) {
+#pragma unroll
+        for (int dt = 0; dt < Tr::O_TILES; ++dt) {
+          const int col = dt * MMA_N + 2 * quad_col;
+          if (col < p.d) {
+            *reinterpret_cast<uint32_t*>(og + int64_t(i) * p.d + col) =
+                Mma<T>::pack(o[mt][dt][2 * half] * inv, o[mt][dt][2 * half + 1] * inv);
+          }
         }
-      }
-    } else {
-      const int64_t row_id = split * total_rows + bh_row0 + i;
-      float* op = p.o_partial + row_id * p.d;
+      } else {
+        const int64_t row_id = split * total_rows + bh_row0 + i;
+        float* op = p.o_partial + row_id * p.d;
 #pragma unroll
-      for (int dt = 0; dt < Tr::O_TILES; ++dt) {
-        const int col = dt * MMA_N + 2 * quad_col;
-        if (col < p.d) *reinterpret_cast<float2*>(op + col) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        for (int dt = 0; dt < Tr::O_TILES; ++dt) {
+          const int col = dt * MMA_N + 2 * quad_col;
+          if (col < p.d) {
+            *reinterpret_cast<float2*>(op + col) = make_float2(o[mt][dt][2 * half] * inv, o[mt][dt][2 * half + 1] * inv);
+          }
+        }
+        if (quad_col == 0) p.lse_partial[row_id] = row[mt][half].lse();
       }
-      if (quad_col == 0) p.lse_partial[row_id] = row[half].lse();
     }
   }
 }
@@ -485,16 +621,23 @@ __device__ __forceinline__ void attn_combine(const Params& p) {
 // ---- entry points ------------------------------------------------------------------------------
 static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention/cuda.rs");
 
-#define ATTN_PREFILL_W(T, TNAME, HD, W)                                                       \
-  extern "C" __global__ void __launch_bounds__(PrefillTraits<T, HD, W>::THREADS)              \
-      attn_prefill_##TNAME##_d##HD##_w##W(const __grid_constant__ Params p) {                 \
-    attn_prefill<T, HD, W>(p);                                                                \
+#define ATTN_PREFILL(T, TNAME, HD, W, M, N, G)                                                \
+  extern "C" __global__ void __launch_bounds__(PrefillTraits<T, HD, W, M, N, G>::THREADS)     \
+      attn_prefill_##TNAME##_d##HD##_w##W##_m##M##_n##N##_g##G(const __grid_constant__ Params p) { \
+    attn_prefill<T, HD, W, M, N, G>(p);                                                       \
   }
-#define ATTN_PREFILL(T, TNAME, HD) ATTN_PREFILL_W(T, TNAME, HD, 4)
+// Every head dim has a 16-rows-per-warp block (64-key tiles up to D=128; 32 keep larger heads
+// in registers); up to 128 also the same with two KV groups, and a 32-rows-per-warp one.
+// Mirrored by config::PrefillBlock.
+#define ATTN_PREFILL_SMALL(T, TNAME, HD, N)                                                   \
+  ATTN_PREFILL(T, TNAME, HD, 4, 1, 64, 1)                                                     \
+  ATTN_PREFILL(T, TNAME, HD, 4, 1, 64, 2) ATTN_PREFILL(T, TNAME, HD, 4, 2, N, 1)
 #define ATTN_PREFILL_ALL(T, TNAME)                                                            \
-  ATTN_PREFILL(T, TNAME, 32) ATTN_PREFILL(T, TNAME, 48) ATTN_PREFILL(T, TNAME, 64)            \
-  ATTN_PREFILL(T, TNAME, 80) ATTN_PREFILL(T, TNAME, 96) ATTN_PREFILL(T, TNAME, 128)           \
-  ATTN_PREFILL(T, TNAME, 160) ATTN_PREFILL(T, TNAME, 192) ATTN_PREFILL(T, TNAME, 256)
+  ATTN_PREFILL_SMALL(T, TNAME, 32, 64) ATTN_PREFILL_SMALL(T, TNAME, 48, 64)                   \
+  ATTN_PREFILL_SMALL(T, TNAME, 64, 64) ATTN_PREFILL_SMALL(T, TNAME, 80, 64)                   \
+  ATTN_PREFILL_SMALL(T, TNAME, 96, 64) ATTN_PREFILL_SMALL(T, TNAME, 128, 32)                  \
+  ATTN_PREFILL(T, TNAME, 160, 4, 1, 32, 1) ATTN_PREFILL(T, TNAME, 192, 4, 1, 32, 1)           \
+  ATTN_PREFILL(T, TNAME, 256, 4, 1, 32, 1)
 
 #define ATTN_SPLITKV(T, TNAME, HD)                                                            \
   extern "C" __global__ void __launch_bounds__(SplitKvTraits<T, HD>::THREADS)                 \

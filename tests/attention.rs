@@ -179,6 +179,24 @@ fn custom_scale() -> Result<()> {
     Ok(())
 }
 
+/// Negative and zero scales on every dtype (f16/bf16 take the tensor-core prefill on CUDA, which
+/// takes the row max of unscaled scores: a negative scale flips them, zero is special-cased).
+#[test]
+fn negative_and_zero_scale() -> Result<()> {
+    for dev in devices() {
+        for dtype in FLOAT_DTYPES {
+            let (q, k, v) = inputs(case(2, 4, 2, 70, 90, 64), dtype, &dev)?;
+            for scale in [-0.3f32, 0.0] {
+                for causal in [false, true] {
+                    let cfg = AttentionConfig { softmax_scale: Some(scale), causal, ..Default::default() };
+                    check(&q, &k, &v, &cfg, &format!("{dev:?} {dtype:?} scale {scale} causal={causal}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn non_contiguous_inputs() -> Result<()> {
     for dev in devices() {

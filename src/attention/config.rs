@@ -3,16 +3,18 @@
 //! `kernels/attention.cu`.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
-/// Head dims with a tensor-core prefill instance (`attn_prefill_<dtype>_d<HD>`); a call runs the
-/// smallest one `>= D`, zero-padding D (64, 80, 96 and 128 run unpadded).
+/// Head dims with tensor-core prefill instances (`attn_prefill_<dtype>_d<HD>_...`); a call runs
+/// the smallest one `>= D`, zero-padding D (64, 80, 96 and 128 run unpadded).
 pub(crate) const PREFILL_HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
 /// Head-dim capacities of the split-KV instances (`attn_splitkv_<dtype>_d<HD>`).
 pub(crate) const SPLITKV_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
-/// Query rows per prefill warp (one m16 mma tile).
-pub(crate) const PREFILL_ROWS_PER_WARP: usize = 16;
-/// Warps per prefill block (the `_w4` instances). 8 warps (128 rows, half the K/V re-reads)
-/// measured no faster: [1,32,4096,128] 987 vs 922 µs, [16,8,512,64] 55 vs 54 µs (H200).
+/// Rows of one m16 mma tile; a prefill warp owns `m_tiles` of them.
+pub(crate) const MMA_M: usize = 16;
+/// Warps over the query rows of a prefill block (in each KV group).
 pub(crate) const PREFILL_WARPS: usize = 4;
+/// Largest instance head dim with 32-rows-per-warp (`m_tiles = 2`) and two-KV-group prefill
+/// blocks: beyond, their accumulators would not fit in registers.
+pub(crate) const PREFILL_M2_MAX_HEAD_DIM: usize = 128;
 /// Threads of a split-KV or combine block.
 pub(crate) const THREADS: u32 = 128;
 /// Query rows per split-KV block (one per warp in its softmax phase).
@@ -35,53 +37,131 @@ pub(crate) struct SplitPlan {
     pub keys_per_split: usize,
 }
 
+/// One prefill block shape, an instance
+/// `attn_prefill_<dtype>_d<HD>_w<warps>_m<m_tiles>_n<block_n>_g<kv_groups>` (`PrefillTraits` in
+/// kernels/attention.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrefillBlock {
+    /// Warps over the query rows (in each KV group).
+    pub warps: usize,
+    /// m16 tiles per warp: 2 (32 rows) reuses each K/V fragment loaded from shared memory twice.
+    pub m_tiles: usize,
+    /// Keys per tile.
+    pub block_n: usize,
+    /// Groups of `warps` warps that walk alternate key tiles of the same rows and merge in the
+    /// block (1, or 2 with `m_tiles = 1` up to D = 128).
+    pub kv_groups: usize,
+}
+
+impl PrefillBlock {
+    /// 16 rows per warp, one KV group: instanced for every head dim.
+    fn base(head_dim: usize) -> Self {
+        let block_n = if head_dim <= 128 { 64 } else { 32 };
+        Self { warps: PREFILL_WARPS, m_tiles: 1, block_n, kv_groups: 1 }
+    }
+
+    /// Query rows per block.
+    pub fn block_m(&self) -> usize {
+        self.warps * self.m_tiles * MMA_M
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        self.warps * self.kv_groups * 32
+    }
+
+    /// Dynamic shared memory (`PrefillTraits::SMEM_BYTES`): the Q tile and `STAGES` pipeline
+    /// stages of one K and one V tile per KV group, rows padded by 8 elements.
+    pub fn smem_bytes(&self, head_dim: usize, elem_bytes: usize) -> usize {
+        let stages = if head_dim <= 64 { 3 } else { 2 };
+        (self.block_m() + stages * self.kv_groups * 2 * self.block_n) * (head_dim + 8) * elem_bytes
+    }
+
+    /// Blocks an SM holds at once: 32-row warps take about 240 registers a thread (2 blocks of
+    /// 128 threads), 16-row warps about 150 and shared memory for 3, two KV groups the shared
+    /// memory (D <= 64) or registers of one.
+    pub fn resident_per_sm(&self) -> usize {
+        if self.kv_groups >= 2 {
+            1
+        } else if self.m_tiles >= 2 {
+            2
+        } else {
+            3
+        }
+    }
+}
+
+/// Two KV groups need at least one key tile each.
+pub(crate) const PREFILL_KV_GROUP_MIN_TILES: usize = 2;
+
+/// Picks the prefill block. Measured on an H100 (f16, causal, µs per call, one run):
+/// - 32-row warps pay only where tensor-core throughput bounds a grid of several waves
+///   ([1,32,4096,128]: 580 vs 748); at D = 64 16-row warps are as fast or faster everywhere
+///   ([16,8,512,64] 36 vs 37, [4,8,512,64] 17 vs 23), their shorter per-tile latency counts more.
+/// - A grid whose blocks fit on the SMs is bound by its longest serial walk over the key tiles;
+///   two KV groups halve it inside the block ([1,8,512,64] 13.9 vs 14.8, [1,8,2048,64] 44.5 vs
+///   51.1 with a two-way split, [1,8,2048,128] 60.1 vs 76.5) unless the walks are short for a grid
+///   of two blocks per SM ([4,8,512,64], 8 tiles: 18.1 vs 16.8).
+pub(crate) fn choose_prefill_block(
+    head_dim: usize,
+    b: usize,
+    hq: usize,
+    nq: usize,
+    nk: usize,
+    sm: usize,
+) -> PrefillBlock {
+    let base = PrefillBlock::base(head_dim);
+    if head_dim > PREFILL_M2_MAX_HEAD_DIM {
+        return base;
+    }
+    let wide = PrefillBlock { m_tiles: 2, block_n: if head_dim <= 96 { 64 } else { 32 }, ..base };
+    if head_dim > 64 && b * hq * nq.div_ceil(wide.block_m()) >= wide.resident_per_sm() * sm {
+        return wide;
+    }
+    let blocks = b * hq * nq.div_ceil(base.block_m());
+    let tiles = nk.div_ceil(base.block_n);
+    let one_per_sm = blocks <= sm && tiles >= PREFILL_KV_GROUP_MIN_TILES;
+    let long_walks = blocks <= 2 * sm && tiles >= PREFILL_LONG_WALK_TILES;
+    if one_per_sm || long_walks {
+        return PrefillBlock { kv_groups: 2, ..base };
+    }
+    base
+}
+
 /// The kernel family for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// Tensor-core FlashAttention-2 prefill, instance head dim `head_dim`, `warps` x 16 rows; with
+    /// Tensor-core FlashAttention-2 prefill, instance head dim `head_dim`; with
     /// `splits.num_splits > 1` the keys are split as in split-KV (+ combine).
-    Prefill { head_dim: usize, warps: usize, splits: SplitPlan },
+    Prefill { head_dim: usize, block: PrefillBlock, splits: SplitPlan },
     /// SIMT split-KV kernel (+ combine when `splits.num_splits > 1`).
     SplitKv { head_dim: usize, splits: SplitPlan },
 }
 
-/// Dynamic shared memory of a prefill block (`PrefillTraits::SMEM_BYTES`): the Q tile and
-/// `STAGES` pipeline stages of K and V tiles, rows padded by 8 elements.
-pub(crate) fn prefill_smem_bytes(head_dim: usize, warps: usize, elem_bytes: usize) -> usize {
-    let block_n = prefill_block_n(head_dim);
-    let stages = if head_dim <= 64 { 3 } else { 2 };
-    (warps * PREFILL_ROWS_PER_WARP + stages * 2 * block_n) * (head_dim + 8) * elem_bytes
-}
-
-/// Keys per prefill tile (`PrefillTraits::BLOCK_N`).
-pub(crate) fn prefill_block_n(head_dim: usize) -> usize {
-    if head_dim <= 128 {
-        64
-    } else {
-        32
-    }
-}
-
-/// Prefill blocks an SM holds at once (shared memory and registers of the 4-warp variant).
-pub(crate) const PREFILL_RESIDENT_PER_SM: usize = 3;
-/// A prefill split gets at least this many tiles: fewer would not pay for the combine kernel.
+/// A prefill split gets at least this many tiles per KV group: fewer would not pay for the
+/// combine kernel.
 pub(crate) const PREFILL_MIN_TILES_PER_SPLIT: usize = 4;
 /// Splitting pays when the splits fit beside the blocks, or when the walk is at least this long:
 /// [4,8,512,64] (256 blocks, 8 tiles) went 24 -> 33 µs split in two, [1,8,2048,64] (256 blocks,
 /// 32 tiles) 80 -> 64 µs (H200, benches/attention).
 pub(crate) const PREFILL_LONG_WALK_TILES: usize = 16;
 
-/// Splits the keys of a prefill whose `blocks` all fit on the GPU at once: such a call is
-/// bound by its longest block's serial walk over the key tiles (the last query block when
-/// causal), so splitting the walk shortens it; the partials are merged like split-KV's.
-pub(crate) fn choose_prefill_splits(blocks: usize, nk: usize, block_n: usize, sm_count: usize) -> SplitPlan {
+/// Splits the keys of a prefill whose `blocks` all fit on the GPU at once (`resident_per_sm`
+/// each SM): such a call is bound by its longest block's serial walk over the key tiles (the
+/// last query block when causal), so splitting the walk shortens it; the partials are merged like
+/// split-KV's. Blocks with two KV groups split only where the splits fit beside them:
+/// [1,8,1024,64] (128 of them, 16 tiles) ran 27.0 µs split in two, 23.4 not (H100).
+pub(crate) fn choose_prefill_splits(blocks: usize, nk: usize, block: &PrefillBlock, sm_count: usize) -> SplitPlan {
+    let block_n = block.block_n;
     let tiles = nk.div_ceil(block_n).max(1);
-    let resident = PREFILL_RESIDENT_PER_SM * sm_count.max(1);
+    let resident = block.resident_per_sm() * sm_count.max(1);
     let room_for_two = 2 * blocks <= resident;
-    let splits = if blocks >= resident || !(room_for_two || tiles >= PREFILL_LONG_WALK_TILES) {
+    let long_walk = tiles >= PREFILL_LONG_WALK_TILES && block.kv_groups == 1;
+    let splits = if blocks >= resident || !(room_for_two || long_walk) {
         1
     } else {
-        tiles.div_ceil(PREFILL_MIN_TILES_PER_SPLIT).min(resident.div_ceil(blocks.max(1))).clamp(1, MAX_SPLITS)
+        let min_tiles = PREFILL_MIN_TILES_PER_SPLIT * block.kv_groups;
+        tiles.div_ceil(min_tiles).min(resident.div_ceil(blocks.max(1))).clamp(1, MAX_SPLITS)
     };
     let keys_per_split = tiles.div_ceil(splits) * block_n;
     SplitPlan { num_splits: nk.div_ceil(keys_per_split).max(1), keys_per_split }
@@ -107,9 +187,10 @@ pub(crate) fn choose_splits(blocks: usize, nk: usize, sm_count: usize) -> SplitP
 pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usize, d: usize, sm: usize) -> Plan {
     if !is_f32 && nq > DECODE_MAX_NQ {
         let head_dim = instance_dim(&PREFILL_HEAD_DIMS, d);
-        let blocks = b * hq * nq.div_ceil(PREFILL_WARPS * PREFILL_ROWS_PER_WARP);
-        let splits = choose_prefill_splits(blocks, nk, prefill_block_n(head_dim), sm);
-        return Plan::Prefill { head_dim, warps: PREFILL_WARPS, splits };
+        let block = choose_prefill_block(head_dim, b, hq, nq, nk, sm);
+        let blocks = b * hq * nq.div_ceil(block.block_m());
+        let splits = choose_prefill_splits(blocks, nk, &block, sm);
+        return Plan::Prefill { head_dim, block, splits };
     }
     let blocks = b * hq * nq.div_ceil(SPLITKV_QROWS);
     Plan::SplitKv { head_dim: instance_dim(&SPLITKV_HEAD_DIMS, d), splits: choose_splits(blocks, nk, sm) }
@@ -154,23 +235,32 @@ mod tests {
     #[test]
     fn plan_by_dtype_and_query_length() {
         let prefill = |p| match p {
-            Plan::Prefill { head_dim, warps, splits } => (head_dim, warps, splits.num_splits, splits.keys_per_split),
+            Plan::Prefill { head_dim, block, splits } => {
+                (head_dim, block.m_tiles, block.block_n, block.kv_groups, splits.num_splits, splits.keys_per_split)
+            }
             p => panic!("{p:?}"),
         };
-        // [1, 8, 512, 64]: 64 blocks, 8 tiles each at most: 2 splits of 4 tiles
-        assert_eq!(prefill(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS)), (64, 4, 2, 256));
-        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS)), (80, 4, 2, 256));
-        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 4, 1, 128));
-        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS)), (160, 4, 4, 128));
+        // [1, 8, 512, 64]: 64 blocks, one per SM: two KV groups halve the 8-tile walk, no split
+        assert_eq!(prefill(choose_plan(false, 1, 8, 512, 512, 64, H100_SMS)), (64, 1, 64, 2, 1, 512));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 80, H100_SMS)), (80, 1, 64, 2, 1, 512));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 100, 40, H100_SMS)), (48, 1, 64, 2, 1, 128));
+        // no KV-group instance above D = 128: splits instead
+        assert_eq!(prefill(choose_plan(false, 1, 8, 17, 512, 136, H100_SMS)), (160, 1, 32, 1, 4, 128));
         // more blocks than fit at once: no split
-        assert_eq!(prefill(choose_plan(false, 16, 8, 512, 512, 64, H100_SMS)), (64, 4, 1, 512));
-        assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 4, 1, 4096));
-        // [4, 8, 512, 64]: 256 blocks, short walks: a split would not fit beside them
-        assert_eq!(prefill(choose_plan(false, 4, 8, 512, 512, 64, H100_SMS)), (64, 4, 1, 512));
-        // [1, 8, 2048, 64]: 256 blocks fit at once, walks of up to 32 tiles
-        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 4, 2, 1024));
+        assert_eq!(prefill(choose_plan(false, 16, 8, 512, 512, 64, H100_SMS)), (64, 1, 64, 1, 1, 512));
+        assert_eq!(prefill(choose_plan(false, 4, 8, 512, 512, 64, H100_SMS)), (64, 1, 64, 1, 1, 512));
+        // several waves at D = 128: 32-row warps
+        assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 2, 32, 1, 1, 4096));
+        // [1, 8, 2048, 64]: 256 blocks, two per SM, walks of up to 32 tiles: two KV groups
+        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 1, 64, 2, 1, 2048));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 128, H100_SMS)), (128, 1, 64, 2, 1, 2048));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 1024, 1024, 64, H100_SMS)), (64, 1, 64, 2, 1, 1024));
+        // one tile: one group
+        assert_eq!(prefill(choose_plan(false, 1, 8, 64, 64, 64, H100_SMS)), (64, 1, 64, 1, 1, 64));
+        // 512 blocks at D = 128, fewer than two waves of 32-row blocks: 16-row ones
+        assert_eq!(prefill(choose_plan(false, 1, 32, 1024, 1024, 128, H100_SMS)), (128, 1, 64, 1, 1, 1024));
         // keys not a multiple of the tile: the splits still cover them
-        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 4, 4, 256));
+        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 1, 64, 2, 2, 512));
         assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
@@ -180,13 +270,16 @@ mod tests {
     fn prefill_splits_cover_all_keys_with_whole_tiles() {
         for blocks in [1, 8, 64, 256, 395, 396, 5000] {
             for nk in [1, 31, 64, 100, 1000, 2048, 4097] {
-                for block_n in [32, 64] {
-                    let s = choose_prefill_splits(blocks, nk, block_n, H100_SMS);
-                    assert_eq!(s.keys_per_split % block_n, 0, "{s:?}");
-                    assert!(s.num_splits * s.keys_per_split >= nk, "{s:?} nk={nk}");
-                    assert!((s.num_splits - 1) * s.keys_per_split < nk, "empty split: {s:?} nk={nk}");
-                    if blocks >= PREFILL_RESIDENT_PER_SM * H100_SMS {
-                        assert_eq!(s.num_splits, 1);
+                for d in [64, 128, 256] {
+                    for g in [1, 2] {
+                        let block = PrefillBlock { kv_groups: g, ..PrefillBlock::base(d) };
+                        let s = choose_prefill_splits(blocks, nk, &block, H100_SMS);
+                        assert_eq!(s.keys_per_split % block.block_n, 0, "{s:?}");
+                        assert!(s.num_splits * s.keys_per_split >= nk, "{s:?} nk={nk}");
+                        assert!((s.num_splits - 1) * s.keys_per_split < nk, "empty split: {s:?} nk={nk}");
+                        if blocks >= block.resident_per_sm() * H100_SMS {
+                            assert_eq!(s.num_splits, 1);
+                        }
                     }
                 }
             }
@@ -194,11 +287,25 @@ mod tests {
     }
 
     #[test]
-    fn prefill_smem() {
-        assert_eq!(prefill_smem_bytes(64, 4, 2), (64 + 3 * 128) * 72 * 2);
-        assert_eq!(prefill_smem_bytes(128, 4, 2), (64 + 2 * 128) * 136 * 2);
-        assert_eq!(prefill_smem_bytes(256, 4, 2), (64 + 2 * 64) * 264 * 2);
-        assert!(PREFILL_HEAD_DIMS.iter().all(|&d| prefill_smem_bytes(d, PREFILL_WARPS, 2) <= 227 * 1024));
+    fn prefill_blocks_and_smem() {
+        let b64 = choose_prefill_block(64, 1, 8, 512, 512, H100_SMS);
+        assert_eq!((b64.block_m(), b64.block_n, b64.threads()), (64, 64, 256));
+        assert_eq!(b64.smem_bytes(64, 2), (64 + 3 * 2 * 128) * 72 * 2);
+        let b128 = choose_prefill_block(128, 1, 32, 4096, 4096, H100_SMS);
+        assert_eq!((b128.block_m(), b128.block_n, b128.threads()), (128, 32, 128));
+        assert_eq!(b128.smem_bytes(128, 2), (128 + 2 * 64) * 136 * 2);
+        let b256 = choose_prefill_block(256, 1, 8, 512, 512, H100_SMS);
+        assert_eq!((b256.block_m(), b256.block_n, b256.kv_groups), (64, 32, 1));
+        assert_eq!(b256.smem_bytes(256, 2), (64 + 2 * 64) * 264 * 2);
+        // every block any call can get has an instance (see ATTN_PREFILL_ALL) and fits in smem
+        for d in PREFILL_HEAD_DIMS {
+            for (b, nq) in [(1, 17), (1, 512), (16, 512), (1, 4096), (8, 4096)] {
+                let blk = choose_prefill_block(d, b, 32, nq, nq, H100_SMS);
+                assert!(blk.smem_bytes(d, 2) <= 227 * 1024, "d={d}");
+                assert!(blk.m_tiles == 1 || d <= PREFILL_M2_MAX_HEAD_DIM, "d={d}: no 32-row instance");
+                assert!(blk.kv_groups == 1 || (blk.m_tiles == 1 && d <= PREFILL_M2_MAX_HEAD_DIM), "d={d}: {blk:?}");
+            }
+        }
     }
 
     #[test]

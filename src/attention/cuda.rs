@@ -121,12 +121,13 @@ fn with_partials(
     split_kernel: impl FnOnce(&AttnParams) -> Result<()>,
 ) -> Result<()> {
     let rows = prob.b * prob.hq * prob.nq;
-    let mut o_partial = alloc_output::<f32>(dev, num_splits * rows * prob.d)?;
-    let mut lse_partial = alloc_output::<f32>(dev, num_splits * rows)?;
-    let (op_ptr, _op_guard) = o_partial.device_ptr_mut(stream);
-    let (lse_ptr, _lse_guard) = lse_partial.device_ptr_mut(stream);
+    // One allocation for both (each costs host time comparable to a small kernel): the partial
+    // outputs, then the log-sum-exps.
+    let o_len = num_splits * rows * prob.d;
+    let mut partials = alloc_output::<f32>(dev, o_len + num_splits * rows)?;
+    let (op_ptr, _op_guard) = partials.device_ptr_mut(stream);
     params.o_partial = op_ptr;
-    params.lse_partial = lse_ptr;
+    params.lse_partial = op_ptr + (o_len * std::mem::size_of::<f32>()) as u64;
     split_kernel(params)?;
     let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (config::THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -188,23 +189,27 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
         let (o_ptr, _o_guard) = out.device_ptr_mut(&stream);
         params.o = o_ptr;
         match plan {
-            Plan::Prefill { head_dim, warps, splits } => {
-                let name = format!("attn_prefill_{suffix}_d{head_dim}_w{warps}");
+            Plan::Prefill { head_dim, block, splits } => {
+                let name = format!(
+                    "attn_prefill_{suffix}_d{head_dim}_w{}_m{}_n{}_g{}",
+                    block.warps, block.m_tiles, block.block_n, block.kv_groups
+                );
                 let func = load_func(dev, "attention", ptx::ATTENTION, &name)?;
-                let smem = config::prefill_smem_bytes(head_dim, warps, elem as usize);
+                let smem = block.smem_bytes(head_dim, elem as usize);
                 ensure_smem(dev, &func, &name, smem)?;
-                let block_m = warps * config::PREFILL_ROWS_PER_WARP;
                 params.num_splits = splits.num_splits as i32;
                 params.keys_per_split = splits.keys_per_split as i32;
-                if prob.b * splits.num_splits > MAX_GRID_YZ {
+                let q_blocks = prob.nq.div_ceil(block.block_m());
+                if q_blocks > MAX_GRID_YZ {
                     bail!(
-                        "fused_attention: B={} is over the CUDA grid limit {MAX_GRID_YZ}",
-                        prob.b * splits.num_splits
+                        "fused_attention: Nq={} needs {q_blocks} query blocks, over the CUDA grid limit {MAX_GRID_YZ}",
+                        prob.nq
                     );
                 }
                 let cfg = LaunchConfig {
-                    grid_dim: (prob.nq.div_ceil(block_m) as u32, prob.hq as u32, (prob.b * splits.num_splits) as u32),
-                    block_dim: ((warps * 32) as u32, 1, 1),
+                    // x: (batch, split, head) with the head fastest; y: query blocks (see attn_prefill)
+                    grid_dim: ((prob.b * splits.num_splits * prob.hq) as u32, q_blocks as u32, 1),
+                    block_dim: (block.threads() as u32, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };
                 if splits.num_splits == 1 {
