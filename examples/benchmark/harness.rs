@@ -1,5 +1,6 @@
 //! GPU-correct timing: warm-up (PTX JIT, allocator), inputs rotated so they don't sit in the
-//! cache, many back-to-back calls with one synchronize, the median over repeats.
+//! cache, many back-to-back calls with one synchronize, the median over repeats, and the repeats
+//! of the variants being compared interleaved.
 
 use std::time::{Duration, Instant};
 
@@ -35,37 +36,61 @@ pub struct Stats {
 
 /// Times `f(set)` where `set` cycles over `0..sets` (rotated inputs).
 pub fn measure(dev: &Device, sets: usize, opts: TimingOpts, mut f: impl FnMut(usize) -> Result<()>) -> Result<Stats> {
-    // Warm-up: every input set once (first calls load/JIT PTX and grow the allocator).
-    for s in 0..sets {
-        f(s)?;
-    }
-    dev.synchronize()?;
-    // Calibrate calls per repeat from one timed burst.
-    let probe = sets.max(2);
-    let start = Instant::now();
-    for i in 0..probe {
-        f(i % sets)?;
-    }
-    dev.synchronize()?;
-    let per_call = start.elapsed().as_secs_f64() / probe as f64;
-    let calls = ((opts.target.as_secs_f64() / per_call.max(1e-9)) as usize).clamp(1, 100_000);
-    let mut times = Vec::with_capacity(opts.repeats);
-    for _ in 0..opts.repeats {
+    let mut fs: [&mut dyn FnMut(usize) -> Result<()>; 1] = [&mut f];
+    Ok(measure_interleaved(dev, sets, opts, &mut fs)?[0])
+}
+
+/// Times several implementations of one op with their repeats interleaved (repeat r of every
+/// variant before repeat r + 1 of any): the GPU host's speed drifts over seconds (other tenants,
+/// clocks), and interleaving makes the drift hit every variant alike instead of skewing the ratios.
+pub fn measure_interleaved(
+    dev: &Device,
+    sets: usize,
+    opts: TimingOpts,
+    fs: &mut [&mut dyn FnMut(usize) -> Result<()>],
+) -> Result<Vec<Stats>> {
+    let mut calls = Vec::with_capacity(fs.len());
+    for f in fs.iter_mut() {
+        // Warm-up: every input set once (first calls load/JIT PTX and grow the allocator).
+        for s in 0..sets {
+            f(s)?;
+        }
+        dev.synchronize()?;
+        // Calibrate calls per repeat from one timed burst.
+        let probe = sets.max(2);
         let start = Instant::now();
-        for i in 0..calls {
+        for i in 0..probe {
             f(i % sets)?;
         }
         dev.synchronize()?;
-        times.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+        let per_call = start.elapsed().as_secs_f64() / probe as f64;
+        calls.push(((opts.target.as_secs_f64() / per_call.max(1e-9)) as usize).clamp(1, 100_000));
     }
-    times.sort_by(f64::total_cmp);
-    Ok(Stats {
-        median_us: times[times.len() / 2],
-        min_us: times[0],
-        max_us: times[times.len() - 1],
-        calls_per_repeat: calls,
-        repeats: opts.repeats,
-    })
+    let mut times = vec![Vec::with_capacity(opts.repeats); fs.len()];
+    for _ in 0..opts.repeats {
+        for ((f, &n), t) in fs.iter_mut().zip(&calls).zip(times.iter_mut()) {
+            let start = Instant::now();
+            for i in 0..n {
+                f(i % sets)?;
+            }
+            dev.synchronize()?;
+            t.push(start.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .zip(calls)
+        .map(|(mut t, n)| {
+            t.sort_by(f64::total_cmp);
+            Stats {
+                median_us: t[t.len() / 2],
+                min_us: t[0],
+                max_us: t[t.len() - 1],
+                calls_per_repeat: n,
+                repeats: opts.repeats,
+            }
+        })
+        .collect())
 }
 
 /// The device's measured ceilings, against which achieved rates are reported.

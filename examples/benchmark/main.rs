@@ -218,8 +218,12 @@ fn build_case(op: &str, mode: Mode, x: usize, d: Dims, dtype: DType, dev: &Devic
 
 fn run_case(case: Case, dev: &Device, opts: TimingOpts, peaks: &harness::Peaks) -> Result<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
-    for mut v in case.variants {
-        let stats = harness::measure(dev, case.sets, opts, &mut v.run)?;
+    let mut variants = case.variants;
+    let all_stats = {
+        let mut fs: Vec<&mut dyn FnMut(usize) -> Result<()>> = variants.iter_mut().map(|v| &mut *v.run as _).collect();
+        harness::measure_interleaved(dev, case.sets, opts, &mut fs)?
+    };
+    for (v, stats) in variants.iter().zip(all_stats) {
         let secs = stats.median_us * 1e-6;
         let stock_us = rows.first().map_or(stats.median_us, |r| r.stats.median_us);
         let gbs = case.bytes / secs / 1e9;

@@ -3,7 +3,8 @@
 //! Two measurements of the same `Block::forward` code:
 //! - the breakdown table: each op timed in isolation on its real inputs (warm-up, many
 //!   back-to-back calls, one synchronize), so the rows add up to the block's own time measured
-//!   the same way — the table prints both and their ratio;
+//!   the same way — the table prints both and their ratio; medians over three rounds that
+//!   alternate the whole block and its ops, so drift in the host's speed hits both alike;
 //! - a Chrome/Perfetto trace (`trace_<device>.json`, open in ui.perfetto.dev) of one forward pass
 //!   per variant with a tracing span per op, synchronized on the GPU so spans show kernel time, and
 //!   NVTX ranges so Nsight Systems shows the same names.
@@ -19,6 +20,13 @@ use crate::harness::{measure, TimingOpts};
 
 /// Timed bursts per op in isolation; the median is kept.
 const ISOLATE_BURSTS: usize = 5;
+/// Rounds of (whole block, ops in isolation) per variant; medians over rounds are reported.
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 enum Mode {
     Off,
@@ -146,32 +154,46 @@ pub fn run(
     tracing::subscriber::with_default(subscriber, || -> Result<()> {
         let kinds = [Kind::Stock, Kind::Fused, Kind::Int4];
         let blocks = kinds.iter().map(|&k| Block::new(&w, k, d, &[tokens])).collect::<Result<Vec<_>>>()?;
-        // One discarded round first: the first timings of a process run on a cold GPU (clocks,
-        // allocator growth) and made the first variant's whole-block time ~30% too slow.
+        // One discarded round first (the first timings of a process run on a cold GPU), then
+        // ROUNDS rounds that each time every variant's whole block and its ops in isolation, so a
+        // slow spell of the host lands on the whole block and on its ops alike; medians over rounds.
         for block in &blocks {
             measure(dev, 1, opts, |_| {
                 block.forward(&x, None, &mut Prof::off())?;
                 Ok(())
             })?;
         }
-        for (&kind, block) in kinds.iter().zip(&blocks) {
-            let whole = measure(dev, 1, opts, |_| {
-                block.forward(&x, None, &mut Prof::off())?;
-                Ok(())
-            })?;
-            let mut iso = Prof::new(dev, Mode::Isolate { iters });
-            block.forward(&x, None, &mut iso)?;
+        let mut wholes = vec![Vec::new(); blocks.len()];
+        let mut isolated: Vec<Vec<Vec<(&'static str, f64)>>> = vec![Vec::new(); blocks.len()];
+        for _ in 0..ROUNDS {
+            for (i, block) in blocks.iter().enumerate() {
+                let whole = measure(dev, 1, opts, |_| {
+                    block.forward(&x, None, &mut Prof::off())?;
+                    Ok(())
+                })?;
+                wholes[i].push(whole.median_us);
+                let mut iso = Prof::new(dev, Mode::Isolate { iters });
+                block.forward(&x, None, &mut iso)?;
+                isolated[i].push(iso.records);
+            }
+        }
+        for (i, (&kind, block)) in kinds.iter().zip(&blocks).enumerate() {
             let mut trace = Prof::new(dev, Mode::Trace);
             {
                 let _pass = tracing::info_span!("block_forward", variant = kind.name()).entered();
                 block.forward(&x, None, &mut trace)?;
             }
-            let ops_sum_us = iso.records.iter().map(|r| r.1).sum();
+            let ops: Vec<(String, f64)> = (0..isolated[i][0].len())
+                .map(|j| {
+                    let name = isolated[i][0][j].0.to_string();
+                    (name, median(isolated[i].iter().map(|r| r[j].1).collect()))
+                })
+                .collect();
             profiles.push(VariantProfile {
                 variant: kind.name(),
-                block_us: whole.median_us,
-                ops: iso.records.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
-                ops_sum_us,
+                block_us: median(wholes[i].clone()),
+                ops_sum_us: ops.iter().map(|o| o.1).sum(),
+                ops,
                 traced_ops: trace.records.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
             });
         }
