@@ -142,6 +142,7 @@ fn main() -> Result<()> {
         date_utc: date_utc(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         event_tracking: dev.is_cuda() && !args.no_event_tracking,
+        timing: "median of repeats, the variants' repeats interleaved",
     };
 
     if args.profile {

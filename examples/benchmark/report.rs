@@ -44,6 +44,8 @@ pub struct Meta {
     pub command: String,
     /// whether cudarc's per-buffer CUDA events were on (candle's default)
     pub event_tracking: bool,
+    /// how the variants of one sweep point were timed
+    pub timing: &'static str,
 }
 
 pub fn print_table(rows: &[Row]) {
