@@ -157,6 +157,12 @@ pub fn plot(report: &Report, op: &str, x_label: &str, path: &Path) -> Result<(),
             variants.push(&r.variant);
         }
     }
+    let mut xs: Vec<f64> = Vec::new();
+    for r in &rows {
+        if !xs.contains(&(r.x as f64)) {
+            xs.push(r.x as f64);
+        }
+    }
     let (xmin, xmax) = rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.x as f64), b.max(r.x as f64)));
     let (ymin, ymax) =
         rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.stats.median_us), b.max(r.stats.median_us)));
@@ -168,8 +174,18 @@ pub fn plot(report: &Report, op: &str, x_label: &str, path: &Path) -> Result<(),
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((xmin * 0.9..xmax * 1.1).log_scale(), (ymin * 0.7..ymax * 1.4).log_scale())?;
-    chart.configure_mesh().x_desc(x_label).y_desc("µs per call (median)").draw()?;
+        .build_cartesian_2d(
+            // ticks at the sweep's own points (a log axis alone labels only powers of ten)
+            (xmin * 0.9..xmax * 1.1).log_scale().with_key_points(xs.clone()),
+            (ymin * 0.7..ymax * 1.4).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("µs per call (median)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
     for (i, v) in variants.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> =
