@@ -44,38 +44,61 @@ __device__ __forceinline__ LaneChunk load_lane_chunk(const uint32_t* p) {
   return LaneChunk{{v.x, v.y, v.z, v.w}};
 }
 
-// Fragment pair i (0..3) of a word as the exact integers (q - z) in the MMA operand type: the
+// (a & mask) | bits in one LOP3 (the compiler otherwise emits an AND and an OR).
+template <uint32_t MASK, uint32_t BITS> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "n"(MASK), "n"(BITS));
+  return r;
+}
+template <typename H2> __device__ __forceinline__ uint32_t bits_of(H2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+template <typename H2> __device__ __forceinline__ H2 as_h2(uint32_t b) { return *reinterpret_cast<const H2*>(&b); }
+
+// The four fragment pairs of a word as the exact integers (q - z) in the MMA operand type: the
 // magic-number trick puts q in the mantissa of 1024 + q (f16) or 128 + q (bf16), and subtracting
 // 1024 + z (128 + z) is exact. Scales are applied to the f32 accumulators once per group.
-template <typename M> struct ZeroShift;
+// f16 (Marlin's trick): pairs 1 and 3 are masked in place, giving 1024 + 16q, and one HFMA2
+// (x 1/16, + -(64 + z)) makes them q - z exactly, so a word costs 1 shift, 4 LOP3 and 4 HADD2/HFMA2.
+// bf16 has no mantissa room for 16q (7 bits), so every pair is shifted down first.
+template <typename M> struct WordDequant;
 
-template <> struct ZeroShift<__half> {
-  uint32_t zz;  // f16x2 (1024 + z) twice
-  __device__ __forceinline__ explicit ZeroShift(float z) {
-    const __half2 h = __float2half2_rn(1024.0f + z);
-    zz = *reinterpret_cast<const uint32_t*>(&h);
+template <> struct WordDequant<__half> {
+  uint32_t lo;  // f16x2 1024 + z twice
+  uint32_t hi;  // f16x2 -(64 + z) twice
+  static constexpr uint32_t SYM_LO = 0x64086408u;  // 1032
+  static constexpr uint32_t SYM_HI = 0xd480d480u;  // -72
+  WordDequant() = default;
+  __device__ __forceinline__ WordDequant(uint32_t lo_, uint32_t hi_) : lo(lo_), hi(hi_) {}
+  __device__ __forceinline__ static WordDequant symmetric() { return WordDequant(SYM_LO, SYM_HI); }
+  // z: the zero point (an integer 0..15) in both halves
+  __device__ __forceinline__ static WordDequant zero_point(__half2 z) {
+    return WordDequant(bits_of(__hadd2(z, __float2half2_rn(1024.0f))), bits_of(__hneg2(__hadd2(z, __float2half2_rn(64.0f)))));
   }
-  __device__ __forceinline__ explicit ZeroShift(uint32_t bits) : zz(bits) {}
-  __device__ __forceinline__ uint32_t bits() const { return zz; }
-  __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
-    uint32_t b = ((word >> (4 * i)) & NIBBLE_PAIR_MASK) | F16X2_1024;
-    __half2 h = __hsub2(*reinterpret_cast<__half2*>(&b), *reinterpret_cast<const __half2*>(&zz));
-    return *reinterpret_cast<uint32_t*>(&h);
+  __device__ __forceinline__ void word(uint32_t w, uint32_t (&p)[4]) const {
+    const __half2 sixteenth = as_h2<__half2>(0x2c002c00u);  // 1/16
+    const uint32_t w8 = w >> 8;
+    p[0] = bits_of(__hsub2(as_h2<__half2>(and_or<NIBBLE_PAIR_MASK, F16X2_1024>(w)), as_h2<__half2>(lo)));
+    p[1] = bits_of(__hfma2(as_h2<__half2>(and_or<NIBBLE_PAIR_MASK << 4, F16X2_1024>(w)), sixteenth, as_h2<__half2>(hi)));
+    p[2] = bits_of(__hsub2(as_h2<__half2>(and_or<NIBBLE_PAIR_MASK, F16X2_1024>(w8)), as_h2<__half2>(lo)));
+    p[3] = bits_of(__hfma2(as_h2<__half2>(and_or<NIBBLE_PAIR_MASK << 4, F16X2_1024>(w8)), sixteenth, as_h2<__half2>(hi)));
   }
 };
 
-template <> struct ZeroShift<__nv_bfloat16> {
-  uint32_t zz;  // bf16x2 (128 + z) twice
-  __device__ __forceinline__ explicit ZeroShift(float z) {
-    const __nv_bfloat162 h = __float2bfloat162_rn(128.0f + z);
-    zz = *reinterpret_cast<const uint32_t*>(&h);
+template <> struct WordDequant<__nv_bfloat16> {
+  uint32_t lo;  // bf16x2 128 + z twice
+  static constexpr uint32_t SYM_LO = 0x43084308u;  // 136
+  WordDequant() = default;
+  __device__ __forceinline__ explicit WordDequant(uint32_t lo_) : lo(lo_) {}
+  __device__ __forceinline__ static WordDequant symmetric() { return WordDequant(SYM_LO); }
+  __device__ __forceinline__ static WordDequant zero_point(__half2 z) {
+    const float2 f = __half22float2(z);
+    return WordDequant(bits_of(__float22bfloat162_rn(make_float2(128.0f + f.x, 128.0f + f.y))));
   }
-  __device__ __forceinline__ explicit ZeroShift(uint32_t bits) : zz(bits) {}
-  __device__ __forceinline__ uint32_t bits() const { return zz; }
-  __device__ __forceinline__ uint32_t pair(uint32_t word, int i) const {
-    uint32_t b = ((word >> (4 * i)) & NIBBLE_PAIR_MASK) | BF16X2_128;
-    __nv_bfloat162 h = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&b), *reinterpret_cast<const __nv_bfloat162*>(&zz));
-    return *reinterpret_cast<uint32_t*>(&h);
+  __device__ __forceinline__ void word(uint32_t w, uint32_t (&p)[4]) const {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t b = and_or<NIBBLE_PAIR_MASK, BF16X2_128>(w >> (4 * i));
+      p[i] = bits_of(__hsub2(as_h2<__nv_bfloat162>(b), as_h2<__nv_bfloat162>(lo)));
+    }
   }
 };
 

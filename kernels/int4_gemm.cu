@@ -3,13 +3,18 @@
 // int4_gemm_small_m (M <= 16 per 16-row block): a block owns NT tiles of 8 output rows and one
 // split of K; its warps split that K range again, each streaming its chunks (one 16-byte word
 // group per lane and tile: 512 contiguous bytes per warp) through a DEPTH-stage cp.async ring in
-// shared memory that only the issuing lane reads back (no barrier in the main loop). The weights
-// are dequantized in registers to the exact integers q - z and fed to mma.sync.m16n8k16 with f32
-// accumulators (x rows >= M are zero in the A fragment; one 16-byte load per row and word, from
-// global memory or, variant XS, from the block's activations staged in shared memory); each
-// group's sum is scaled once, from scales staged in shared memory for the block. The warps' partial
-// sums are added in shared memory in warp order (deterministic). With several K splits (grid.y)
-// each block writes f32 partials [splits, M, N] and int4_reduce sums them in split order.
+// shared memory that only the issuing lane reads back (no barrier in the main loop). The MMA is
+// swapped (y^T = W . x^T): two tiles' weights form the 16-row A operand of mma.sync.m16n8k16 (the
+// format's B-fragment registers of tile 2p are exactly the A-fragment rows g, those of tile
+// 2p + 1 rows g + 8) and 8 activation rows the B operand, so M <= 8 costs one MMA per tile pair
+// and k16 step and no zero registers. The weights are dequantized in registers to the exact
+// integers q - z (WordDequant) with f32 accumulators; x: one 16-byte load per row and word, from
+// global memory or, variant XS, from the block's activations staged in shared memory. Each
+// group's sum is scaled once, from scales staged in shared memory for the block; the group size
+// is a compile-time parameter of the main loop (a switch on d.group_size), so opening and closing
+// groups costs no per-word test. The warps' partial sums are added in shared memory in warp
+// order (deterministic). With several K splits (grid.y) each block writes f32 partials
+// [splits, M, N] and int4_reduce sums them in split order.
 // int4_dequant: W -> [N, K] in T, for the large-M path (scratch buffer + cuBLAS).
 #include "int4_format.cuh"
 
@@ -37,11 +42,10 @@ template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float c[4],
 }
 
 // ---- cp.async: 16 bytes global -> shared, bypassing L1 (the weights are streamed once) ----
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr), "l"(gmem) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
@@ -61,89 +65,158 @@ template <typename T> __device__ __forceinline__ uint4 load_x8(const T* p) {
 // Shared memory of one block (mirrors `GemmConfig::smem_bytes` in src/quant/launch.rs):
 //   the warps' cp.async rings [warps][DEPTH][NT][32 lanes] of 16-byte lane chunks,
 //   (XS) the split's activations [min(M, 8 | 16) rows][chunks_per_split * 128 + X_PAD] in the MMA
-//   type, staged once per block (the A fragments then come from shared memory),
-//   the block's scales (and zeros) [groups of the split][NT * 8 columns] in f16.
-// The rings are reused for the warps' partial sums [warps][NT * 4][32] at the end.
-// X_PAD: 64 bytes shift row g by 16 banks, so a warp's 16-byte A-fragment reads (8 rows x 64
+//   type, staged once per block (the B fragments then come from shared memory),
+//   the block's scales (and zeros) [groups of the split][NT / 2 tile pairs][8 rows g][2 tiles] in
+//   f16 (a lane reads its pair's two as one half2).
+// The rings are reused for the warps' partial sums [warps][NT / 2 * TG * 4][32] at the end.
+// X_PAD: 64 bytes shift row g by 16 banks, so a warp's 16-byte B-fragment reads (8 rows x 64
 // bytes) take the minimum 4 wavefronts.
 constexpr int X_PAD = 32;
+constexpr int STAGE_TILE_BYTES = tg::WARP_SIZE * (int)sizeof(LaneChunk);  // one tile of one ring stage
 template <int NT, int DEPTH> __host__ __device__ constexpr int ring_bytes(int warps) {
-  return warps * DEPTH * NT * tg::WARP_SIZE * (int)sizeof(LaneChunk);
+  return warps * DEPTH * NT * STAGE_TILE_BYTES;
 }
 
-// One lane's share of a warp: NT tiles of 8 output rows, activation rows g and (ROWS16) g + 8.
-// Per group of G k the MMAs accumulate x . (q - z) exactly into `grp` (CH independent chains);
-// closing the group adds grp * s(column) to `acc`, so each scale is applied once per group.
+// One lane's share of a warp: NT tiles of 8 output rows (NT / 2 MMA A operands), activation rows
+// g (B-fragment column g) and (ROWS16) g + 8. Per group of G k the MMAs accumulate
+// (q - z) . x exactly into `grp`; closing the group adds grp * s(row) to `acc`, so each scale is
+// applied once per group. Accumulator r of pair p, token group h: output row 8 * (tile0 + 2p +
+// r / 2) + g, activation row 8h + 2t + r % 2.
 template <typename T, int NT, bool ROWS16, bool SYM, bool XS> struct WarpTiles {
   using Op = typename MmaOperand<T>::type;
-  static constexpr int CH = NT == 1 ? 2 : 1;  // one tile: two chains (MMA steps s = 0, 1)
-  float acc[NT][4] = {};
-  float grp[NT][CH][4];
-  uint32_t zz[NT];            // 1024 + z (f16) / 128 + z (bf16) of B-fragment row g, per tile
-  const Op* xs0;              // XS: staged x, row g, column 8t - k_base: A-fragment rows g
-  const Op* xs1;              // XS: row g + 8
-  const T* xg0;               // !XS: x + g * K + 8t
-  const T* xg1;               // !XS: x + (g + 8) * K + 8t
-  const __half* s_scale;      // [groups][NT * 8] in shared memory, group 0 = the split's first
-  const __half* s_zero;
-  int g, t, grp0, spg_log2;
-  bool row_lo, row_hi;
+  static_assert(NT % 2 == 0, "tiles come in pairs (one 16-row A operand)");
+  static constexpr int NP = NT / 2;          // tile pairs
+  static constexpr int TG = ROWS16 ? 2 : 1;  // groups of 8 activation rows
+  float acc[NP][TG][4] = {};
+  float grp[NP][TG][4];
+  WordDequant<Op> dq[NT];     // !SYM: the zero points of the open group, per tile
+  // x of the current chunk c (advance() moves them on by a chunk), B-fragment column g: rows
+  // min(g, M - 1) and min(g + 8, M - 1), columns 128c + 8t
+  const Op* xs0;              // XS: in the staged x
+  const Op* xs1;
+  const T* xg0;               // !XS: in x
+  const T* xg1;
+  const __half2* s_scale;     // [groups][NP][8] in shared memory, group 0 = the split's first
+  const __half2* s_zero;
+  int g, grp0;
+
+  __device__ __forceinline__ WordDequant<Op> dequant(int i) const { return SYM ? WordDequant<Op>::symmetric() : dq[i]; }
 
   __device__ __forceinline__ void open_group(int gl) {
 #pragma unroll
-    for (int i = 0; i < NT; ++i) {
+    for (int p = 0; p < NP; ++p) {
 #pragma unroll
-      for (int c = 0; c < CH; ++c)
+      for (int h = 0; h < TG; ++h)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) grp[i][c][r] = 0.0f;
-      const float z = SYM ? (float)SYMMETRIC_ZERO : __half2float(s_zero[gl * NT * TILE_N + i * TILE_N + g]);
-      zz[i] = ZeroShift<Op>(z).bits();
-    }
-  }
-
-  // One word per tile: k in [k0, k0 + 32).
-  __device__ __forceinline__ void word(const uint32_t (&w)[NT], int k0) {
-    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
-    uint4 lo = zero4, hi = zero4;
-    if (XS) {
-      if (row_lo) lo = *reinterpret_cast<const uint4*>(xs0 + k0);
-      if (ROWS16 && row_hi) hi = *reinterpret_cast<const uint4*>(xs1 + k0);
-    } else {
-      if (row_lo) lo = load_x8(xg0 + k0);
-      if (ROWS16 && row_hi) hi = load_x8(xg1 + k0);
-    }
-    const uint32_t a[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
-#pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      const ZeroShift<Op> zs(zz[i]);
-#pragma unroll
-      for (int s = 0; s < 2; ++s) mma_16816<Op>(grp[i][s % CH], a[s], zs.pair(w[i], 2 * s), zs.pair(w[i], 2 * s + 1));
-    }
-  }
-
-  // Accumulator columns are 2t and 2t + 1 of each tile.
-  __device__ __forceinline__ void close_group(int gl) {
-#pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      const float2 s = __half22float2(*reinterpret_cast<const __half2*>(s_scale + gl * NT * TILE_N + i * TILE_N + 2 * t));
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        float v = grp[i][0][r];
-        if (CH == 2) v += grp[i][CH - 1][r];
-        acc[i][r] = fmaf(v, r % 2 ? s.y : s.x, acc[i][r]);
+        for (int r = 0; r < 4; ++r) grp[p][h][r] = 0.0f;
+      if (!SYM) {
+        const __half2 z = s_zero[(gl * NP + p) * TILE_N + g];
+        dq[2 * p] = WordDequant<Op>::zero_point(__low2half2(z));
+        dq[2 * p + 1] = WordDequant<Op>::zero_point(__high2half2(z));
       }
     }
   }
 
-  // Sub-tile kt (k0 = 32 kt): open its group first, close it after the last sub-tile.
-  __device__ __forceinline__ void sub_tile(const uint32_t (&w)[NT], int kt) {
-    const int spg_mask = (1 << spg_log2) - 1;
-    const int gl = (kt >> spg_log2) - grp0;
-    if ((kt & spg_mask) == 0) open_group(gl);
-    word(w, kt * SUBTILE_K);
-    if ((kt & spg_mask) == spg_mask) close_group(gl);
+  __device__ __forceinline__ void advance() {
+    xs0 += CHUNK_K;
+    xs1 += CHUNK_K;
+    xg0 += CHUNK_K;
+    xg1 += CHUNK_K;
+  }
+
+  // One word per tile: k in [k0, k0 + 32) of the current chunk.
+  __device__ __forceinline__ void word(const uint32_t (&w)[NT], int k0) {
+    uint4 lo, hi = make_uint4(0u, 0u, 0u, 0u);
+    if (XS) {
+      lo = *reinterpret_cast<const uint4*>(xs0 + k0);
+      if (ROWS16) hi = *reinterpret_cast<const uint4*>(xs1 + k0);
+    } else {
+      lo = load_x8(xg0 + k0);
+      if (ROWS16) hi = load_x8(xg1 + k0);
+    }
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+      uint32_t d0[4], d1[4];
+      dequant(2 * p).word(w[2 * p], d0);
+      dequant(2 * p + 1).word(w[2 * p + 1], d1);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t a[4] = {d0[2 * s], d1[2 * s], d0[2 * s + 1], d1[2 * s + 1]};
+        mma_16816<Op>(grp[p][0], a, s ? lo.z : lo.x, s ? lo.w : lo.y);
+        if (ROWS16) mma_16816<Op>(grp[p][TG - 1], a, s ? hi.z : hi.x, s ? hi.w : hi.y);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void close_group(int gl) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+      const float2 s = __half22float2(s_scale[(gl * NP + p) * TILE_N + g]);
+#pragma unroll
+      for (int h = 0; h < TG; ++h)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[p][h][r] = fmaf(grp[p][h][r], r < 2 ? s.x : s.y, acc[p][h][r]);
+    }
+  }
+
+  // Full chunk c (4 words per tile); SPG = sub-tiles per group (1, 2 or 4: groups never straddle
+  // a chunk).
+  template <int SPG> __device__ __forceinline__ void chunk(const LaneChunk (&cur)[NT], int c) {
+    const int gl0 = (int)(((unsigned)c * WORDS_PER_LANE) / SPG) - grp0;
+#pragma unroll
+    for (int j = 0; j < WORDS_PER_LANE; ++j) {
+      if (j % SPG == 0) open_group(gl0 + j / SPG);
+      uint32_t w[NT];
+#pragma unroll
+      for (int i = 0; i < NT; ++i) w[i] = cur[i].w[j];
+      word(w, j * SUBTILE_K);
+      if (j % SPG == SPG - 1) close_group(gl0 + j / SPG);
+    }
+    advance();
   }
 };
+
+// A warp's chunks [wb, we) of K: full chunks through the cp.async ring (the prologue has issued
+// chunks wb .. wb + DEPTH - 2 into stages 0 .. DEPTH - 2), then the tail chunk (K % 128 != 0:
+// 1..3 words per lane, read directly; groups end inside it since G | K).
+template <int SPG, typename W, int NT, int DEPTH>
+__device__ __forceinline__ void stream_chunks(W& wt, const uint32_t* (&ip)[NT], const unsigned char* lane_ring,
+                                              int wb, int we, int full_end, int K, const uint32_t* const (&tail)[NT]) {
+  constexpr uint32_t STAGE = NT * STAGE_TILE_BYTES, RING_MASK = DEPTH * STAGE - 1;
+  static_assert((DEPTH * STAGE & RING_MASK) == 0, "ring bytes: a power of 2");
+  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(lane_ring));
+  uint32_t issue_off = (DEPTH - 1) * STAGE, read_off = 0;
+  for (int c = wb; c < full_end; ++c) {
+    // refill the stage read one iteration ago, wait for chunk c, read it back, compute
+    if (c + DEPTH - 1 < full_end) {
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {
+        cp_async16(ring_s + issue_off + i * STAGE_TILE_BYTES, ip[i]);
+        ip[i] += CHUNK_K;
+      }
+    }
+    cp_async_commit();
+    issue_off = (issue_off + STAGE) & RING_MASK;
+    cp_async_wait<DEPTH - 1>();
+    LaneChunk cur[NT];
+#pragma unroll
+    for (int i = 0; i < NT; ++i) cur[i] = *reinterpret_cast<const LaneChunk*>(lane_ring + read_off + i * STAGE_TILE_BYTES);
+    read_off = (read_off + STAGE) & RING_MASK;
+    wt.template chunk<SPG>(cur, c);
+  }
+  for (int c = max(wb, full_end); c < we; ++c) {
+    const int wc = chunk_words(K, c);
+    for (int j = 0; j < wc; ++j) {
+      uint32_t w[NT];
+#pragma unroll
+      for (int i = 0; i < NT; ++i) w[i] = __ldg(tail[i] + j);
+      const int gl = (c * WORDS_PER_LANE + j) / SPG - wt.grp0;
+      if (j % SPG == 0) wt.open_group(gl);
+      wt.word(w, j * SUBTILE_K);
+      if (j % SPG == SPG - 1) wt.close_group(gl);
+    }
+  }
+}
 
 template <typename T, int NT, bool ROWS16, bool SYM, int DEPTH, bool XS>
 __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K]
@@ -154,19 +227,21 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
                                   float* __restrict__ partial,          // [splits, M, N] (several)
                                   GemmDims d) {
   static_assert(DEPTH >= 2 && (DEPTH & (DEPTH - 1)) == 0, "DEPTH: a power of 2, at least 2");
+  using W = WarpTiles<T, NT, ROWS16, SYM, XS>;
+  constexpr int NP = W::NP, TG = W::TG;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x % tg::WARP_SIZE, warp = threadIdx.x / tg::WARP_SIZE;
   const int n_warps = blockDim.x / tg::WARP_SIZE;
   // grid.z walks blocks of 16 activation rows
   const int m0 = blockIdx.z * 16, m_here = min(16, d.M - m0);
   const int tile0 = blockIdx.x * NT, n_tiles = tg::ceil_div(d.N, TILE_N);
-  const int spg_log2 = __ffs(d.group_size / SUBTILE_K) - 1;  // sub-tiles per group, a power of 2
+  const int spg = d.group_size / SUBTILE_K;  // sub-tiles per group: 1, 2 or 4
   const int n_chunks = tg::ceil_div(d.K, CHUNK_K);
   const int c_begin = blockIdx.y * d.chunks_per_split;
   const int c_end = min(n_chunks, c_begin + d.chunks_per_split);
-  const int grp0 = (c_begin * WORDS_PER_LANE) >> spg_log2;
-  const int n_groups = (min(d.K / SUBTILE_K, c_end * WORDS_PER_LANE) >> spg_log2) - grp0;
-  const int max_groups = (d.chunks_per_split * WORDS_PER_LANE) >> spg_log2;  // sizes the scale region
+  const int grp0 = c_begin * WORDS_PER_LANE / spg;
+  const int n_groups = min(d.K / SUBTILE_K, c_end * WORDS_PER_LANE) / spg - grp0;
+  const int max_groups = d.chunks_per_split * WORDS_PER_LANE / spg;  // sizes the scale region
   using Op = typename MmaOperand<T>::type;
   const int x_stride = d.chunks_per_split * CHUNK_K + X_PAD, x_rows = XS ? min(d.M, ROWS16 ? 16 : 8) : 0;
   Op* s_x = reinterpret_cast<Op*>(smem + ring_bytes<NT, DEPTH>(n_warps));
@@ -178,93 +253,84 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   const int per_warp = tg::ceil_div(c_end - c_begin, n_warps);
   const int wb = c_begin + warp * per_warp, we = min(c_end, wb + per_warp);
   const int full_end = min(we, d.K / CHUNK_K);
-  auto tile_ptr = [&](int i, int c, int wc) {
-    // tiles past the end (the NT > 1 tail) re-read the last tile; their outputs are not stored
-    const int tile = min(tile0 + i, n_tiles - 1);
-    return packed + (int64_t)tile * d.K + (int64_t)c * CHUNK_K + lane * wc;
-  };
-  // Ring slot (stage, tile) of this lane.
-  LaneChunk* ring = reinterpret_cast<LaneChunk*>(smem) + warp * DEPTH * NT * tg::WARP_SIZE + lane;
-  auto issue = [&](int c) {  // chunk c -> stage c % DEPTH; one commit group per chunk, even if empty
-    if (c < full_end) {
+  // Tile i's words of this lane in chunk wb (full chunks: 4 words) and in the tail chunk; tiles
+  // past the end (the NT > 2 tail) re-read the last tile, their outputs are not stored.
+  const uint32_t* ip[NT];
+  const uint32_t* tail[NT];
+  const int tail_c = max(wb, full_end), tail_wc = chunk_words(d.K, tail_c);
 #pragma unroll
-      for (int i = 0; i < NT; ++i) cp_async16(ring + ((c % DEPTH) * NT + i) * tg::WARP_SIZE, tile_ptr(i, c, WORDS_PER_LANE));
-    }
-    cp_async_commit();
-  };
+  for (int i = 0; i < NT; ++i) {
+    const uint32_t* t = packed + (int64_t)min(tile0 + i, n_tiles - 1) * d.K;
+    ip[i] = t + (int64_t)wb * CHUNK_K + lane * WORDS_PER_LANE;
+    tail[i] = t + (int64_t)tail_c * CHUNK_K + lane * tail_wc;
+  }
+  // This lane's slot of stage 0, tile 0 of the warp's ring.
+  const unsigned char* lane_ring = smem + (warp * DEPTH * NT * tg::WARP_SIZE + lane) * (int)sizeof(LaneChunk);
+  const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(lane_ring));
 
   // Prologue: DEPTH - 1 chunks in flight while the block stages its activations and scales.
 #pragma unroll
-  for (int s = 0; s < DEPTH - 1; ++s) issue(wb + s);
+  for (int s = 0; s < DEPTH - 1; ++s) {
+    if (wb + s < full_end) {
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {
+        cp_async16(ring_s + (s * NT + i) * STAGE_TILE_BYTES, ip[i]);
+        ip[i] += CHUNK_K;
+      }
+    }
+    cp_async_commit();
+  }
   const int runs = k_len / LANE_K, rows_here = min(m_here, x_rows);
   for (int e = threadIdx.x; XS && e < rows_here * runs; e += blockDim.x) {
     const int r = e / runs, k = (e % runs) * LANE_K;
     *reinterpret_cast<uint4*>(s_x + r * x_stride + k) = load_x8(x + (int64_t)(m0 + r) * d.K + k_base + k);
   }
+  // scales (zeros) of column tile0 * 8 + 8i + r -> [group][i / 2][r][i % 2]
   for (int e = threadIdx.x; e < n_groups * NT * TILE_N; e += blockDim.x) {
-    const int n = tile0 * TILE_N + e % (NT * TILE_N);
+    const int q = e % (NT * TILE_N), i = q / TILE_N, r = q % TILE_N, n = tile0 * TILE_N + q;
     const int64_t si = (int64_t)(grp0 + e / (NT * TILE_N)) * d.N + n;
-    s_scale[e] = n < d.N ? scales[si] : __float2half(0.0f);
-    if (!SYM) s_zero[e] = n < d.N ? zeros[si] : __float2half(0.0f);
+    const int o = e - q + (i / 2) * 2 * TILE_N + 2 * r + i % 2;
+    s_scale[o] = n < d.N ? scales[si] : __float2half(0.0f);
+    if (!SYM) s_zero[o] = n < d.N ? zeros[si] : __float2half(0.0f);
   }
   __syncthreads();
 
-  WarpTiles<T, NT, ROWS16, SYM, XS> wt;
-  wt.g = lane / 4;
-  wt.t = lane % 4;
-  wt.row_lo = wt.g < m_here;
-  wt.row_hi = wt.g + 8 < m_here;
-  // rows past m_here are never read (row_lo / row_hi)
-  wt.xs0 = s_x + wt.g * x_stride + LANE_K * wt.t - k_base;
-  wt.xs1 = s_x + (wt.g + 8) * x_stride + LANE_K * wt.t - k_base;
-  wt.xg0 = x + (int64_t)(m0 + wt.g) * d.K + LANE_K * wt.t;
-  wt.xg1 = x + (int64_t)(m0 + wt.g + 8) * d.K + LANE_K * wt.t;
-  wt.s_scale = s_scale;
-  wt.s_zero = s_zero;
+  W wt;
+  const int g = lane / 4, t = lane % 4;
+  wt.g = g;
+  // B-fragment columns past m_here read the last row instead (no predicate, no zeroing): MMA output
+  // columns are independent, and theirs are never stored
+  const int r0 = min(g, m_here - 1), r1 = min(g + 8, m_here - 1);
+  const int kw = wb * CHUNK_K + LANE_K * t;  // this lane's first k (the tail's, if no full chunk)
+  wt.xs0 = s_x + r0 * x_stride + kw - k_base;
+  wt.xs1 = s_x + r1 * x_stride + kw - k_base;
+  wt.xg0 = x + (int64_t)(m0 + r0) * d.K + kw;
+  wt.xg1 = x + (int64_t)(m0 + r1) * d.K + kw;
+  wt.s_scale = reinterpret_cast<const __half2*>(s_scale);
+  wt.s_zero = reinterpret_cast<const __half2*>(s_zero);
   wt.grp0 = grp0;
-  wt.spg_log2 = spg_log2;
 
-  // Main loop: refill the stage read one iteration ago, wait for chunk c, read it back, compute.
-  for (int c = wb; c < full_end; ++c) {
-    issue(c + DEPTH - 1);
-    cp_async_wait<DEPTH - 1>();
-    LaneChunk cur[NT];
-#pragma unroll
-    for (int i = 0; i < NT; ++i) cur[i] = ring[((c % DEPTH) * NT + i) * tg::WARP_SIZE];
-#pragma unroll
-    for (int j = 0; j < WORDS_PER_LANE; ++j) {
-      uint32_t w[NT];
-#pragma unroll
-      for (int i = 0; i < NT; ++i) w[i] = cur[i].w[j];
-      wt.sub_tile(w, c * WORDS_PER_LANE + j);
-    }
-  }
-  // Tail: the last chunk of K when K % 128 != 0; groups end inside it (G | K).
-  for (int c = max(wb, full_end); c < we; ++c) {
-    const int wc = chunk_words(d.K, c);
-    for (int j = 0; j < wc; ++j) {
-      uint32_t w[NT];
-#pragma unroll
-      for (int i = 0; i < NT; ++i) w[i] = __ldg(tile_ptr(i, c, wc) + j);
-      wt.sub_tile(w, c * WORDS_PER_LANE + j);
-    }
+  switch (spg) {
+    case 1: stream_chunks<1, W, NT, DEPTH>(wt, ip, lane_ring, wb, we, full_end, d.K, tail); break;
+    case 2: stream_chunks<2, W, NT, DEPTH>(wt, ip, lane_ring, wb, we, full_end, d.K, tail); break;
+    default: stream_chunks<4, W, NT, DEPTH>(wt, ip, lane_ring, wb, we, full_end, d.K, tail); break;
   }
 
-  // Epilogue: the warps' sums [warp][NT * 4][lane] -> shared memory, added in warp order.
-  // Accumulator r of tile i: row g + 8 * (r / 2), column 8 * (tile0 + i) + 2t + r % 2.
+  // Epilogue: the warps' sums [warp][Q][lane] -> shared memory, added in warp order.
+  constexpr int Q = NP * TG * 4;
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with its ring
   float* red = reinterpret_cast<float*>(smem);
-  static_assert(NT * 4 * sizeof(float) <= DEPTH * NT * sizeof(LaneChunk), "partial sums fit the ring");
+  static_assert(Q * sizeof(float) <= DEPTH * NT * sizeof(LaneChunk), "partial sums fit the ring");
 #pragma unroll
-  for (int e = 0; e < NT * 4; ++e) red[(warp * NT * 4 + e) * tg::WARP_SIZE + lane] = wt.acc[e / 4][e % 4];
+  for (int e = 0; e < Q; ++e) red[(warp * Q + e) * tg::WARP_SIZE + lane] = wt.acc[e / (4 * TG)][(e / 4) % TG][e % 4];
   __syncthreads();
-  for (int e = threadIdx.x; e < NT * 4 * tg::WARP_SIZE; e += blockDim.x) {
-    float sum = 0.0f;
-    for (int w = 0; w < n_warps; ++w) sum += red[w * NT * 4 * tg::WARP_SIZE + e];
-    const int q = e / tg::WARP_SIZE, l = e % tg::WARP_SIZE, i = q / 4, r = q % 4;
-    const int m = l / 4 + 8 * (r / 2), col = (tile0 + i) * TILE_N + 2 * (l % 4) + r % 2;
+  for (int e = threadIdx.x; e < Q * tg::WARP_SIZE; e += blockDim.x) {
+    const int q = e / tg::WARP_SIZE, l = e % tg::WARP_SIZE, p = q / (4 * TG), h = (q / 4) % TG, r = q % 4;
+    const int m = 8 * h + 2 * (l % 4) + r % 2, col = (tile0 + 2 * p + r / 2) * TILE_N + l / 4;
     if (m >= m_here || col >= d.N) continue;
+    float sum = 0.0f;
+    for (int w = 0; w < n_warps; ++w) sum += red[w * Q * tg::WARP_SIZE + e];
     const int64_t o = (int64_t)(m0 + m) * d.N + col;
     if (gridDim.y == 1) {
       y[o] = tg::from_float<T>(sum);
@@ -319,7 +385,7 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
 // Mirrors `GemmVariant` in src/quant/launch.rs.
 constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
 #define INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, SYM, SNAME)                                    \
-  extern "C" __global__ void __launch_bounds__(GEMM_MAX_THREADS)                                               \
+  extern "C" __global__ void __launch_bounds__(GEMM_MAX_THREADS, 1)                                             \
       int4_gemm_##TNAME##_##VNAME##_##SNAME(const T* x, const uint32_t* packed, const __half* scales,          \
                                             const __half* zeros, T* y, float* partial, GemmDims d) {          \
     int4_gemm_small_m<T, NT, ROWS16, SYM, DEPTH, XS>(x, packed, scales, zeros, y, partial, d);                 \

@@ -1,6 +1,6 @@
 // Kernel-only timing of the int4_gemm_small_m variants (benchmarks/int4.md, "Kernel time alone").
 // Checks every variant / warps / split against a CPU reference (format v2 nibble order, symmetric,
-// random codes), then times 200 back-to-back launches between CUDA events, K=4096 -> N=11008,
+// random codes, group sizes 32 / 64 / 128, K with and without a tail chunk), then times 200 back-to-back launches between CUDA events, K=4096 -> N=11008,
 // weights rotating over four copies (from HBM) and one copy (partly L2). Build and run on a GPU
 // host from the repo root:
 //   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o int4_timing scripts/int4_kernel_timing.cu && ./int4_timing
@@ -23,7 +23,7 @@ typedef void (*KFn)(const __half*, const uint32_t*, const __half*, const __half*
 struct Var { const char* name; KFn f; int nt, rows16, depth, xs; };
 static Var VARS[] = {
   {"n2m8x", kgemm<2, false, 4, true>, 2, 0, 4, 1}, {"n2m8", kgemm<2, false, 4, false>, 2, 0, 4, 0},
-  {"n1m8x", kgemm<1, false, 4, true>, 1, 0, 4, 1},
+  {"n4m8x", kgemm<4, false, 4, true>, 4, 0, 4, 1}, {"n4m8", kgemm<4, false, 4, false>, 4, 0, 4, 0},
   {"n4m16", kgemm<4, true, 4, false>, 4, 1, 4, 0}, {"n2m16", kgemm<2, true, 4, false>, 2, 1, 4, 0},
 };
 
@@ -34,7 +34,7 @@ static int locate_word(int K, int g, int k, int* p) {
   return 128 * c + (4 * g + t) * wc + j;
 }
 
-struct Prob { int M, N, K, G; __half *x, *s, *y; uint32_t* p[4]; float* part; std::vector<uint32_t> hp; std::vector<__half> hx, hs; };
+struct Prob { int M, N, K, G; __half *x, *s, *y; uint32_t* p[4]; float* part; std::vector<uint32_t> hp; std::vector<__half> hx, hs; std::vector<double> ref; };
 
 static void make(Prob& P, int M, int N, int K, int G, int copies) {
   P.M = M; P.N = N; P.K = K; P.G = G;
@@ -77,16 +77,23 @@ static double check(Prob& P, const Var& v, int warps, int splits) {
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<__half> hy((size_t)P.M * P.N);
   CK(cudaMemcpy(hy.data(), P.y, hy.size() * 2, cudaMemcpyDeviceToHost));
+  if (P.ref.empty()) {  // f64 reference (and sum of |terms|), once per problem
+    P.ref.resize((size_t)P.M * P.N * 2);
+    for (int m = 0; m < P.M; ++m) for (int n = 0; n < P.N; n += 1) {
+      double acc = 0, mag = 0;
+      for (int k = 0; k < P.K; ++k) {
+        int pp; int wi = locate_word(P.K, n % 8, k, &pp);
+        int q = (P.hp[(size_t)(n / 8) * P.K + wi] >> (4 * pp)) & 15;
+        double w = (q - 8) * (double)__half2float(P.hs[(size_t)(k / P.G) * P.N + n]);
+        double xv = __half2float(P.hx[(size_t)m * P.K + k]);
+        acc += xv * w; mag += fabs(xv * w);
+      }
+      P.ref[2 * ((size_t)m * P.N + n)] = acc; P.ref[2 * ((size_t)m * P.N + n) + 1] = mag;
+    }
+  }
   double worst = 0;
   for (int m = 0; m < P.M; ++m) for (int n = 0; n < P.N; n += 1) {
-    double acc = 0, mag = 0;
-    for (int k = 0; k < P.K; ++k) {
-      int pp; int wi = locate_word(P.K, n % 8, k, &pp);
-      int q = (P.hp[(size_t)(n / 8) * P.K + wi] >> (4 * pp)) & 15;
-      double w = (q - 8) * (double)__half2float(P.hs[(size_t)(k / P.G) * P.N + n]);
-      double xv = __half2float(P.hx[(size_t)m * P.K + k]);
-      acc += xv * w; mag += fabs(xv * w);
-    }
+    const double acc = P.ref[2 * ((size_t)m * P.N + n)], mag = P.ref[2 * ((size_t)m * P.N + n) + 1];
     double got = __half2float(hy[(size_t)m * P.N + n]);
     double err = fabs(got - acc) / (mag * 1e-3 + fabs(acc) * 2e-3 + 1e-6);
     if (!(err <= worst)) worst = std::isnan(got) ? 1e9 : std::max(worst, err);
@@ -111,13 +118,16 @@ int main() {
   for (auto& v : VARS) CK(cudaFuncSetAttribute(v.f, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
   // correctness of every variant / warps / split (odd N, K % 128 != 0, M = 1 / 5 / 16)
   int bad = 0;
-  for (int M : {1, 5, 16}) {
-    Prob P; make(P, M, 100, 4096 + 32 * 3, 32, 1);
+  struct GK { int G, K; };
+  for (GK gk : {GK{32, 4096 + 32 * 3}, GK{64, 4096 + 64}, GK{128, 4096 + 128}})
+  for (int N : {100, 24})
+  for (int M : {1, 5, 9, 16}) {
+    Prob P; make(P, M, N, gk.K, gk.G, 1);
     for (auto& v : VARS) {
       if (!v.rows16 && M > 8) continue;
       for (int w : {1, 2, 4, 8}) for (int sp : {1, 3}) {
         double e = check(P, v, w, sp);
-        if (e > 1) { printf("FAIL %s M=%d warps=%d splits=%d err=%g\n", v.name, M, w, sp, e); bad++; }
+        if (e > 1) { printf("FAIL %s G=%d K=%d N=%d M=%d warps=%d splits=%d err=%g\n", v.name, gk.G, gk.K, N, M, w, sp, e); bad++; }
       }
     }
   }
