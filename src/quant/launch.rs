@@ -4,8 +4,8 @@
 use super::format::{CHUNK_K, SUBTILE_K, TILE_N};
 
 /// Warps per SM below which K is split across blocks (f32 partials + a reduce kernel). Harness
-/// (H100, K=4096 -> N=11008): one split beat two and four at every M from 1 to 16 (M=1, two tiles
-/// per block: 20.5 against 23.9 and 23.2 µs), so only grids far below one warp per scheduler split.
+/// (H100, K=4096 -> N=11008): one split beat two (and, in round 1, four) at every M from 1 to 16
+/// (round 2, M=1, n2m8x: 13.4 against 18.3 µs), so only grids far below one warp per scheduler split.
 const TARGET_WARPS_PER_SM: usize = 8;
 /// K chunks per block at most: bounds the block's staged scales (shared memory).
 const MAX_CHUNKS_PER_SPLIT: usize = 64;
@@ -98,10 +98,11 @@ fn x_rows(m: usize, variant: GemmVariant) -> usize {
     m.min(variant.rows())
 }
 
-/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM): two
-/// tiles per block of 4 warps beat one (M=1: 20.0 against 22.1) and four tiles beat two at M=16
-/// (23.3 against 25.1); staging x in shared memory wins at M <= 2 (M=1: 20.0 against 21.3) but its
-/// shared memory cuts the resident blocks as rows grow (M=4: 23.4 against 21.5).
+/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM, the
+/// round-2 kernel): staging x in shared memory wins at M <= 2 (M=1: 13.4 against 14.6) but its
+/// shared memory cuts the resident blocks as rows grow (M=4: 21.7 against 15.3); four tiles with
+/// 16 rows match two at M=16 (16.55 against 16.56). Four tiles with 8 rows (not an entry point
+/// yet) measured faster at M=4..8 (M=8: 14.8 against 15.8).
 pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
     let variant = match m {
         0..=2 => GemmVariant::N2M8X,
