@@ -627,14 +627,16 @@ static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention
     attn_prefill<T, HD, W, M, N, G>(p);                                                       \
   }
 // Every head dim has a 16-rows-per-warp block (64-key tiles up to D=128; 32 keep larger heads
-// in registers); up to 128 also the same with two KV groups, and a 32-rows-per-warp one.
+// in registers); up to 128 also the same with two KV groups, and a 32-rows-per-warp one; D=64
+// also four KV groups (16 warps).
 // Mirrored by config::PrefillBlock.
 #define ATTN_PREFILL_SMALL(T, TNAME, HD, N)                                                   \
   ATTN_PREFILL(T, TNAME, HD, 4, 1, 64, 1)                                                     \
   ATTN_PREFILL(T, TNAME, HD, 4, 1, 64, 2) ATTN_PREFILL(T, TNAME, HD, 4, 2, N, 1)
 #define ATTN_PREFILL_ALL(T, TNAME)                                                            \
   ATTN_PREFILL_SMALL(T, TNAME, 32, 64) ATTN_PREFILL_SMALL(T, TNAME, 48, 64)                   \
-  ATTN_PREFILL_SMALL(T, TNAME, 64, 64) ATTN_PREFILL_SMALL(T, TNAME, 80, 64)                   \
+  ATTN_PREFILL_SMALL(T, TNAME, 64, 64) ATTN_PREFILL(T, TNAME, 64, 4, 1, 64, 4)                \
+  ATTN_PREFILL_SMALL(T, TNAME, 80, 64)                                                        \
   ATTN_PREFILL_SMALL(T, TNAME, 96, 64) ATTN_PREFILL_SMALL(T, TNAME, 128, 32)                  \
   ATTN_PREFILL(T, TNAME, 160, 4, 1, 32, 1) ATTN_PREFILL(T, TNAME, 192, 4, 1, 32, 1)           \
   ATTN_PREFILL(T, TNAME, 256, 4, 1, 32, 1)

@@ -164,6 +164,26 @@ fn prefill_big_grids() -> Result<()> {
     Ok(())
 }
 
+/// Prefill blocks of four KV groups (D = 64, walks of 16+ key tiles on a small grid), with key
+/// splits, causal rows with no key, dropout.
+#[cfg(feature = "cuda")]
+#[test]
+fn prefill_four_kv_groups() -> Result<()> {
+    let gpu = common::cuda_device();
+    for c in [case(1, 2, 1, 1024, 1024, 64), case(1, 1, 1, 100, 3000, 64), case(1, 3, 3, 1100, 1000, 64)] {
+        for dtype in [DType::F16, DType::BF16] {
+            let (q, k, v) = inputs(c, dtype, &gpu)?;
+            for causal in [false, true] {
+                let cfg = AttentionConfig { causal, ..Default::default() };
+                check(&q, &k, &v, &cfg, &format!("{c:?} {dtype:?} causal={causal}"))?;
+            }
+            let cfg = dropout_cfg(0.2, 7, true);
+            check(&q, &k, &v, &cfg, &format!("{c:?} {dtype:?} dropout"))?;
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn custom_scale() -> Result<()> {
     for dev in devices() {

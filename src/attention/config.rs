@@ -49,7 +49,7 @@ pub(crate) struct PrefillBlock {
     /// Keys per tile.
     pub block_n: usize,
     /// Groups of `warps` warps that walk alternate key tiles of the same rows and merge in the
-    /// block (1, or 2 with `m_tiles = 1` up to D = 128).
+    /// block (1, or 2 with `m_tiles = 1` up to D = 128, or 4 at D = 64).
     pub kv_groups: usize,
 }
 
@@ -78,8 +78,8 @@ impl PrefillBlock {
     }
 
     /// Blocks an SM holds at once: 32-row warps take about 240 registers a thread (2 blocks of
-    /// 128 threads), 16-row warps about 150 and shared memory for 3, two KV groups the shared
-    /// memory (D <= 64) or registers of one.
+    /// 128 threads), 16-row warps about 150 and shared memory for 3, two or four KV groups the
+    /// shared memory (D <= 64) or registers of one.
     pub fn resident_per_sm(&self) -> usize {
         if self.kv_groups >= 2 {
             1
@@ -93,6 +93,11 @@ impl PrefillBlock {
 
 /// Two KV groups need at least one key tile each.
 pub(crate) const PREFILL_KV_GROUP_MIN_TILES: usize = 2;
+/// Four KV groups (16 warps, the only D = 64 instance) take walks of at least this many tiles.
+pub(crate) const PREFILL_FOUR_GROUP_MIN_TILES: usize = 16;
+/// The head dim with a four-KV-group instance: its 512 threads get 128 registers each, enough for
+/// 16-row warps at D = 64.
+pub(crate) const PREFILL_FOUR_GROUP_HEAD_DIM: usize = 64;
 
 /// Picks the prefill block. Measured on an H100 (f16, causal, µs per call, one run):
 /// - 32-row warps pay only where tensor-core throughput bounds a grid of several waves
@@ -101,7 +106,8 @@ pub(crate) const PREFILL_KV_GROUP_MIN_TILES: usize = 2;
 /// - A grid whose blocks fit on the SMs is bound by its longest serial walk over the key tiles;
 ///   two KV groups halve it inside the block ([1,8,512,64] 13.9 vs 14.8, [1,8,2048,64] 44.5 vs
 ///   51.1 with a two-way split, [1,8,2048,128] 60.1 vs 76.5) unless the walks are short for a grid
-///   of two blocks per SM ([4,8,512,64], 8 tiles: 18.1 vs 16.8).
+///   of two blocks per SM ([4,8,512,64], 8 tiles: 18.1 vs 16.8); at D = 64 four groups quarter it
+///   where the walks are long ([1,8,1024,64] 20.7 vs 23.4, [1,8,2048,64] 40.1 vs 44.5).
 pub(crate) fn choose_prefill_block(
     head_dim: usize,
     b: usize,
@@ -123,7 +129,8 @@ pub(crate) fn choose_prefill_block(
     let one_per_sm = blocks <= sm && tiles >= PREFILL_KV_GROUP_MIN_TILES;
     let long_walks = blocks <= 2 * sm && tiles >= PREFILL_LONG_WALK_TILES;
     if one_per_sm || long_walks {
-        return PrefillBlock { kv_groups: 2, ..base };
+        let four = head_dim == PREFILL_FOUR_GROUP_HEAD_DIM && tiles >= PREFILL_FOUR_GROUP_MIN_TILES;
+        return PrefillBlock { kv_groups: if four { 4 } else { 2 }, ..base };
     }
     base
 }
@@ -251,16 +258,23 @@ mod tests {
         assert_eq!(prefill(choose_plan(false, 4, 8, 512, 512, 64, H100_SMS)), (64, 1, 64, 1, 1, 512));
         // several waves at D = 128: 32-row warps
         assert_eq!(prefill(choose_plan(false, 1, 32, 4096, 4096, 128, H100_SMS)), (128, 2, 32, 1, 1, 4096));
-        // [1, 8, 2048, 64]: 256 blocks, two per SM, walks of up to 32 tiles: two KV groups
-        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 1, 64, 2, 1, 2048));
+        // [1, 8, 2048, 128]: 256 blocks, two per SM, walks of up to 32 tiles: two KV groups
         assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 128, H100_SMS)), (128, 1, 64, 2, 1, 2048));
-        assert_eq!(prefill(choose_plan(false, 1, 8, 1024, 1024, 64, H100_SMS)), (64, 1, 64, 2, 1, 1024));
+        // D = 64 walks of 16+ tiles: four KV groups
+        assert_eq!(prefill(choose_plan(false, 1, 8, 2048, 2048, 64, H100_SMS)), (64, 1, 64, 4, 1, 2048));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 1024, 1024, 64, H100_SMS)), (64, 1, 64, 4, 1, 1024));
+        assert_eq!(prefill(choose_plan(false, 1, 2, 1000, 1000, 64, H100_SMS)), (64, 1, 64, 4, 1, 1024));
+        // shorter walks, or another head dim: two
+        assert_eq!(prefill(choose_plan(false, 1, 8, 900, 900, 64, H100_SMS)), (64, 1, 64, 2, 1, 960));
+        assert_eq!(prefill(choose_plan(false, 1, 8, 1024, 1024, 48, H100_SMS)).3, 2);
         // one tile: one group
         assert_eq!(prefill(choose_plan(false, 1, 8, 64, 64, 64, H100_SMS)), (64, 1, 64, 1, 1, 64));
         // 512 blocks at D = 128, fewer than two waves of 32-row blocks: 16-row ones
         assert_eq!(prefill(choose_plan(false, 1, 32, 1024, 1024, 128, H100_SMS)), (128, 1, 64, 1, 1, 1024));
         // keys not a multiple of the tile: the splits still cover them
-        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 1, 64, 2, 2, 512));
+        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 1, 64, 4, 1, 1024));
+        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 3000, 64, H100_SMS)), (64, 1, 64, 4, 3, 1024));
+        assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 80, H100_SMS)), (80, 1, 64, 2, 2, 512));
         assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
@@ -271,7 +285,7 @@ mod tests {
         for blocks in [1, 8, 64, 256, 395, 396, 5000] {
             for nk in [1, 31, 64, 100, 1000, 2048, 4097] {
                 for d in [64, 128, 256] {
-                    for g in [1, 2] {
+                    for g in [1, 2, 4] {
                         let block = PrefillBlock { kv_groups: g, ..PrefillBlock::base(d) };
                         let s = choose_prefill_splits(blocks, nk, &block, H100_SMS);
                         assert_eq!(s.keys_per_split % block.block_n, 0, "{s:?}");
@@ -294,6 +308,10 @@ mod tests {
         let b128 = choose_prefill_block(128, 1, 32, 4096, 4096, H100_SMS);
         assert_eq!((b128.block_m(), b128.block_n, b128.threads()), (128, 32, 128));
         assert_eq!(b128.smem_bytes(128, 2), (128 + 2 * 64) * 136 * 2);
+        let b64g4 = choose_prefill_block(64, 1, 8, 2048, 2048, H100_SMS);
+        assert_eq!((b64g4.block_m(), b64g4.kv_groups, b64g4.threads()), (64, 4, 512));
+        assert_eq!(b64g4.smem_bytes(64, 2), (64 + 3 * 4 * 128) * 72 * 2);
+        assert!(b64g4.smem_bytes(64, 2) <= 227 * 1024);
         let b256 = choose_prefill_block(256, 1, 8, 512, 512, H100_SMS);
         assert_eq!((b256.block_m(), b256.block_n, b256.kv_groups), (64, 32, 1));
         assert_eq!(b256.smem_bytes(256, 2), (64 + 2 * 64) * 264 * 2);
