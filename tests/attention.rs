@@ -131,8 +131,9 @@ fn every_head_dim() -> Result<()> {
     for dev in devices() {
         for d in (32..=256).step_by(8) {
             for dtype in FLOAT_DTYPES {
-                // Nq = 40 runs the prefill kernel on CUDA (with split keys), Nq = 3 the split-KV one
-                for nq in [40, 3] {
+                // Nq = 40 runs the prefill kernel on CUDA (with split keys), Nq = 3 the split-KV one,
+                // Nq = 1 (f16/bf16) the decode one
+                for nq in [40, 3, 1] {
                     let (q, k, v) = inputs(case(1, 2, 1, nq, 300, d), dtype, &dev)?;
                     let cfg = AttentionConfig { causal: true, ..Default::default() };
                     check(&q, &k, &v, &cfg, &format!("{dev:?} D={d} Nq={nq} {dtype:?}"))?;
@@ -179,6 +180,39 @@ fn prefill_four_kv_groups() -> Result<()> {
             }
             let cfg = dropout_cfg(0.2, 7, true);
             check(&q, &k, &v, &cfg, &format!("{c:?} {dtype:?} dropout"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One query over caches of awkward lengths (the decode kernel, f16/bf16): every instance head
+/// dim and padded ones, GQA, one split and many, strided caches, a zero and a negative scale.
+#[cfg(feature = "cuda")]
+#[test]
+fn decode_one_query() -> Result<()> {
+    let gpu = common::cuda_device();
+    for dtype in [DType::F16, DType::BF16] {
+        for d in [32, 40, 64, 72, 128, 136, 256] {
+            for nk in [1, 7, 100, 1000, 4099] {
+                // 600 rows fill the GPU: one split
+                for (b, hq, hkv) in [(1, 8, 2), (3, 200, 200)] {
+                    if hq == 200 && nk > 100 {
+                        continue;
+                    }
+                    let (q, k, v) = inputs(case(b, hq, hkv, 1, nk, d), dtype, &gpu)?;
+                    let causal = nk % 2 == 1;
+                    let cfg = AttentionConfig { causal, ..Default::default() };
+                    check(&q, &k, &v, &cfg, &format!("{dtype:?} D={d} Nk={nk} B={b} Hq={hq} Hkv={hkv}"))?;
+                }
+            }
+        }
+        // a cache slice inside a longer buffer, transposed heads
+        let k = randn(&[2, 9000, 4, 128], dtype, &gpu)?.transpose(1, 2)?.narrow(2, 5, 8190)?;
+        let v = randn(&[2, 4, 9000, 128], dtype, &gpu)?.narrow(2, 800, 8190)?;
+        let q = randn(&[2, 1, 16, 128], dtype, &gpu)?.transpose(1, 2)?;
+        for scale in [None, Some(0.0f32), Some(-0.2)] {
+            let cfg = AttentionConfig { causal: true, softmax_scale: scale, ..Default::default() };
+            check(&q, &k, &v, &cfg, &format!("{dtype:?} strided cache scale={scale:?}"))?;
         }
     }
     Ok(())
@@ -271,7 +305,7 @@ fn dropout_cfg(p: f32, seed: u64, causal: bool) -> AttentionConfig {
 fn dropout_matches_reference_with_the_same_mask() -> Result<()> {
     for dev in devices() {
         for dtype in FLOAT_DTYPES {
-            for c in [case(2, 4, 2, 70, 90, 64), case(1, 4, 4, 3, 300, 128)] {
+            for c in [case(2, 4, 2, 70, 90, 64), case(1, 4, 4, 3, 300, 128), case(2, 4, 2, 1, 300, 128)] {
                 let (q, k, v) = inputs(c, dtype, &dev)?;
                 let cfg = dropout_cfg(0.3, 0xdead_beef_1234, true);
                 check(&q, &k, &v, &cfg, &format!("{dev:?} {c:?} {dtype:?} dropout"))?;
@@ -340,7 +374,7 @@ fn dropout_mask_matches_cpu() -> Result<()> {
     let q = randn(&[b, h, nq, d], DType::F32, &Device::Cpu)?;
     let k = randn(&[b, h, nk, d], DType::F32, &Device::Cpu)?;
     let v = Tensor::eye(nk, DType::F32, &Device::Cpu)?.broadcast_as((b, h, nk, d))?.contiguous()?;
-    for nq in [nq, 3] {
+    for nq in [nq, 3, 1] {
         let q = q.narrow(2, 0, nq)?;
         for dtype in FLOAT_DTYPES {
             let cfg = dropout_cfg(0.5, 0x1234_5678_9abc_def0, false);

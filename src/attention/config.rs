@@ -6,7 +6,8 @@
 /// Head dims with tensor-core prefill instances (`attn_prefill_<dtype>_d<HD>_...`); a call runs
 /// the smallest one `>= D`, zero-padding D (64, 80, 96 and 128 run unpadded).
 pub(crate) const PREFILL_HEAD_DIMS: [usize; 9] = [32, 48, 64, 80, 96, 128, 160, 192, 256];
-/// Head-dim capacities of the split-KV instances (`attn_splitkv_<dtype>_d<HD>`).
+/// Head-dim capacities of the split-KV instances (`attn_splitkv_<dtype>_d<HD>`) and of the
+/// one-query decode instances (`attn_decode_<dtype>_d<HD>`).
 pub(crate) const SPLITKV_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 /// Rows of one m16 mma tile; a prefill warp owns `m_tiles` of them.
 pub(crate) const MMA_M: usize = 16;
@@ -15,15 +16,22 @@ pub(crate) const PREFILL_WARPS: usize = 4;
 /// Largest instance head dim with 32-rows-per-warp (`m_tiles = 2`) and two-KV-group prefill
 /// blocks: beyond, their accumulators would not fit in registers.
 pub(crate) const PREFILL_M2_MAX_HEAD_DIM: usize = 128;
-/// Threads of a split-KV or combine block.
+/// Threads of a split-KV, decode or combine block.
 pub(crate) const THREADS: u32 = 128;
+/// Output rows per combine block (one per warp).
+pub(crate) const COMBINE_ROWS: usize = 4;
+/// Warps of a decode block (`DecodeTraits::WARPS`).
+pub(crate) const DECODE_WARPS: usize = 4;
+/// 16-byte K and V loads per lane in one decode warp step (`DecodeTraits::LOADS`).
+pub(crate) const DECODE_LOADS: usize = 8;
 /// Query rows per split-KV block (one per warp in its softmax phase).
 pub(crate) const SPLITKV_QROWS: usize = 4;
 /// Keys per split-KV tile; splits are whole tiles.
 pub(crate) const SPLITKV_TILE_N: usize = 64;
 /// Queries up to this run the split-KV (decode) kernel; more run the prefill kernel (f16/bf16).
 pub(crate) const DECODE_MAX_NQ: usize = 16;
-/// Upper bound on KV splits: the combine kernel's work and the partial buffers grow with it.
+/// Upper bound on KV splits: the combine kernel's work and the partial buffers grow with it; the
+/// combine kernel holds two splits' log-sum-exps per lane.
 pub(crate) const MAX_SPLITS: usize = 64;
 /// Split-KV aims for this many blocks per SM, enough loads in flight to stream K/V at full
 /// bandwidth with 128-thread blocks.
@@ -143,6 +151,8 @@ pub(crate) enum Plan {
     Prefill { head_dim: usize, block: PrefillBlock, splits: SplitPlan },
     /// SIMT split-KV kernel (+ combine when `splits.num_splits > 1`).
     SplitKv { head_dim: usize, splits: SplitPlan },
+    /// One query row (f16/bf16): the warp-per-key-batch decode kernel (+ combine).
+    Decode { head_dim: usize, splits: SplitPlan },
 }
 
 /// A prefill split gets at least this many tiles per KV group: fewer would not pay for the
@@ -189,8 +199,26 @@ pub(crate) fn choose_splits(blocks: usize, nk: usize, sm_count: usize) -> SplitP
     SplitPlan { num_splits: nk.div_ceil(keys_per_split).max(1), keys_per_split }
 }
 
+/// Keys a decode block covers in one step of its warps (`DecodeTraits::KEYS_PER_ROUND`): each
+/// warp load covers `32 / (HD / 8)` keys.
+pub(crate) fn decode_keys_per_round(head_dim: usize) -> usize {
+    DECODE_WARPS * DECODE_LOADS * (32 / (head_dim / 8))
+}
+
+/// Splits the `nk` keys of `rows` one-query rows for the decode kernel as `choose_splits` does,
+/// in whole rounds of its warps, so every warp of a split but the last gets the same keys.
+pub(crate) fn choose_decode_splits(rows: usize, nk: usize, head_dim: usize, sm_count: usize) -> SplitPlan {
+    let round = decode_keys_per_round(head_dim);
+    let rounds = nk.div_ceil(round).max(1);
+    let wanted = (TARGET_BLOCKS_PER_SM * sm_count.max(1)).div_ceil(rows.max(1));
+    let splits = wanted.clamp(1, MAX_SPLITS).min(rounds);
+    let keys_per_split = rounds.div_ceil(splits) * round;
+    SplitPlan { num_splits: nk.div_ceil(keys_per_split).max(1), keys_per_split }
+}
+
 /// Picks the kernel: f16/bf16 with more than `DECODE_MAX_NQ` queries take the tensor-core
-/// prefill; decode-sized queries and every f32 call take split-KV.
+/// prefill, with one query the decode kernel; other decode-sized queries and every f32 call take
+/// split-KV.
 pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usize, d: usize, sm: usize) -> Plan {
     if !is_f32 && nq > DECODE_MAX_NQ {
         let head_dim = instance_dim(&PREFILL_HEAD_DIMS, d);
@@ -198,6 +226,10 @@ pub(crate) fn choose_plan(is_f32: bool, b: usize, hq: usize, nq: usize, nk: usiz
         let blocks = b * hq * nq.div_ceil(block.block_m());
         let splits = choose_prefill_splits(blocks, nk, &block, sm);
         return Plan::Prefill { head_dim, block, splits };
+    }
+    if !is_f32 && nq == 1 {
+        let head_dim = instance_dim(&SPLITKV_HEAD_DIMS, d);
+        return Plan::Decode { head_dim, splits: choose_decode_splits(b * hq, nk, head_dim, sm) };
     }
     let blocks = b * hq * nq.div_ceil(SPLITKV_QROWS);
     Plan::SplitKv { head_dim: instance_dim(&SPLITKV_HEAD_DIMS, d), splits: choose_splits(blocks, nk, sm) }
@@ -275,9 +307,39 @@ mod tests {
         assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 64, H100_SMS)), (64, 1, 64, 4, 1, 1024));
         assert_eq!(prefill(choose_plan(false, 1, 1, 100, 3000, 64, H100_SMS)), (64, 1, 64, 4, 3, 1024));
         assert_eq!(prefill(choose_plan(false, 1, 1, 100, 1000, 80, H100_SMS)), (80, 1, 64, 2, 2, 512));
-        assert!(matches!(choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
+        assert!(matches!(choose_plan(false, 1, 32, 2, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
+        assert!(matches!(choose_plan(true, 1, 32, 1, 8192, 128, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
+        assert_eq!(
+            choose_plan(false, 1, 32, 1, 8192, 128, H100_SMS),
+            Plan::Decode { head_dim: 128, splits: SplitPlan { num_splits: 16, keys_per_split: 512 } }
+        );
+        assert!(matches!(choose_plan(false, 3, 12, 1, 100, 96, H100_SMS), Plan::Decode { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 80, H100_SMS), Plan::SplitKv { head_dim: 128, .. }));
         assert!(matches!(choose_plan(true, 1, 8, 512, 512, 256, H100_SMS), Plan::SplitKv { head_dim: 256, .. }));
+    }
+
+    #[test]
+    fn decode_splits_cover_all_keys_with_whole_rounds() {
+        assert_eq!(
+            [32, 64, 128, 256].map(decode_keys_per_round),
+            [256, 128, 64, 32],
+            "4 warps x 8 loads x keys per warp load"
+        );
+        for rows in [1, 7, 32, 132, 1000] {
+            for nk in [1, 31, 63, 64, 65, 500, 4097, 8192, 100_000] {
+                for d in SPLITKV_HEAD_DIMS {
+                    let s = choose_decode_splits(rows, nk, d, H100_SMS);
+                    assert!(s.num_splits >= 1 && s.num_splits <= MAX_SPLITS, "{s:?}");
+                    assert_eq!(s.keys_per_split % decode_keys_per_round(d), 0, "{s:?}");
+                    assert!(s.num_splits * s.keys_per_split >= nk, "{s:?} nk={nk}");
+                    assert!((s.num_splits - 1) * s.keys_per_split < nk, "empty split: {s:?} nk={nk}");
+                }
+            }
+        }
+        // [1, 32, 1, 128] over 512 keys: a split per 64-key round, 256 blocks
+        assert_eq!(choose_decode_splits(32, 512, 128, H100_SMS), SplitPlan { num_splits: 8, keys_per_split: 64 });
+        // enough rows: one split
+        assert_eq!(choose_decode_splits(4 * H100_SMS, 8192, 128, H100_SMS).num_splits, 1);
     }
 
     #[test]

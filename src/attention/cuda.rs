@@ -130,7 +130,11 @@ fn with_partials(
     params.lse_partial = op_ptr + (o_len * std::mem::size_of::<f32>()) as u64;
     split_kernel(params)?;
     let combine = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_combine_{suffix}"))?;
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (config::THREADS, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(config::COMBINE_ROWS) as u32, 1, 1),
+        block_dim: (config::THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
     launch(stream, &combine, params, cfg)
 }
 
@@ -212,6 +216,24 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                     block_dim: (block.threads() as u32, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };
+                if splits.num_splits == 1 {
+                    launch(&stream, &func, &params, cfg)?;
+                } else {
+                    with_partials(dev, &stream, suffix, prob, splits.num_splits, &mut params, |params| {
+                        launch(&stream, &func, params, cfg)
+                    })?;
+                }
+            }
+            Plan::Decode { head_dim, splits } => {
+                params.num_splits = splits.num_splits as i32;
+                params.keys_per_split = splits.keys_per_split as i32;
+                let cfg = LaunchConfig {
+                    // x: splits, y: the (batch, head) row (B*Hq checked above)
+                    grid_dim: (splits.num_splits as u32, (prob.b * prob.hq) as u32, 1),
+                    block_dim: (config::THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let func = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_decode_{suffix}_d{head_dim}"))?;
                 if splits.num_splits == 1 {
                     launch(&stream, &func, &params, cfg)?;
                 } else {
