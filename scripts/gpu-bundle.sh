@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-bundle.sh [--tests] [--benches] [--examples] [all] [--only NAME]...
 #     kinds add up (none given = all); --only NAME keeps only targets named NAME (repeatable),
-#     e.g. `--tests --examples --only gpt` packs test-gpt and example-gpt but not bench-gpt
+#     e.g. `--tests --examples --only gpt` packs test-gpt and example-gpt but not bench-gpt;
+#     NAME may carry its kind (`--only bench-attention`) to pick one binary of several
 #   GPU_BUNDLE_DIR  output folder (default .gpu at the repo root; keep it out of git)
 #
 # Then on the GPU host, from the folder's parent: bash .gpu/gpu-run.sh tests|benches|example NAME ...
@@ -57,7 +58,7 @@ for line in sys.stdin:
 } | collect | sort -u > "$out/manifest.all"
 
 while read -r kind name path; do
-  if ((${#only[@]})) && [[ ! " ${only[*]} " == *" $name "* ]]; then continue; fi
+  if ((${#only[@]})) && [[ ! " ${only[*]} " == *" $name "* && ! " ${only[*]} " == *" $kind-$name "* ]]; then continue; fi
   echo "$kind $name" >> "$out/manifest.txt"
   cp "$path" "$out/bin/$kind-$name"
   strip "$out/bin/$kind-$name" 2>/dev/null || true
