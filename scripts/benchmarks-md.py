@@ -22,7 +22,8 @@ def read(name):
     return p.read_text() if p.exists() else None
 
 
-meta = json.loads(read("cuda_batch_size.json"))["meta"]
+dev = "cuda" if (d / "cuda_batch_size.json").exists() else "cpu"
+meta = json.loads(read(f"{dev}_batch_size.json"))["meta"]
 out = []
 w = out.append
 w(f"## {meta['card']} (driver {meta['driver']}), {meta['dtype']}, integrated run of {label}\n")
@@ -48,9 +49,9 @@ if logs.exists():
     w("GPU tests in this run (all test binaries, outputs poisoned): " + ", ".join(res) + ". "
       "compute-sanitizer: " + "; ".join(san) + ".\n")
 for stem, title in [
-    ("cuda_batch_size", "### Decode: one token per sequence, batch sweep (`--mode batch_size`)"),
-    ("cuda_seq_length", "### Prefill: one sequence, sequence-length sweep (`--mode seq_length`)"),
-    ("cuda_batch_size_no_events",
+    (f"{dev}_batch_size", "### Decode: one token per sequence, batch sweep (`--mode batch_size`)"),
+    (f"{dev}_seq_length", "### Prefill: one sequence, sequence-length sweep (`--mode seq_length`)"),
+    (f"{dev}_batch_size_no_events",
      "### Decode again with CUDA event tracking off (`--mode batch_size --no-event-tracking`)"),
 ]:
     t = read(stem + ".md")
@@ -59,12 +60,12 @@ for stem, title in [
         w(t.strip() + "\n")
         plots = sorted(p.name for p in d.glob(f"*_{stem}.png"))
         if plots:
-            w("Plots: " + ", ".join(f"[{p.split('_cuda')[0]}]({rel}/{p})" for p in plots) + ".\n")
+            w("Plots: " + ", ".join(f"[{p.split('_' + dev)[0]}]({rel}/{p})" for p in plots) + ".\n")
 t = read("profile.txt")
 if t:
     body = t[t.index("block prefill"):t.index("wrote")].strip()
     w("### Profile: one pre-LN block, prefill of 128 tokens (`--profile`)\n")
-    w(f"Trace: `{rel}/trace_cuda.json` (open in ui.perfetto.dev; one synchronized pass per variant, a "
+    w(f"Trace: `{rel}/trace_{dev}.json` (open in ui.perfetto.dev; one synchronized pass per variant, a "
       "span per op; CUDA builds also emit NVTX ranges for Nsight Systems).\n")
     w("```\n" + body + "\n```\n")
 t = read("gpt_compare.txt")

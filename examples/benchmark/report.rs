@@ -78,7 +78,7 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         s,
         "{} (driver {}), {}, `{}` mode, {} UTC, tiny-gemm {} / candle {}. Measured peaks: copy {:.0} GB/s, \
-         matmul {:.0} TFLOP/s; per-op host floor (8 elements): candle {:.1} µs, tiny-gemm {:.1} µs. \
+         matmul {:.1} TFLOP/s; per-op host floor (8 elements): candle {:.1} µs, tiny-gemm {:.1} µs. \
          {}µs per call (median of {} repeats), speedup vs stock in brackets.",
         m.card,
         m.driver,
