@@ -185,7 +185,7 @@ pub fn run(
     let w = Weights::random(d, dtype, dev)?;
     let x: Tensor = randn(&[1, tokens, d.d_model], 1.0, dtype, dev)?;
     let iters = if dev.is_cuda() { 100 } else { 3 };
-    let passes = if dev.is_cuda() { 100 } else { 5 };
+    let passes = if dev.is_cuda() { 100 } else { 20 };
     let dev_name = if dev.is_cuda() { "cuda" } else { "cpu" };
     let trace_path = out.join(format!("trace_{dev_name}.json"));
     let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new().file(&trace_path).include_args(true).build();
