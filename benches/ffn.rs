@@ -22,6 +22,36 @@ fn weight(rows: usize, cols: usize, dtype: DType, dev: &Device) -> Tensor {
     (Tensor::randn(0f32, 1.0, (rows, cols), dev).unwrap() / (rows as f64).sqrt()).unwrap().to_dtype(dtype).unwrap()
 }
 
+/// The CUDA paths a `forward_with(x, kernel)` can take, each forced: at small M the one-launch
+/// kernel, the two projections, and both projections through cuBLASLt (the small-M kernel switched
+/// off); at large M candle's matmul + our `bias_act` (the cuBLASLt epilogues switched off).
+fn gpu_path_variants(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    dev: &Device,
+    m: usize,
+    forward: impl Fn(Option<FfnKernel>) -> candle_core::Result<Tensor>,
+) {
+    if !dev.is_cuda() {
+        return;
+    }
+    let timed = |bch: &mut criterion::Bencher, kernel: Option<FfnKernel>, switch: fn(bool)| {
+        bch.iter_custom(|iters| {
+            switch(false);
+            let t = common::time_iters(dev, iters, || forward(kernel));
+            switch(true);
+            t
+        })
+    };
+    if m <= GPU_ONE_LAUNCH_MAX_M {
+        for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)] {
+            g.bench_function(name, |bch| timed(bch, Some(kernel), |_| {}));
+        }
+        g.bench_function("cublaslt", |bch| timed(bch, Some(FfnKernel::TwoProjections), tiny_gemm::set_small_m_kernel));
+    } else {
+        g.bench_function("cublas_bias_act", |bch| timed(bch, None, tiny_gemm::set_cublaslt_epilogues));
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn bench_plain(
     c: &mut Criterion,
@@ -44,35 +74,7 @@ fn bench_plain(
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}{act_name}"));
         g.throughput(Throughput::Bytes((2 * d * h * dtype.size_in_bytes()) as u64)); // the weights, once
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
-        if dev.is_cuda() && m <= GPU_ONE_LAUNCH_MAX_M {
-            for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)]
-            {
-                g.bench_function(name, |bch| {
-                    bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward_with(&x, Some(kernel))))
-                });
-            }
-            // both projections through cuBLASLt (the small-M kernel switched off)
-            g.bench_function("cublaslt", |bch| {
-                bch.iter_custom(|iters| {
-                    tiny_gemm::set_small_m_kernel(false);
-                    let two = Some(FfnKernel::TwoProjections);
-                    let t = common::time_iters(dev, iters, || mlp.forward_with(&x, two));
-                    tiny_gemm::set_small_m_kernel(true);
-                    t
-                })
-            });
-        }
-        if dev.is_cuda() && m > GPU_ONE_LAUNCH_MAX_M {
-            // the cuBLASLt epilogue path switched off: candle's matmul + our bias_act
-            g.bench_function("cublas_bias_act", |bch| {
-                bch.iter_custom(|iters| {
-                    tiny_gemm::set_cublaslt_epilogues(false);
-                    let t = common::time_iters(dev, iters, || mlp.forward(&x));
-                    tiny_gemm::set_cublaslt_epilogues(true);
-                    t
-                })
-            });
-        }
+        gpu_path_variants(&mut g, dev, m, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("fused_seed_layout", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
@@ -96,34 +98,7 @@ fn bench_gated(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d:
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/gated/{dtype:?}/{d}x{h}/m{m}"));
         g.throughput(Throughput::Bytes((3 * d * h * dtype.size_in_bytes()) as u64));
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
-        if dev.is_cuda() && m <= GPU_ONE_LAUNCH_MAX_M {
-            for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)]
-            {
-                g.bench_function(name, |bch| {
-                    bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward_with(&x, Some(kernel))))
-                });
-            }
-            // both projections through cuBLASLt (the small-M kernel switched off)
-            g.bench_function("cublaslt", |bch| {
-                bch.iter_custom(|iters| {
-                    tiny_gemm::set_small_m_kernel(false);
-                    let two = Some(FfnKernel::TwoProjections);
-                    let t = common::time_iters(dev, iters, || mlp.forward_with(&x, two));
-                    tiny_gemm::set_small_m_kernel(true);
-                    t
-                })
-            });
-        }
-        if dev.is_cuda() && m > GPU_ONE_LAUNCH_MAX_M {
-            g.bench_function("cublas_bias_act", |bch| {
-                bch.iter_custom(|iters| {
-                    tiny_gemm::set_cublaslt_epilogues(false);
-                    let t = common::time_iters(dev, iters, || mlp.forward(&x));
-                    tiny_gemm::set_cublaslt_epilogues(true);
-                    t
-                })
-            });
-        }
+        gpu_path_variants(&mut g, dev, m, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("stock", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))

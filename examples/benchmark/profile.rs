@@ -52,6 +52,13 @@ fn in_context(dev: &Device, block: &Block, x: &Tensor, passes: usize) -> Result<
     Ok(ops)
 }
 
+/// Each op's median over rounds of (op, µs) records (the rounds list the same ops in order).
+fn median_per_op(rounds: &[Vec<(&'static str, f64)>]) -> Vec<(String, f64)> {
+    (0..rounds[0].len())
+        .map(|j| (rounds[0][j].0.to_string(), median(rounds.iter().map(|r| r[j].1).collect())))
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -228,15 +235,8 @@ pub fn run(
                 let _pass = tracing::info_span!("block_forward", variant = kind.name()).entered();
                 block.forward(&x, None, &mut trace)?;
             }
-            let ops: Vec<(String, f64)> = (0..isolated[i][0].len())
-                .map(|j| {
-                    let name = isolated[i][0][j].0.to_string();
-                    (name, median(isolated[i].iter().map(|r| r[j].1).collect()))
-                })
-                .collect();
-            let ctx: Vec<(String, f64)> = (0..contexts[i][0].len())
-                .map(|j| (contexts[i][0][j].0.to_string(), median(contexts[i].iter().map(|r| r[j].1).collect())))
-                .collect();
+            let ops = median_per_op(&isolated[i]);
+            let ctx = median_per_op(&contexts[i]);
             profiles.push(VariantProfile {
                 variant: kind.name(),
                 block_us: median(wholes[i].clone()),

@@ -94,24 +94,10 @@ pub fn markdown(report: &Report) -> String {
         if m.device == "cuda" && !m.event_tracking { "CUDA event tracking off. " } else { "" },
         report.rows.first().map_or(0, |r| r.stats.repeats),
     );
-    let mut ops: Vec<&str> = Vec::new();
-    for r in &report.rows {
-        if !ops.contains(&r.op.as_str()) {
-            ops.push(&r.op);
-        }
-    }
-    for op in ops {
+    for op in distinct(report.rows.iter().map(|r| r.op.as_str())) {
         let rows: Vec<&Row> = report.rows.iter().filter(|r| r.op == op).collect();
-        let mut variants: Vec<&str> = Vec::new();
-        let mut xs: Vec<usize> = Vec::new();
-        for r in &rows {
-            if !variants.contains(&r.variant.as_str()) {
-                variants.push(&r.variant);
-            }
-            if !xs.contains(&r.x) {
-                xs.push(r.x);
-            }
-        }
+        let variants = distinct(rows.iter().map(|r| r.variant.as_str()));
+        let xs = distinct(rows.iter().map(|r| r.x));
         let _ = writeln!(s, "\n**{op}**\n\n| x | shape | {} |", variants.join(" | "));
         let _ = writeln!(s, "|---:|---|{}", "---:|".repeat(variants.len()));
         for x in xs {
@@ -128,6 +114,17 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     s
+}
+
+/// The distinct values of `items`, in first-seen order.
+fn distinct<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for v in items {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 pub fn write_json(report: &Report, path: &Path) -> std::io::Result<()> {
@@ -151,18 +148,8 @@ pub fn plot(report: &Report, op: &str, x_label: &str, path: &Path) -> Result<(),
     if rows.is_empty() {
         return Ok(());
     }
-    let mut variants: Vec<&str> = Vec::new();
-    for r in &rows {
-        if !variants.contains(&r.variant.as_str()) {
-            variants.push(&r.variant);
-        }
-    }
-    let mut xs: Vec<f64> = Vec::new();
-    for r in &rows {
-        if !xs.contains(&(r.x as f64)) {
-            xs.push(r.x as f64);
-        }
-    }
+    let variants = distinct(rows.iter().map(|r| r.variant.as_str()));
+    let xs: Vec<f64> = distinct(rows.iter().map(|r| r.x)).into_iter().map(|x| x as f64).collect();
     let (xmin, xmax) = rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.x as f64), b.max(r.x as f64)));
     let (ymin, ymax) =
         rows.iter().fold((f64::MAX, 0f64), |(a, b), r| (a.min(r.stats.median_us), b.max(r.stats.median_us)));
