@@ -31,7 +31,8 @@ template <bool GATED> struct Red {
   static constexpr int STRIDE = ROWS_STORED + 4;
 };
 
-template <typename T, tg::Act A, bool GATED, int NT, bool ALIGNED>
+template <typename T, tg::Act A, bool GATED, int NT, bool ALIGNED, int UNROLL = unroll<GATED, NT>(),
+          bool PIPE = pipe<GATED, NT>()>
 __device__ void proj_small_m(const Params& p) {
   extern __shared__ float red[];  // [WARPS][8 * NT][Red::STRIDE]
   using R = Red<GATED>;
@@ -63,7 +64,7 @@ __device__ void proj_small_m(const Params& p) {
   const int k_begin = warp * p.k_per_warp;
   const int k_end = min(p.k, k_begin + p.k_per_warp);
 
-  stream_k<T, GATED, NT, ALIGNED>(acc, w_rows, x_rows, k_begin, k_end);
+  stream_k<T, GATED, NT, ALIGNED, UNROLL, PIPE>(acc, w_rows, x_rows, k_begin, k_end);
 
   // Split-K meet: c0/c1 = (row g, tokens 2t, 2t+1), c2/c3 = (row g + 8, same tokens).
   float* my = red + warp * (TOKENS * NT) * R::STRIDE;
@@ -100,8 +101,56 @@ __device__ void proj_small_m(const Params& p) {
   }
 }
 
+
+// The activation pass of the large-M (cuBLASLt) path for activations cuBLASLt has no epilogue for
+// (erf GELU, SiLU) and for the gate: h = x·W1 + b1 comes from a cuBLASLt GEMM with the bias in its
+// epilogue (f32, one rounding), then ONE pass here, 16-byte loads, math in f32, one rounding:
+//   plain: h = act(h) in place, numel elements (16-byte aligned base: the host checks);
+//   gated: h [M, 2N] = [gate | up] per row, y [M, N] = act(gate) * up (16-byte vectors when
+//          N % 8 == 0 and the base is aligned, VEC = true; else one element per thread).
+template <typename T, tg::Act A>
+__device__ void act_inplace(T* __restrict__ h, int64_t numel) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t first = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  const int64_t vecs = numel / VEC;
+  uint4* __restrict__ hv = reinterpret_cast<uint4*>(h);
+  for (int64_t i = first; i < vecs; i += stride) {
+    uint4 v = hv[i];
+    T* e = reinterpret_cast<T*>(&v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) e[j] = tg::from_float<T>(tg::activate<A>(tg::to_float(e[j])));
+    hv[i] = v;
+  }
+  for (int64_t i = vecs * VEC + first; i < numel; i += stride) {
+    h[i] = tg::from_float<T>(tg::activate<A>(tg::to_float(h[i])));
+  }
+}
+
+template <typename T, tg::Act A, bool VECTOR>
+__device__ void gate_act(const T* __restrict__ h, T* __restrict__ y, int64_t m, int64_t n) {
+  const int64_t per_row = VECTOR ? n / VEC : n;
+  for (int64_t r = blockIdx.y; r < m; r += gridDim.y) {
+    const T* gate = h + r * 2 * n;
+    const T* up = gate + n;
+    T* out = y + r * n;
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < per_row; c += (int64_t)gridDim.x * blockDim.x) {
+      if constexpr (VECTOR) {
+        uint4 gv = reinterpret_cast<const uint4*>(gate)[c];
+        const uint4 uv = reinterpret_cast<const uint4*>(up)[c];
+        T* ge = reinterpret_cast<T*>(&gv);
+        const T* ue = reinterpret_cast<const T*>(&uv);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) ge[j] = tg::from_float<T>(tg::activate<A>(tg::to_float(ge[j])) * tg::to_float(ue[j]));
+        reinterpret_cast<uint4*>(out)[c] = gv;
+      } else {
+        out[c] = tg::from_float<T>(tg::activate<A>(tg::to_float(gate[c])) * tg::to_float(up[c]));
+      }
+    }
+  }
+}
 }  // namespace ffn
 
+#ifndef FFN_NO_ENTRIES
 // Entry points: ffn_proj_<dtype>_<act>_<plain|gated>_nt<NT>_<a|u> (up to 8*NT tokens; a: K % 8 == 0 and
 // 16-byte aligned bases, u: any K).
 #define FFN_ENTRY(T, TNAME, A, ANAME, GATED, GNAME, NT, ALIGNED, ANAME2)                                       \
@@ -130,3 +179,27 @@ FFN_ALL_ACTS(__half, f16)
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 FFN_ALL_ACTS(__nv_bfloat16, bf16)
 #endif
+
+// Entry points of the activation pass: ffn_act_<dtype>_<act> (in place), ffn_gate_<dtype>_<act>_<v|s>.
+#define FFN_ACT_PASS(T, TNAME, A, ANAME)                                                               \
+  extern "C" __global__ void ffn_act_##TNAME##_##ANAME(T* h, int64_t numel) {                          \
+    ffn::act_inplace<T, tg::Act::A>(h, numel);                                                          \
+  }                                                                                                     \
+  extern "C" __global__ void ffn_gate_##TNAME##_##ANAME##_v(const T* h, T* y, int64_t m, int64_t n) {   \
+    ffn::gate_act<T, tg::Act::A, true>(h, y, m, n);                                                     \
+  }                                                                                                     \
+  extern "C" __global__ void ffn_gate_##TNAME##_##ANAME##_s(const T* h, T* y, int64_t m, int64_t n) {   \
+    ffn::gate_act<T, tg::Act::A, false>(h, y, m, n);                                                    \
+  }
+#define FFN_ACT_PASS_ALL(T, TNAME)          \
+  FFN_ACT_PASS(T, TNAME, Gelu, gelu)        \
+  FFN_ACT_PASS(T, TNAME, GeluTanh, gelu_tanh) \
+  FFN_ACT_PASS(T, TNAME, Relu, relu)        \
+  FFN_ACT_PASS(T, TNAME, Silu, silu)        \
+  FFN_ACT_PASS(T, TNAME, Identity, identity)
+
+FFN_ACT_PASS_ALL(__half, f16)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+FFN_ACT_PASS_ALL(__nv_bfloat16, bf16)
+#endif
+#endif  // FFN_NO_ENTRIES

@@ -264,6 +264,7 @@ __device__ void ffn_fused(const FusedParams& p) {
 
 }  // namespace ffn
 
+#ifndef FFN_NO_ENTRIES
 // Entry points: ffn_fused_<dtype>_<act>_<plain|gated>_nt<NT> (up to 8 * NT tokens).
 #define FFN_FUSED_ENTRY(T, TNAME, A, ANAME, GATED, GNAME, NT)                                              \
   extern "C" __global__ void __launch_bounds__(ffn::FusedTraits<GATED, NT>::THREADS)                        \
@@ -286,3 +287,4 @@ FFN_FUSED_ALL_ACTS(__half, f16)
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 FFN_FUSED_ALL_ACTS(__nv_bfloat16, bf16)
 #endif
+#endif  // FFN_NO_ENTRIES

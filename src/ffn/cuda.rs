@@ -377,6 +377,95 @@ fn ffn_fwd_t<T: CudaDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
 
+/// Threads per block of the activation pass (`ffn_act_*`, `ffn_gate_*`).
+const PASS_THREADS: usize = 256;
+
+/// `h = act(h)` in place on a cuBLASLt-path hidden tensor (`kernels/ffn.cu`'s `ffn_act_*`): one pass,
+/// 16-byte loads. `h` must be contiguous from a 16-byte aligned offset (the caller's fresh output).
+pub(super) fn act_inplace(act: Activation, h: &mut CudaStorage, l: &Layout) -> Result<()> {
+    match h.dtype() {
+        DType::F16 => act_inplace_t::<half::f16>(act, h, l),
+        DType::BF16 => act_inplace_t::<half::bf16>(act, h, l),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (activation pass)")),
+    }
+}
+
+fn act_inplace_t<T: CudaDType + DeviceRepr>(act: Activation, h: &mut CudaStorage, l: &Layout) -> Result<()> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("fused_ffn: the activation pass needs a contiguous tensor, got strides {:?}", l.stride());
+    };
+    if start % 8 != 0 {
+        bail!("fused_ffn: the activation pass needs a 16-byte aligned tensor, got offset {start}");
+    }
+    let numel = end - start;
+    if numel == 0 {
+        return Ok(());
+    }
+    let dev = h.device().clone();
+    let key = ("ffn_act", h.dtype(), act, false, 0, true);
+    let func = entry(&dev, "ffn", ptx::FFN, key, || {
+        Ok(format!("ffn_act_{}_{}", dtype_suffix(h.dtype(), "fused_ffn")?, act.name()))
+    })?;
+    let stream = dev.cuda_stream();
+    let slice = h.as_cuda_slice_mut::<T>()?;
+    let mut view = slice.slice_mut(start..end);
+    let numel = numel as i64;
+    let blocks = (numel as usize / 8).div_ceil(PASS_THREADS).clamp(1, 1 << 16);
+    let launch =
+        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (PASS_THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&mut view).arg(&numel);
+    // SAFETY: `ffn_act_<T>_<act>(T* h, int64_t numel)`; the view holds `numel` elements from a
+    // 16-byte aligned start (allocations are 256-byte aligned, the offset is a multiple of 8).
+    unsafe { builder.launch(launch) }.w()?;
+    Ok(())
+}
+
+/// `y [m, n] = act(h[:, ..n]) * h[:, n..]` for a cuBLASLt-path gated hidden tensor `h [m, 2n]`
+/// (`kernels/ffn.cu`'s `ffn_gate_*`): one pass, 16-byte vectors when `n % 8 == 0`.
+pub(super) fn gate_fwd(act: Activation, h: Arg) -> Result<CudaStorage> {
+    match h.0.dtype() {
+        DType::F16 => gate_fwd_t::<half::f16>(act, h),
+        DType::BF16 => gate_fwd_t::<half::bf16>(act, h),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (gate pass)")),
+    }
+}
+
+fn gate_fwd_t<T: CudaDType + DeviceRepr>(act: Activation, h: Arg) -> Result<CudaStorage> {
+    let dev = h.0.device();
+    let (m, n2) = (h.1.dims()[0], h.1.dims()[1]);
+    let n = n2 / 2;
+    let hs = contiguous_view::<T>(h.0, h.1)?;
+    let mut y = alloc_output::<T>(dev, m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
+    }
+    let vector = n % 8 == 0 && h.1.start_offset() % 8 == 0;
+    let key = ("ffn_gate", h.0.dtype(), act, true, 0, vector);
+    let func = entry(dev, "ffn", ptx::FFN, key, || {
+        Ok(format!(
+            "ffn_gate_{}_{}_{}",
+            dtype_suffix(h.0.dtype(), "fused_ffn")?,
+            act.name(),
+            if vector { "v" } else { "s" }
+        ))
+    })?;
+    let per_row = if vector { n / 8 } else { n };
+    let launch = LaunchConfig {
+        grid_dim: (per_row.div_ceil(PASS_THREADS) as u32, m.min(65535) as u32, 1),
+        block_dim: (PASS_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (m, n) = (m as i64, n as i64);
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&hs).arg(&mut y).arg(&m).arg(&n);
+    // SAFETY: `ffn_gate_<T>_<act>_<v|s>(const T* h, T* y, int64_t m, int64_t n)`; h holds m·2n and y
+    // m·n elements; `v` only with n % 8 == 0 and a 16-byte aligned h (y is a fresh allocation).
+    unsafe { builder.launch(launch) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

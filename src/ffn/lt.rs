@@ -1,7 +1,8 @@
 //! Large-M CUDA projections through cuBLASLt, with the bias (and ReLU / tanh-GELU) applied in the
 //! GEMM's epilogue, in f32 before the one rounding: no separate `bias_act` pass over the output.
 //! cuBLASLt's epilogues cover `Identity` (bias), `Relu` and `GeluTanh` (its GELU is the tanh
-//! form); `Gelu` (erf), `Silu` and the gated forms keep candle's matmul + `bias_act`.
+//! form); for `Gelu` (erf), `Silu` and the gated forms the bias still goes in the epilogue and one
+//! vectorized pass (`kernels/ffn.cu`, `ffn_act_*` in place / `ffn_gate_*`) applies the activation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -10,8 +10,9 @@
 //!   [`GPU_WIDE_TILE_MAX_WEIGHTS`] elements), weights stored `[out, in]`: the weight-streaming
 //!   tensor-core kernel of `kernels/ffn.cu` (reads each weight once, 16-byte loads).
 //! - other CUDA f16/bf16 cases: cuBLASLt (`lt.rs`), the bias (+ ReLU / tanh-GELU) in the GEMM's
-//!   epilogue where cuBLASLt has one ([`cublaslt_fusable`]), else our
-//!   [`bias_act`](crate::bias_act) after a plain cuBLASLt GEMM.
+//!   epilogue; for erf GELU / SiLU (no cuBLASLt epilogue, [`cublaslt_fusable`]) the bias still goes
+//!   in the epilogue and one vectorized activation pass runs in place on the GEMM's output; gated
+//!   projections run one GEMM over `[gate | up]` (bias in the epilogue) and one gate pass.
 //! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
 //!
 //! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]):
@@ -36,11 +37,13 @@ mod lt;
 pub use layer::{FusedMlp, GatedMlp};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor,
+};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu::{dispatch_float, is_supported_float};
+use crate::cpu::{dispatch_float, is_supported_float, CpuFloat};
 use crate::{bias_act, Activation};
 
 /// Largest token count M for which the CPU runs our fused kernel; above it candle's blocked
@@ -213,8 +216,8 @@ pub enum FfnPath {
     CudaSmallM,
     /// candle's matmul (gemm crate / cuBLAS), then our `bias_act` epilogue.
     MatmulEpilogue,
-    /// cuBLASLt GEMMs (`lt.rs`): the bias (+ ReLU / tanh-GELU) in the GEMM's epilogue where
-    /// cuBLASLt has one ([`cublaslt_fusable`]), else our `bias_act` after it.
+    /// cuBLASLt GEMMs (`lt.rs`) with the bias (+ ReLU / tanh-GELU) in the GEMM's epilogue; other
+    /// activations ([`cublaslt_fusable`]) and the gate run as one vectorized pass after it.
     CublasLt,
 }
 
@@ -317,8 +320,6 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
     let streamable = out_in && SMALL_M_KERNEL.load(Ordering::Relaxed);
     let path =
         choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, k, n2, streamable, CUBLASLT.load(Ordering::Relaxed));
-    // a plain cuBLASLt GEMM (no bias, no activation)
-    let lt_matmul = |w: &Tensor| x.apply_op2_no_bwd(w, &LtOp { act: Activation::Identity });
     match path {
         FfnPath::CublasLt => match epi {
             Epilogue::Act(act) if cublaslt_fusable(act) => {
@@ -328,8 +329,14 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
                     None => x.apply_op2_no_bwd(&w, &op),
                 }
             }
-            Epilogue::Act(act) => bias_act(&lt_matmul(&w)?, b, act),
-            Epilogue::Gated(act) => gated(&w, b, act, lt_matmul),
+            // cuBLASLt adds the bias in its epilogue (f32, one rounding); one activation pass follows
+            // (in place), or the gate pass (act(gate) * up, one output) over the whole [gate | up] GEMM
+            Epilogue::Act(act) => {
+                let h = lt_bias(&x, &w, b)?;
+                h.inplace_op1(&ActPass { act })?;
+                Ok(h)
+            }
+            Epilogue::Gated(act) => lt_bias(&x, &w, b)?.apply_op1_no_bwd(&GatePass { act }),
         },
         FfnPath::CpuFused | FfnPath::CudaSmallM => {
             let op = ProjOp { epi };
@@ -343,6 +350,15 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
             Epilogue::Act(act) => bias_act(&x.matmul(&w)?, b, act),
             Epilogue::Gated(act) => gated(&w, b, act, |w| x.matmul(w)),
         },
+    }
+}
+
+/// `x·w + b` through cuBLASLt, the bias (if any) in its epilogue.
+fn lt_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let op = LtOp { act: Activation::Identity };
+    match b {
+        Some(b) => x.apply_op3_no_bwd(w, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(w, &op),
     }
 }
 
@@ -570,6 +586,84 @@ impl CustomOp3 for LtOp {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let out = lt::fwd(self.act, (s1, l1), (s2, l2), Some((s3, l3)))?;
         Ok((out, Shape::from((l1.dims()[0], l2.dims()[1]))))
+    }
+}
+
+/// `h = act(h)` in place: the activation pass after a cuBLASLt GEMM whose epilogue added the bias
+/// (for activations cuBLASLt has no epilogue for). Math in f32, one rounding.
+struct ActPass {
+    act: Activation,
+}
+
+fn act_pass_cpu<T: CpuFloat>(v: &mut [T], l: &Layout, act: Activation) -> Result<()> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("fused_ffn: the activation pass needs a contiguous tensor, got strides {:?}", l.stride());
+    };
+    for e in &mut v[start..end] {
+        *e = T::from_f32(act.apply_f32(e.to_f32()));
+    }
+    Ok(())
+}
+
+impl InplaceOp1 for ActPass {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        match s {
+            CpuStorage::F32(v) => act_pass_cpu(v, l, self.act),
+            CpuStorage::F16(v) => act_pass_cpu(v, l, self.act),
+            CpuStorage::BF16(v) => act_pass_cpu(v, l, self.act),
+            s => Err(candle_core::Error::UnsupportedDTypeForOp(s.dtype(), "fused_ffn (activation pass)")),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        cuda::act_inplace(self.act, s, l)
+    }
+}
+
+/// `y [m, n] = act(h[:, ..n]) * h[:, n..]` for `h [m, 2n]` (`[gate | up]` after a cuBLASLt GEMM
+/// whose epilogue added the bias). Math in f32, one rounding.
+struct GatePass {
+    act: Activation,
+}
+
+impl GatePass {
+    fn cpu_t<T: CpuFloat>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let h = crate::cpu::contiguous::<T>(s, l)?;
+        let n = l.dims()[1] / 2;
+        let mut y = Vec::with_capacity(l.dims()[0] * n);
+        for row in h.chunks_exact(2 * n.max(1)).take(l.dims()[0]) {
+            let (g, u) = row.split_at(n);
+            y.extend(g.iter().zip(u).map(|(g, u)| T::from_f32(self.act.apply_f32(g.to_f32()) * u.to_f32())));
+        }
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for GatePass {
+    fn name(&self) -> &'static str {
+        "fused_ffn"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let shape = Shape::from((l.dims()[0], l.dims()[1] / 2));
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(self.cpu_t(s, l)?),
+            CpuStorage::F16(_) => CpuStorage::F16(self.cpu_t(s, l)?),
+            CpuStorage::BF16(_) => CpuStorage::BF16(self.cpu_t(s, l)?),
+            s => return Err(candle_core::Error::UnsupportedDTypeForOp(s.dtype(), "fused_ffn (gate pass)")),
+        };
+        Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = cuda::gate_fwd(self.act, (s, l))?;
+        Ok((out, Shape::from((l.dims()[0], l.dims()[1] / 2))))
     }
 }
 

@@ -1,0 +1,243 @@
+// Kernel-only timing of the FFN kernels (benchmarks/ffn.md, "Kernel time alone"): the small-M
+// projection (kernels/ffn.cu) with its launch config as src/ffn/cuda.rs picks it and variants of it
+// (loads in flight per warp: UNROLL, software pipelining: PIPE, warps per block), the one-launch FFN
+// (kernels/ffn_fused.cu), the large-M activation pass vs `bias_act`, and a plain read of the same
+// bytes (the bandwidth ceiling). Each variant is first checked against an f64 CPU reference; times
+// are back-to-back launches between CUDA events (weights of 90 MB: from HBM). Build and run on a
+// GPU host from the repo root:
+//   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o ffn_timing scripts/ffn_kernel_timing.cu && ./ffn_timing
+// `./ffn_timing ncu` launches each timed kernel once (for `ncu --metrics gpu__time_duration.sum`).
+#define FFN_NO_ENTRIES
+#include "ffn.cu"
+#include "ffn_fused.cu"
+#include "bias_act.cu"
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include <cmath>
+#include <random>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
+
+using ffn::Params;
+template <tg::Act A, int NT, int UNROLL, bool PIPE>
+__global__ void __launch_bounds__(256) kproj(const Params p) {
+  ffn::proj_small_m<__half, A, false, NT, true, UNROLL, PIPE>(p);
+}
+template <int NT>
+__global__ void __launch_bounds__(ffn::FusedTraits<false, NT>::THREADS) kfused(const ffn::FusedParams p) {
+  ffn::ffn_fused<__half, tg::Act::Gelu, false, NT>(p);
+}
+__global__ void kact(__half* h, int64_t n) { ffn::act_inplace<__half, tg::Act::Gelu>(h, n); }
+__global__ void kgate(const __half* h, __half* y, int64_t m, int64_t n) { ffn::gate_act<__half, tg::Act::Silu, true>(h, y, m, n); }
+__global__ void kbias_act(const __half* x, const __half* b, __half* y, int64_t n, int64_t c) { bias_act<__half, tg::Act::Gelu>(x, b, y, n, c); }
+__global__ void kread(const uint4* p, int64_t n, uint4* sink) {
+  uint4 a = make_uint4(0, 0, 0, 0);
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = __ldg(p + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) { a.x ^= v[u].x; a.y ^= v[u].y; a.z ^= v[u].z; a.w ^= v[u].w; }
+  }
+  for (; i < n; i += stride) { uint4 v = __ldg(p + i); a.x ^= v.x; a.y ^= v.y; a.z ^= v.z; a.w ^= v.w; }
+  if (a.x == 0x12345678 && a.y == 0x9abcdef0) sink[0] = a;
+}
+
+typedef void (*KProj)(const Params);
+struct Var { const char* name; KProj f; KProj f_id; int nt, unroll, pipe, warps; };  // warps 0: as the crate picks
+#define V(NAME, NT, U, P, W) {NAME, kproj<tg::Act::Gelu, NT, U, P>, kproj<tg::Act::Identity, NT, U, P>, NT, U, P, W}
+static Var VARS[] = {
+  V("base", 1, 4, false, 0), V("u8", 1, 8, false, 0), V("pipe4", 1, 4, true, 0), V("pipe2", 1, 2, true, 0),
+  V("pipe8", 1, 8, true, 0), V("pipe4w4", 1, 4, true, 4),
+  V("nt2base", 2, 2, false, 0), V("nt2pipe2", 2, 2, true, 0), V("nt2pipe4", 2, 4, true, 0),
+};
+
+static int g_sms = 132;
+struct Cfg { int warps, kpw, blocks, smem; };
+static Cfg choose(int m, int n, int k, int nt, int force_warps) {  // mirrors choose_config in src/ffn/cuda.rs
+  Cfg c;
+  c.blocks = std::max((n + 15) / 16, 1);
+  int w = (g_sms * 32 + c.blocks - 1) / c.blocks;
+  w = std::min(std::max(w, 1), 8);
+  w = std::min(w, std::max((k + 31) / 32, 1));
+  if (force_warps) w = force_warps;
+  c.warps = w;
+  c.kpw = std::max(((k + w - 1) / w + 31) / 32, 1) * 32;
+  c.smem = w * nt * 8 * 20 * 4;
+  (void)m;
+  return c;
+}
+
+static void fill(__half* d, size_t n, float scale, std::mt19937& rng, std::vector<__half>* keep = nullptr) {
+  std::vector<__half> h(n);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& v : h) v = __float2half(nd(rng) * scale);
+  CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
+  if (keep) *keep = h;
+}
+
+static void launch(KProj f, const Cfg& c, const __half* x, const __half* w, const __half* b, __half* y, int m, int n, int k) {
+  Params p{x, w, b, y, m, n, k, c.kpw};
+  f<<<c.blocks, c.warps * 32, c.smem>>>(p);
+}
+
+static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+
+// every variant vs an f64 reference on an odd-ish shape (and the big one at M = 16)
+static bool check_variants() {
+  std::mt19937 rng(std::random_device{}());
+  bool ok = true;
+  int shapes[][3] = {{7, 296, 1000}, {16, 300, 4104}, {13, 11008, 4096}};
+  for (auto& s : shapes) {
+    int m = s[0], n = s[1], k = s[2];
+    std::vector<__half> hx, hw, hb;
+    __half *x, *w, *b, *y;
+    CK(cudaMalloc(&x, (size_t)m * k * 2)); CK(cudaMalloc(&w, (size_t)n * k * 2)); CK(cudaMalloc(&b, n * 2)); CK(cudaMalloc(&y, (size_t)m * n * 2));
+    fill(x, (size_t)m * k, 1.f, rng, &hx); fill(w, (size_t)n * k, 1.f / sqrtf(k), rng, &hw); fill(b, n, 1.f, rng, &hb);
+    std::vector<double> ref((size_t)m * n);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double a = 0;
+        for (int q = 0; q < k; ++q) a += (double)__half2float(hx[(size_t)i * k + q]) * __half2float(hw[(size_t)j * k + q]);
+        ref[(size_t)i * n + j] = gelu(a + __half2float(hb[j]));
+      }
+    for (auto& v : VARS) {
+      if (m > v.nt * 8) continue;
+      Cfg c = choose(m, n, k, v.nt, v.warps);
+      CK(cudaMemset(y, 0xff, (size_t)m * n * 2));
+      launch(v.f, c, x, w, b, y, m, n, k);
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> hy((size_t)m * n);
+      CK(cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost));
+      double worst = 0;
+      for (size_t i = 0; i < hy.size(); ++i) {
+        double e = fabs(__half2float(hy[i]) - ref[i]) / (4e-3 + 4e-3 * fabs(ref[i]));
+        if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
+      }
+      if (worst > 1.0) { printf("CHECK FAIL %s m=%d n=%d k=%d worst/tol=%.3f\n", v.name, m, n, k, worst); ok = false; }
+    }
+    cudaFree(x); cudaFree(w); cudaFree(b); cudaFree(y);
+  }
+  // activation pass vs CPU
+  {
+    int m = 5, n = 1000;
+    std::vector<__half> hh;
+    __half *h, *y;
+    CK(cudaMalloc(&h, m * 2 * n * 2)); CK(cudaMalloc(&y, m * n * 2));
+    fill(h, m * 2 * n, 2.f, rng, &hh);
+    kgate<<<dim3(1, m), 256>>>(h, y, m, n);
+    std::vector<__half> hy(m * n);
+    CK(cudaMemcpy(hy.data(), y, m * n * 2, cudaMemcpyDeviceToHost));
+    for (int r = 0; r < m; ++r)
+      for (int c = 0; c < n; ++c) {
+        double g = __half2float(hh[r * 2 * n + c]), u = __half2float(hh[r * 2 * n + n + c]);
+        double want = g / (1 + exp(-g)) * u, got = __half2float(hy[r * n + c]);
+        if (fabs(got - want) > 2e-3 + 2e-3 * fabs(want)) { printf("CHECK FAIL gate %d %d %f %f\n", r, c, got, want); ok = false; r = m; break; }
+      }
+    kact<<<4, 256>>>(h, (int64_t)m * 2 * n - 3);
+    std::vector<__half> ha(m * 2 * n);
+    CK(cudaMemcpy(ha.data(), h, ha.size() * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < ha.size(); ++i) {
+      double v = __half2float(hh[i]), want = i < ha.size() - 3 ? gelu(v) : v, got = __half2float(ha[i]);
+      if (fabs(got - want) > 2e-3 + 2e-3 * fabs(want)) { printf("CHECK FAIL act %zu %f %f\n", i, got, want); ok = false; break; }
+    }
+    cudaFree(h); cudaFree(y);
+  }
+  printf("checks: %s\n", ok ? "ok" : "FAILED");
+  return ok;
+}
+
+static bool NCU = false;
+template <typename F> static double time_us(F f, int iters) {
+  for (int i = 0; i < (NCU ? 1 : 3); ++i) f();
+  if (NCU) { CK(cudaDeviceSynchronize()); return 0; }
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a));
+  for (int i = 0; i < iters; ++i) f();
+  CK(cudaEventRecord(b));
+  CK(cudaEventSynchronize(b));
+  float ms;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  CK(cudaGetLastError());
+  return ms * 1000.0 / iters;
+}
+
+int main(int argc, char** argv) {
+  NCU = argc > 1 && !strcmp(argv[1], "ncu");
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  g_sms = prop.multiProcessorCount;
+  printf("%s, %d SMs\n", prop.name, g_sms);
+  for (auto& v : VARS) {
+    cudaFuncAttributes at;
+    CK(cudaFuncGetAttributes(&at, v.f));
+    int occ8 = 0, occ4 = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ8, v.f, 256, 8 * v.nt * 8 * 20 * 4));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ4, v.f, 128, 4 * v.nt * 8 * 20 * 4));
+    printf("var %-9s regs %3d  blocks/SM: %d (8 warps) %d (4 warps)\n", v.name, at.numRegs, occ8, occ4);
+  }
+  if (!NCU && !check_variants()) return 1;
+
+  std::mt19937 rng(1);
+  const int D = 4096, H = 11008, MMAX = 16;
+  __half *x, *w1, *b1, *w2, *b2, *h, *y;
+  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
+  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&h, MMAX * H * 2)); CK(cudaMalloc(&y, MMAX * D * 2));
+  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
+  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  uint4* sink;
+  CK(cudaMalloc(&sink, 64));
+  const int IT = 40;
+  double rd = time_us([&] { kread<<<g_sms * 8, 512>>>((const uint4*)w1, (int64_t)H * D / 8, sink); }, IT);
+  printf("read 90.2 MB: %.1f us = %.2f TB/s\n", rd, (double)H * D * 2 / rd / 1e6);
+  const double bytes = 2.0 * H * D * 2;
+  for (int m : {1, 4, 16}) {
+    for (auto& v : VARS) {
+      if (m > v.nt * 8 || (v.nt == 2 && m <= 8)) continue;
+      Cfg c1 = choose(m, H, D, v.nt, v.warps), c2 = choose(m, D, H, v.nt, v.warps);
+      double t1 = time_us([&] { launch(v.f, c1, x, w1, b1, h, m, H, D); }, IT);
+      double t2 = time_us([&] { launch(v.f_id, c2, h, w2, b2, y, m, D, H); }, IT);
+      double tp = time_us([&] { launch(v.f, c1, x, w1, b1, h, m, H, D); launch(v.f_id, c2, h, w2, b2, y, m, D, H); }, IT);
+      printf("4096x11008 m=%-2d %-9s up %5.1f (w%d) down %5.1f (w%d) pair %5.1f us = %.2f TB/s\n", m, v.name, t1, c1.warps,
+             t2, c2.warps, tp, bytes / tp / 1e6);
+    }
+  }
+  // small shapes, M = 1 (weights L2-resident, as in a back-to-back bench loop)
+  unsigned* tickets;
+  float* partial;
+  CK(cudaMalloc(&tickets, 4096 * 4)); CK(cudaMemset(tickets, 0, 4096 * 4)); CK(cudaMalloc(&partial, 64 << 20));
+  for (auto [d, hd] : {std::pair<int, int>{512, 2048}, {768, 3072}}) {
+    for (int m : {1, 4}) {
+      ffn::FusedParams fp{x, w1, b1, w2, b2, y, partial, tickets, m, d, hd, d};
+      int blocks = (hd + 63) / 64;
+      double tf = time_us([&] { kfused<1><<<blocks, 512>>>(fp); }, 200);
+      printf("%dx%d m=%d one_launch %.2f us\n", d, hd, m, tf);
+      for (auto& v : VARS) {
+        if (v.nt != 1) continue;
+        Cfg c1 = choose(m, hd, d, 1, v.warps), c2 = choose(m, d, hd, 1, v.warps);
+        double tp = time_us([&] { launch(v.f, c1, x, w1, b1, h, m, hd, d); launch(v.f_id, c2, h, w2, b2, y, m, d, hd); }, 200);
+        printf("%dx%d m=%d two_proj %-9s %.2f us (w%d/w%d)\n", d, hd, m, v.name, tp, c1.warps, c2.warps);
+      }
+    }
+  }
+  // large-M activation pass, 512 x 11008
+  {
+    const int64_t M = 512, N = 11008;
+    __half *a, *o, *bb;
+    CK(cudaMalloc(&a, M * 2 * N * 2)); CK(cudaMalloc(&o, M * 2 * N * 2)); CK(cudaMalloc(&bb, 2 * N * 2));
+    CK(cudaMemset(a, 0, M * 2 * N * 2)); CK(cudaMemset(bb, 0, 2 * N * 2));
+    const int64_t n = M * N;
+    int eb = (int)std::min<int64_t>((n + 255) / 256, 65535);
+    double tb = time_us([&] { kbias_act<<<eb, 256>>>(a, bb, o, n, N); }, 50);
+    int vb = (int)((n / 8 + 255) / 256);
+    double ti = time_us([&] { kact<<<vb, 256>>>(a, n); }, 50);
+    double tg = time_us([&] { kgate<<<dim3((N / 8 + 255) / 256, M), 256>>>(a, o, M, N); }, 50);
+    printf("512x11008: bias_act (scalar, new output) %.1f us, act in place (16B) %.1f us, gate [512,2x11008]->[512,11008] %.1f us\n", tb, ti, tg);
+  }
+  return 0;
+}
