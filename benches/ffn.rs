@@ -3,9 +3,9 @@
 //! - `fused`: [`FusedMlp`] (weights `[out, in]`, the layout the kernels stream),
 //! - `fused_seed_layout`: [`fused_ffn`] with `[in, out]` weights (CPU kernel / cuBLAS path),
 //! - `stock`: `reference::ffn` (what candle users write today);
-//! - CUDA, M <= 16: `one_launch` / `two_projections`: `FusedMlp` / `GatedMlp` with the kernel
-//!   forced (`fused` is whichever `choose_kernel` picks); `cublaslt`: two projections with the
-//!   small-M projection kernel switched off (cuBLASLt GEMMs);
+//! - CUDA, M <= 16: `one_launch` / `two_projections` / `two_launches`: `FusedMlp` / `GatedMlp` with
+//!   the kernel forced (`fused` is whichever `choose_kernel` picks); `cublaslt`: two projections
+//!   with the small-M projection kernel switched off (cuBLASLt GEMMs);
 //! - CUDA, M > 16: `cublas_bias_act`: the cuBLASLt path switched off (candle's matmul + `bias_act`);
 //!
 //! and `.../gated/...` for SwiGLU (`GatedMlp` vs `reference::gated_ffn`).
@@ -43,7 +43,11 @@ fn gpu_path_variants(
         })
     };
     if m <= GPU_ONE_LAUNCH_MAX_M {
-        for (name, kernel) in [("one_launch", FfnKernel::OneLaunch), ("two_projections", FfnKernel::TwoProjections)] {
+        for (name, kernel) in [
+            ("one_launch", FfnKernel::OneLaunch),
+            ("two_projections", FfnKernel::TwoProjections),
+            ("two_launches", FfnKernel::TwoLaunches),
+        ] {
             g.bench_function(name, |bch| timed(bch, Some(kernel), |_| {}));
         }
         g.bench_function("cublaslt", |bch| timed(bch, Some(FfnKernel::TwoProjections), tiny_gemm::set_small_m_kernel));

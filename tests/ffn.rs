@@ -316,6 +316,33 @@ fn gated_mlp_swiglu_geglu() -> Result<()> {
     Ok(())
 }
 
+/// The large-M CUDA path for activations cuBLASLt has no epilogue for: the bias in the GEMM's
+/// epilogue, then one activation pass in place (plain) or one gate pass (`[gate | up]` GEMM, 16-byte
+/// vectors when N % 8 == 0, else scalar); small shapes, quick under compute-sanitizer.
+#[test]
+fn large_m_activation_and_gate_passes() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for dtype in [DType::F16, DType::BF16] {
+            let w = Weights::new(100, 300, dtype, &dev)?;
+            for m in [33, 128] {
+                for act in Activation::ALL {
+                    for bias in [true, false] {
+                        check(&dev, &w, m, act, bias, true)?;
+                    }
+                }
+                check(&dev, &w, m, Activation::Silu, true, false)?;
+            }
+            for (d, h) in [(64, 100), (64, 128)] {
+                for act in [Activation::Silu, Activation::Gelu] {
+                    check_gated(&dev, d, h, &[40], dtype, act, true)?;
+                    check_gated(&dev, d, h, &[33], dtype, act, false)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn gated_mlp_loads_llama_layout() -> Result<()> {
     for dev in devices() {
@@ -373,6 +400,67 @@ fn check_one_launch(d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Re
             }
         }
     }
+    Ok(())
+}
+
+/// The two-launch FFN (both small-M projections from one op, hidden in a cached scratch), forced:
+/// vs the f64 reference and bitwise equal to the two projections as separate ops (same kernels);
+/// unaligned (100x300), aligned and gated shapes, 1..=32 tokens, scratch reused across sizes.
+#[cfg(feature = "cuda")]
+#[test]
+fn two_launch_ffn_matches_two_projections() -> Result<()> {
+    let dev = common::cuda_device();
+    let (two_launches, two_ops) = (Some(FfnKernel::TwoLaunches), Some(FfnKernel::TwoProjections));
+    let o64 = |t: &Option<Tensor>| t.as_ref().map(to64).transpose();
+    let same = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+        let diff = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "{what}: two launches differ from two projections");
+        Ok(())
+    };
+    for dtype in [DType::F16, DType::BF16] {
+        for (d, h) in [(100, 300), (72, 136), (512, 2048)] {
+            for act in Activation::ALL {
+                let bias = act != Activation::Relu;
+                let (w1, w2) = (weight(h, d, dtype, &dev)?, weight(d, h, dtype, &dev)?); // [out, in]
+                let (b1, b2) = (randn(&[h], dtype, &dev)?, randn(&[d], dtype, &dev)?);
+                let (b1, b2) = if bias { (Some(b1), Some(b2)) } else { (None, None) };
+                let mlp = FusedMlp::new(w1.clone(), b1.clone(), w2.clone(), b2.clone(), act)?;
+                for m in [1, 7, 16, 32] {
+                    let x = randn(&[m, d], dtype, &dev)?;
+                    let got = mlp.forward_with(&x, two_launches)?;
+                    let want = reference::ffn(
+                        &to64(&x)?,
+                        &to64(&w1.t()?)?,
+                        o64(&b1)?.as_ref(),
+                        &to64(&w2.t()?)?,
+                        o64(&b2)?.as_ref(),
+                        act,
+                    )?;
+                    let what = format!("two launches {d}x{h} {dtype:?} {act} bias={bias} m={m}");
+                    assert_close(&got, &want, ffn_tolerance(dtype), &format!("{what} vs f64"));
+                    same(&got, &mlp.forward_with(&x, two_ops)?, &what)?;
+                }
+            }
+        }
+        for (d, h) in [(100, 300), (512, 1376)] {
+            let (wg, wu, wd) = (weight(d, h, dtype, &dev)?, weight(d, h, dtype, &dev)?, weight(h, d, dtype, &dev)?);
+            let bg = randn(&[h], dtype, &dev)?;
+            let mlp = GatedMlp::from_seed(&wg, Some(&bg), &wu, None, &wd, None, Activation::Silu)?;
+            for m in [1, 16, 32] {
+                let x = randn(&[m, d], dtype, &dev)?;
+                let got = mlp.forward_with(&x, two_launches)?;
+                same(&got, &mlp.forward_with(&x, two_ops)?, &format!("gated two launches {d}x{h} {dtype:?} m={m}"))?;
+                let want = reference::gated_ffn(&x, &wg, Some(&bg), &wu, None, &wd, None, Activation::Silu)?;
+                let (atol, rtol) = stock_tolerance(dtype, &dev, h);
+                assert_close(&got, &want, (2.0 * atol, 2.0 * rtol), &format!("gated two launches {d}x{h} m={m}"));
+            }
+        }
+    }
+    // out of range: more tokens than the small-M kernel takes
+    let z = |dims: &[usize]| Tensor::zeros(dims, DType::F16, &dev);
+    let mlp = FusedMlp::new(z(&[16, 8])?, None, z(&[8, 16])?, None, Activation::Gelu)?;
+    let msg = err_text(mlp.forward_with(&z(&[33, 8])?, two_launches));
+    assert!(msg.contains("two-launch"), "{msg}");
     Ok(())
 }
 

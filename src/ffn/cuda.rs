@@ -109,6 +109,67 @@ fn sm_count(dev: &candle_core::CudaDevice) -> Result<usize> {
     Ok(n)
 }
 
+/// Device pointers of one projection launch.
+#[derive(Debug, Clone, Copy)]
+struct ProjPtrs {
+    x: u64,
+    w: u64,
+    bias: u64,
+    y: u64,
+}
+
+/// Launches the small-M projection `y [m, n] = epi(x [m, k] · W [n2, k]ᵀ + b)` on `dev`'s stream.
+///
+/// # Safety
+/// `ptrs` must point at `dtype` buffers of at least those sizes (`bias` 0 or `n2` elements), valid
+/// until the launch completes in stream order; `aligned` only if `k % 8 == 0` and `x`, `w` are
+/// 16-byte aligned; `1 <= m <= 32` and `m, n, k` fit in i32.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_proj(
+    dev: &candle_core::CudaDevice,
+    dtype: DType,
+    epi: Epilogue,
+    ptrs: ProjPtrs,
+    m: usize,
+    n: usize,
+    k: usize,
+    aligned: bool,
+) -> Result<()> {
+    let cfg = choose_config(m, n, k, epi.gated(), sm_count(dev)?);
+    let key = ("ffn", dtype, epi.act(), epi.gated(), cfg.nt, aligned);
+    let func = entry(dev, "ffn", ptx::FFN, key, || {
+        Ok(format!(
+            "ffn_proj_{}_{}_{}_nt{}_{}",
+            dtype_suffix(dtype, "fused_ffn")?,
+            epi.act().name(),
+            if epi.gated() { "gated" } else { "plain" },
+            cfg.nt,
+            if aligned { "a" } else { "u" }
+        ))
+    })?;
+    let params = FfnParams {
+        x: ptrs.x,
+        w: ptrs.w,
+        bias: ptrs.bias,
+        y: ptrs.y,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        k_per_warp: cfg.k_per_warp as i32,
+    };
+    let launch = LaunchConfig {
+        grid_dim: (cfg.blocks as u32, 1, 1),
+        block_dim: ((cfg.warps * 32) as u32, 1, 1),
+        shared_mem_bytes: cfg.smem_bytes as u32,
+    };
+    let stream = dev.cuda_stream();
+    let mut builder = stream.launch_builder(&func);
+    builder.arg(&params);
+    // SAFETY: `FfnParams` mirrors `ffn::Params`; the caller guarantees the buffers.
+    unsafe { builder.launch(launch) }.w()?;
+    Ok(())
+}
+
 pub(super) fn fwd(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg>) -> Result<CudaStorage> {
     match x.0.dtype() {
         DType::F16 => fwd_t::<half::f16>(epi, x, w, b),
@@ -135,47 +196,17 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
     if m == 0 || n == 0 {
         return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
     }
-    let stream = dev.cuda_stream();
-    let cfg = choose_config(m, n, k, epi.gated(), sm_count(dev)?);
-    // 16-byte loads need K % 8 == 0 and 16-byte aligned row starts (allocations are 256-aligned).
     let aligned = k % 8 == 0 && x.1.start_offset() % 8 == 0 && w.1.start_offset() % 8 == 0;
-    let key = ("ffn", x.0.dtype(), epi.act(), epi.gated(), cfg.nt, aligned);
-    let func = entry(dev, "ffn", ptx::FFN, key, || {
-        Ok(format!(
-            "ffn_proj_{}_{}_{}_nt{}_{}",
-            dtype_suffix(x.0.dtype(), "fused_ffn")?,
-            epi.act().name(),
-            if epi.gated() { "gated" } else { "plain" },
-            cfg.nt,
-            if aligned { "a" } else { "u" }
-        ))
-    })?;
-
+    let stream = dev.cuda_stream();
     {
         let (x_ptr, _x_guard) = xs.device_ptr(&stream);
         let (w_ptr, _w_guard) = ws.device_ptr(&stream);
         let b_dev = bs.as_ref().map(|bs| bs.device_ptr(&stream));
         let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
-        let params = FfnParams {
-            x: x_ptr,
-            w: w_ptr,
-            bias: b_dev.as_ref().map_or(0, |(p, _)| *p),
-            y: y_ptr,
-            m: m as i32,
-            n: n as i32,
-            k: k as i32,
-            k_per_warp: cfg.k_per_warp as i32,
-        };
-        let launch = LaunchConfig {
-            grid_dim: (cfg.blocks as u32, 1, 1),
-            block_dim: ((cfg.warps * 32) as u32, 1, 1),
-            shared_mem_bytes: cfg.smem_bytes as u32,
-        };
-        let mut builder = stream.launch_builder(&func);
-        builder.arg(&params);
-        // SAFETY: `FfnParams` mirrors `ffn::Params`; x, w, bias and y hold the [m, k], [n2, k],
-        // [n2] and [m, n] elements the kernel reads and writes; the guards outlive the launch.
-        unsafe { builder.launch(launch) }.w()?;
+        let ptrs = ProjPtrs { x: x_ptr, w: w_ptr, bias: b_dev.as_ref().map_or(0, |(p, _)| *p), y: y_ptr };
+        // SAFETY: the pointers hold the [m, k], [n2, k], [n2] and [m, n] elements of `ptrs`' contract;
+        // the guards outlive the launch.
+        unsafe { launch_proj(dev, x.0.dtype(), epi, ptrs, m, n, k, aligned) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
@@ -373,6 +404,100 @@ fn ffn_fwd_t<T: CudaDType + DeviceRepr>(
         // holds >= `groups` zeroed tickets and `partial_len` floats and stays cached (the lock is
         // held) until the launch is queued; the guards outlive the launch.
         unsafe { builder.launch(launch) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// Per-device scratch for the hidden activations of [`ffn_two_fwd`], grown on demand and reused (a
+/// call then allocates only its output). A replaced buffer is freed in stream order after the
+/// launches that used it.
+struct HiddenScratch {
+    buf: CudaSlice<u8>,
+    ptr: u64,
+}
+
+/// `y = act(x·W1 + b1)·W2 + b2` (or the gated form) as two launches of the small-M projection from
+/// one op: the hidden activations go to a cached per-device scratch instead of a fresh tensor, which
+/// saves a candle op (its allocation, events and dispatch) per call. `x [m, d]` contiguous, `w1` a
+/// logical `[d, h1]` and `w2` a logical `[h, o]` weight, both stored `[out, in]`; the caller
+/// ([`super::choose_kernel`]) checked dtype, layouts and `1 <= m <= 32`.
+pub(super) fn ffn_two_fwd(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    match x.0.dtype() {
+        DType::F16 => ffn_two_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
+        DType::BF16 => ffn_two_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA two-launch FFN)")),
+    }
+}
+
+fn ffn_two_fwd_t<T: CudaDType + DeviceRepr>(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
+    let h1 = w1.1.dims()[1];
+    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
+    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
+    let max_m = TOKEN_TILES[TOKEN_TILES.len() - 1] * TOKENS;
+    if !out_in(w1.1) || !out_in(w2.1) || m == 0 || m > max_m || h1 != if epi.gated() { 2 * h } else { h } {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}) is outside the two-launch FFN's range", w1.1.stride(), w2.1.stride());
+    }
+    if [m, d, h1, o].iter().any(|&v| v > i32::MAX as usize) {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] exceeds the small-M kernel's i32 indexing");
+    }
+    let xs = contiguous_view::<T>(x.0, x.1)?;
+    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h1);
+    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
+    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let mut y = alloc_output::<T>(dev, m * o)?;
+    if o == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
+    }
+    let aligned1 = d % 8 == 0 && x.1.start_offset() % 8 == 0 && w1.1.start_offset() % 8 == 0;
+    let aligned2 = h % 8 == 0 && w2.1.start_offset() % 8 == 0; // the scratch is 256-byte aligned
+    let hidden_bytes = (m * h).max(1) * std::mem::size_of::<T>();
+
+    static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, HiddenScratch>>> = OnceLock::new();
+    // Held through both launches: launches on this device's stream share the scratch in stream order.
+    let mut cache = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let stream = dev.cuda_stream();
+    if !cache.get(&dev.id()).is_some_and(|s| s.buf.len() >= hidden_bytes) {
+        // SAFETY: the first launch writes every hidden element the second reads.
+        let buf = unsafe { stream.alloc::<u8>(hidden_bytes.next_power_of_two()) }.w()?;
+        let ptr = buf.device_ptr(&stream).0;
+        cache.insert(dev.id(), HiddenScratch { buf, ptr });
+    }
+    let hidden = cache.get(&dev.id()).expect("inserted above").ptr;
+    {
+        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
+        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
+        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
+        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
+        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
+        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+        let up = ProjPtrs { x: x_ptr, w: w1_ptr, bias: b1_dev.as_ref().map_or(0, |(p, _)| *p), y: hidden };
+        let down = ProjPtrs { x: hidden, w: w2_ptr, bias: b2_dev.as_ref().map_or(0, |(p, _)| *p), y: y_ptr };
+        let identity = Epilogue::Act(Activation::Identity);
+        // SAFETY: x [m, d], w1 [h1, d], b1 [h1], w2 [o, h], b2 [o], y [m, o] and the scratch's m·h
+        // hidden elements (>= hidden_bytes) are valid; the scratch stays cached (the lock is held)
+        // until both launches are queued, and later users of it run after them in stream order; the
+        // guards outlive the launches.
+        unsafe {
+            launch_proj(dev, x.0.dtype(), epi, up, m, h, d, aligned1)?;
+            launch_proj(dev, x.0.dtype(), identity, down, m, o, h, aligned2)?;
+        }
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }

@@ -102,6 +102,10 @@ pub enum FfnKernel {
     OneLaunch,
     /// Two projections, each on the path [`choose_path`] picks.
     TwoProjections,
+    /// Both projections' small-M kernels (`kernels/ffn.cu`) launched from one candle op, the hidden
+    /// activations in a cached per-device scratch: the GPU work of two projections for the host cost
+    /// of about one op.
+    TwoLaunches,
 }
 
 /// Largest token count the CUDA one-launch FFN takes (2 token tiles of 8), when forced.
@@ -124,10 +128,19 @@ fn one_launch_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool, aligned
     cuda && tensor_core_dtype && out_in && aligned && (1..=GPU_ONE_LAUNCH_MAX_M).contains(&m)
 }
 
+/// Whether the two-launch FFN can run: CUDA, f16/bf16, both weights stored `[out, in]`,
+/// 1..=[`GPU_SMALL_M_MAX`] tokens (the small-M projection's range; any alignment).
+fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bool {
+    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
+    cuda && tensor_core_dtype && out_in && (1..=GPU_SMALL_M_MAX).contains(&m)
+}
+
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
-/// loads are aligned (D and H multiples of 8, tensor offsets too). Gated FFNs keep two
-/// projections: the one-launch form lost on the only gated shape measured (4096x11008).
+/// loads are aligned (D and H multiples of 8, tensor offsets too). Gated FFNs never take the
+/// one-launch form (it lost on the only gated shape measured, 4096x11008). Where both projections
+/// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
+/// same kernels as [`FfnKernel::TwoProjections`], one op fewer).
 #[allow(clippy::too_many_arguments)]
 pub fn choose_kernel(
     cuda: bool,
@@ -135,13 +148,18 @@ pub fn choose_kernel(
     m: usize,
     d: usize,
     h1: usize,
+    o: usize,
     gated: bool,
     out_in: bool,
     aligned: bool,
 ) -> FfnKernel {
     let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
+    let h = if gated { h1 / 2 } else { h1 };
+    let small_m = |k, n| choose_path(cuda, dtype, m, k, n, out_in, false) == FfnPath::CudaSmallM;
     if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
         FfnKernel::OneLaunch
+    } else if two_launches_feasible(cuda, dtype, m, out_in) && small_m(d, h1) && small_m(h, o) {
+        FfnKernel::TwoLaunches
     } else {
         FfnKernel::TwoProjections
     }
@@ -161,11 +179,18 @@ pub(crate) fn ffn(
     let out_in = |w: &Tensor| weight_layout(w.layout()) == Some(WeightLayout::OutIn);
     let x = x.contiguous()?;
     let (m, d) = x.dims2()?;
-    let (h1, h) = (w1.dim(1)?, w2.dim(0)?);
+    let (h1, h, o) = (w1.dim(1)?, w2.dim(0)?, w2.dim(1)?);
     let offsets = [&x, w1, w2].iter().all(|t| t.layout().start_offset() % 8 == 0);
     let aligned = d % 8 == 0 && h % 8 == 0 && offsets;
     let (cuda, both_out_in) = (x.device().is_cuda(), out_in(w1) && out_in(w2));
-    let auto = choose_kernel(cuda, x.dtype(), m, d, h1, epi.gated(), both_out_in, aligned);
+    // the small-M kernel switched off (benches): the weights count as not streamable
+    let streamable = both_out_in && SMALL_M_KERNEL.load(Ordering::Relaxed);
+    let auto = choose_kernel(cuda, x.dtype(), m, d, h1, o, epi.gated(), streamable, aligned);
+    let whole = |kernel| {
+        let (b1, b2) = (b1.map(Tensor::contiguous).transpose()?, b2.map(Tensor::contiguous).transpose()?);
+        let op = FfnOp { w1: w1.clone(), b1, w2: w2.clone(), b2, epi, kernel };
+        x.apply_op1_no_bwd(&op)
+    };
     match force.unwrap_or(auto) {
         FfnKernel::OneLaunch => {
             if !one_launch_feasible(cuda, x.dtype(), m, both_out_in, aligned) {
@@ -176,9 +201,18 @@ pub(crate) fn ffn(
                     x.dtype()
                 );
             }
-            let (b1, b2) = (b1.map(Tensor::contiguous).transpose()?, b2.map(Tensor::contiguous).transpose()?);
-            let op = FfnOp { w1: w1.clone(), b1, w2: w2.clone(), b2, epi };
-            x.apply_op1_no_bwd(&op)
+            whole(FfnKernel::OneLaunch)
+        }
+        FfnKernel::TwoLaunches => {
+            if !two_launches_feasible(cuda, x.dtype(), m, both_out_in) {
+                bail!(
+                    "fused_ffn: the two-launch FFN needs CUDA f16/bf16, [out, in] weights and 1..={GPU_SMALL_M_MAX} \
+                     tokens; got {:?} {:?} m={m}",
+                    x.device().location(),
+                    x.dtype()
+                );
+            }
+            whole(FfnKernel::TwoLaunches)
         }
         FfnKernel::TwoProjections => {
             let hidden = project(&x, w1, b1, epi)?;
@@ -668,13 +702,16 @@ impl CustomOp1 for GatePass {
 }
 
 /// The whole FFN as one candle op on `x [m, d]` (contiguous); the weights ride in the op and are
-/// read through their storages. CUDA: the one-launch kernel; CPU: the two fused CPU projections.
+/// read through their storages. CUDA: the one-launch kernel or the two launches of the small-M
+/// projection; CPU: the two fused CPU projections.
 struct FfnOp {
     w1: Tensor,
     b1: Option<Tensor>,
     w2: Tensor,
     b2: Option<Tensor>,
     epi: Epilogue,
+    /// [`FfnKernel::OneLaunch`] or [`FfnKernel::TwoLaunches`] (CUDA; the CPU runs two projections).
+    kernel: FfnKernel,
 }
 
 impl CustomOp1 for FfnOp {
@@ -714,7 +751,11 @@ impl CustomOp1 for FfnOp {
             (self.b1.as_ref().map(Tensor::storage_and_layout), self.b2.as_ref().map(Tensor::storage_and_layout));
         let b1 = b1.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
         let b2 = b2.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
-        let out = cuda::ffn_fwd(self.epi, (s, l), (gpu(&w1)?, w1l), b1, (gpu(&w2)?, w2l), b2)?;
+        let (w1, w2) = ((gpu(&w1)?, w1l), (gpu(&w2)?, w2l));
+        let out = match self.kernel {
+            FfnKernel::TwoLaunches => cuda::ffn_two_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
+            _ => cuda::ffn_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
+        };
         Ok((out, Shape::from((l.dims()[0], w2l.dims()[1]))))
     }
 }
@@ -761,24 +802,40 @@ mod tests {
     #[test]
     fn one_launch_for_small_cuda_ffns() {
         let (d, h) = (512, 2048);
-        let k = |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, gated, out_in, aligned);
+        let k = |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, d, gated, out_in, aligned);
         assert_eq!(k(1, d, h, false, true, true), FfnKernel::OneLaunch);
         assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M, d, h, false, true, true), FfnKernel::OneLaunch);
-        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, false, true, true), FfnKernel::OneLaunch);
-        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true), FfnKernel::OneLaunch);
+        // past the one-launch rule, the small-M kernels from one op
+        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
         assert_eq!(k(0, d, h, false, true, true), FfnKernel::TwoProjections);
-        // CPU, f32, [in, out] weights, unaligned rows, gated: the two-projection paths
-        assert_eq!(choose_kernel(false, DType::F16, 1, d, h, false, true, true), FfnKernel::TwoProjections);
-        assert_eq!(choose_kernel(true, DType::F32, 1, d, h, false, true, true), FfnKernel::TwoProjections);
+        // CPU, f32, [in, out] weights: the two-projection paths; unaligned rows, gated: two launches
+        assert_eq!(choose_kernel(false, DType::F16, 1, d, h, d, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(choose_kernel(true, DType::F32, 1, d, h, d, false, true, true), FfnKernel::TwoProjections);
         assert_eq!(k(1, d, h, false, false, true), FfnKernel::TwoProjections);
-        assert_eq!(k(1, d, h, false, true, false), FfnKernel::TwoProjections);
-        assert_eq!(k(1, d, 2 * h, true, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(1, d, h, false, true, false), FfnKernel::TwoLaunches);
+        assert_eq!(k(1, d, 2 * h, true, true, true), FfnKernel::TwoLaunches);
         // larger weights: the launch saved is small next to the weight stream
-        assert_eq!(k(1, 768, 3072, false, true, true), FfnKernel::TwoProjections);
-        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(1, 768, 3072, false, true, true), FfnKernel::TwoLaunches);
+        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoLaunches);
         // what a forced launch accepts
         assert!(one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M, true, true));
         assert!(!one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M + 1, true, true));
+    }
+
+    #[test]
+    fn two_launches_where_both_projections_take_the_small_m_kernel() {
+        let k = |m, d, h, o| choose_kernel(true, DType::F16, m, d, h, o, false, true, true);
+        assert_eq!(k(16, 4096, 11008, 4096), FfnKernel::TwoLaunches);
+        // big weights take the small-M kernel up to 16 tokens only (choose_path)
+        assert_eq!(k(17, 4096, 11008, 4096), FfnKernel::TwoProjections);
+        assert_eq!(k(GPU_SMALL_M_MAX, 512, 2048, 512), FfnKernel::TwoLaunches);
+        assert_eq!(k(GPU_SMALL_M_MAX + 1, 512, 2048, 512), FfnKernel::TwoProjections);
+        // a small first projection but a big second one
+        assert_eq!(k(32, 512, 2048, 4096), FfnKernel::TwoProjections);
+        assert!(two_launches_feasible(true, DType::BF16, GPU_SMALL_M_MAX, true));
+        assert!(!two_launches_feasible(true, DType::BF16, 0, true));
+        assert!(!two_launches_feasible(true, DType::F16, 1, false));
     }
 
     #[test]
