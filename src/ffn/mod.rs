@@ -711,6 +711,7 @@ struct FfnOp {
     b2: Option<Tensor>,
     epi: Epilogue,
     /// [`FfnKernel::OneLaunch`] or [`FfnKernel::TwoLaunches`] (CUDA; the CPU runs two projections).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     kernel: FfnKernel,
 }
 
