@@ -20,6 +20,9 @@
 //! output, and the last block to finish each 16-row output tile sums the blocks' partials in a
 //! fixed order (deterministic). A call is then one allocation and one launch instead of two of
 //! each; it is picked where it measured faster (small weights, M <= [`GPU_ONE_LAUNCH_AUTO_MAX_M`]).
+//! Elsewhere, where both projections take the small-M kernel, they run as two launches from one
+//! op ([`FfnKernel::TwoLaunches`]): the hidden activations go to a cached per-device scratch, which
+//! saves a candle op (allocation, events, dispatch: several µs of host time) per call.
 //!
 //! Weight layout: the kernels want each output's weights contiguous, i.e. candle's `Linear`
 //! layout `[out, in]`; the layers keep their weights that way (loaded as is, no copy).
@@ -112,9 +115,9 @@ pub enum FfnKernel {
 pub const GPU_ONE_LAUNCH_MAX_M: usize = 16;
 
 /// Largest token count for which [`choose_kernel`] picks the one-launch FFN. Measured on H100
-/// (f16, 512x2048, benchmarks/ffn.md): 10.2 vs 14.0 µs for two projections at M = 1, a tie at
-/// M = 4 (13.3 vs 13.2), a loss at M = 16 (25.5 vs 13.8): its cross-block reduction grows with M.
-pub const GPU_ONE_LAUNCH_AUTO_MAX_M: usize = 4;
+/// (f16, 512x2048, benchmarks/ffn.md, one run): at M = 1 a tie with the two-launch FFN (10.4 vs
+/// 10.3 µs), at M = 4 a loss (13.1 vs 10.7): its cross-block reduction grows with M.
+pub const GPU_ONE_LAUNCH_AUTO_MAX_M: usize = 1;
 
 /// Largest first-projection weight (D·H elements) for which [`choose_kernel`] picks the one-launch
 /// FFN: it won on 512x2048 (1M) and lost on 768x3072 (13.4 vs 12.9 µs at M = 1) and 4096x11008
@@ -805,7 +808,6 @@ mod tests {
         let (d, h) = (512, 2048);
         let k = |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, d, gated, out_in, aligned);
         assert_eq!(k(1, d, h, false, true, true), FfnKernel::OneLaunch);
-        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M, d, h, false, true, true), FfnKernel::OneLaunch);
         assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true), FfnKernel::OneLaunch);
         // past the one-launch rule, the small-M kernels from one op
         assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
