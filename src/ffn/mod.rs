@@ -140,7 +140,8 @@ fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bo
 
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
-/// loads are aligned (D and H multiples of 8, tensor offsets too). Gated FFNs never take the
+/// loads are aligned (D and H multiples of 8, tensor offsets too) and whether the cuBLASLt path is
+/// on ([`choose_path`]). Gated FFNs never take the
 /// one-launch form (it lost on the only gated shape measured, 4096x11008). Where both projections
 /// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
 /// same kernels as [`FfnKernel::TwoProjections`], one op fewer).
@@ -155,13 +156,14 @@ pub fn choose_kernel(
     gated: bool,
     out_in: bool,
     aligned: bool,
+    cublaslt: bool,
 ) -> FfnKernel {
     let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
     let h = if gated { h1 / 2 } else { h1 };
-    let small_m = |k, n| choose_path(cuda, dtype, m, k, n, out_in, false) == FfnPath::CudaSmallM;
+    let small_m = |k, n, gated| choose_path(cuda, dtype, m, k, n, gated, out_in, cublaslt) == FfnPath::CudaSmallM;
     if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
         FfnKernel::OneLaunch
-    } else if two_launches_feasible(cuda, dtype, m, out_in) && small_m(d, h1) && small_m(h, o) {
+    } else if two_launches_feasible(cuda, dtype, m, out_in) && small_m(d, h1, gated) && small_m(h, o, false) {
         FfnKernel::TwoLaunches
     } else {
         FfnKernel::TwoProjections
@@ -188,7 +190,8 @@ pub(crate) fn ffn(
     let (cuda, both_out_in) = (x.device().is_cuda(), out_in(w1) && out_in(w2));
     // the small-M kernel switched off (benches): the weights count as not streamable
     let streamable = both_out_in && SMALL_M_KERNEL.load(Ordering::Relaxed);
-    let auto = choose_kernel(cuda, x.dtype(), m, d, h1, o, epi.gated(), streamable, aligned);
+    let lt = CUBLASLT.load(Ordering::Relaxed);
+    let auto = choose_kernel(cuda, x.dtype(), m, d, h1, o, epi.gated(), streamable, aligned, lt);
     let whole = |kernel| {
         let (b1, b2) = (b1.map(Tensor::contiguous).transpose()?, b2.map(Tensor::contiguous).transpose()?);
         let op = FfnOp { w1: w1.clone(), b1, w2: w2.clone(), b2, epi, kernel };
@@ -285,17 +288,23 @@ pub fn set_cublaslt_epilogues(on: bool) {
 /// (17.5 vs 38.8 µs); up to 16 tokens it won on every measured shape (benchmarks/ffn.md).
 pub const GPU_WIDE_TILE_MAX_WEIGHTS: usize = 4 << 20;
 
-/// The path for one projection `[m, k] · [k, n]`: a pure function of the device kind, dtype,
-/// token count, weight size, whether the weight is stored `[out, in]` (each output's k
-/// contiguous) and whether the cuBLASLt path is on. cuBLASLt won or tied against candle's matmul
-/// plus `bias_act` on every measured large-M shape (H100, f16, benchmarks/ffn.md: 148 vs 195 µs at
-/// M=512 on 4096x11008 with both epilogues fused, 178 vs 191 with erf GELU, 287 vs 287 gated).
+/// The path for one projection `[m, k] · [k, n]` (`gated`: `n` counts the gate and up columns): a
+/// pure function of the device kind, dtype, token count, weight size, whether the weight is stored
+/// `[out, in]` (each output's k contiguous) and whether the cuBLASLt path is on. cuBLASLt won
+/// against candle's matmul plus `bias_act` on every measured large-M shape (H100, f16,
+/// benchmarks/ffn.md, 4096x11008 M=512: 148 vs 182 µs with both epilogues fused, 161 vs 181 with
+/// erf GELU (bias epilogue + activation pass), 238 vs 281 gated (bias epilogue + gate pass)).
+/// Gated projections with more than [`GPU_WIDE_TILE_MAX_WEIGHTS`] weights take cuBLASLt at every
+/// M: the small-M kernel's gated form lost to it on 4096x11008 (H100, whole SwiGLU FFN: 125.2 vs
+/// 109.0 µs at M=1, 116.7 vs 110.3 at M=16).
+#[allow(clippy::too_many_arguments)]
 pub fn choose_path(
     cuda: bool,
     dtype: DType,
     m: usize,
     k: usize,
     n: usize,
+    gated: bool,
     weight_out_in: bool,
     cublaslt: bool,
 ) -> FfnPath {
@@ -303,8 +312,11 @@ pub fn choose_path(
         return if m <= CPU_FUSED_MAX_M { FfnPath::CpuFused } else { FfnPath::MatmulEpilogue };
     }
     let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
-    let max_m = if k.saturating_mul(n) <= GPU_WIDE_TILE_MAX_WEIGHTS { GPU_SMALL_M_MAX } else { 16 };
-    if tensor_core_dtype && weight_out_in && m <= max_m {
+    let wide = k.saturating_mul(n) > GPU_WIDE_TILE_MAX_WEIGHTS;
+    let max_m = if !wide { GPU_SMALL_M_MAX } else { 16 };
+    if tensor_core_dtype && gated && wide && cublaslt {
+        FfnPath::CublasLt
+    } else if tensor_core_dtype && weight_out_in && m <= max_m {
         FfnPath::CudaSmallM
     } else if tensor_core_dtype && cublaslt {
         FfnPath::CublasLt
@@ -355,8 +367,8 @@ pub(crate) fn project(x: &Tensor, w: &Tensor, b: Option<&Tensor>, epi: Epilogue)
     let (k, n2) = w.dims2()?;
     // the small-M kernel streams [out, in] weights; switched off, the weight counts as not streamable
     let streamable = out_in && SMALL_M_KERNEL.load(Ordering::Relaxed);
-    let path =
-        choose_path(x.device().is_cuda(), x.dtype(), x.dim(0)?, k, n2, streamable, CUBLASLT.load(Ordering::Relaxed));
+    let (cuda, lt) = (x.device().is_cuda(), CUBLASLT.load(Ordering::Relaxed));
+    let path = choose_path(cuda, x.dtype(), x.dim(0)?, k, n2, epi.gated(), streamable, lt);
     match path {
         FfnPath::CublasLt => match epi {
             Epilogue::Act(act) if cublaslt_fusable(act) => {
@@ -771,50 +783,71 @@ mod tests {
     #[test]
     fn path_by_device_dtype_and_m() {
         let (k, n) = (512, 2048);
-        assert_eq!(choose_path(false, DType::F32, 1, k, n, false, false), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, k, n, true, false), FfnPath::CpuFused);
-        assert_eq!(choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, k, n, true, false), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, k, n, true, false), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, k, n, true, false), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, k, n, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(false, DType::F32, 1, k, n, false, false, false), FfnPath::CpuFused);
+        assert_eq!(choose_path(false, DType::F16, CPU_FUSED_MAX_M, k, n, false, true, false), FfnPath::CpuFused);
+        assert_eq!(
+            choose_path(false, DType::F32, CPU_FUSED_MAX_M + 1, k, n, false, true, false),
+            FfnPath::MatmulEpilogue
+        );
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, false, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::BF16, GPU_SMALL_M_MAX, k, n, false, true, false), FfnPath::CudaSmallM);
+        assert_eq!(
+            choose_path(true, DType::F16, GPU_SMALL_M_MAX + 1, k, n, false, true, false),
+            FfnPath::MatmulEpilogue
+        );
         // f32 has no 16-bit tensor-core mma; [in, out] storage can't be streamed row by row
-        assert_eq!(choose_path(true, DType::F32, 1, k, n, true, false), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, k, n, false, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F32, 1, k, n, false, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, false, false, false), FfnPath::MatmulEpilogue);
     }
 
     #[test]
     fn cublaslt_for_large_m() {
         let (k, n) = (4096, 11008);
-        assert_eq!(choose_path(true, DType::F16, 512, k, n, true, true), FfnPath::CublasLt);
-        assert_eq!(choose_path(true, DType::BF16, 33, k, n, false, true), FfnPath::CublasLt);
+        assert_eq!(choose_path(true, DType::F16, 512, k, n, false, true, true), FfnPath::CublasLt);
+        assert_eq!(choose_path(true, DType::BF16, 33, k, n, false, false, true), FfnPath::CublasLt);
         // switched off (benches): candle's matmul + bias_act
-        assert_eq!(choose_path(true, DType::F16, 512, k, n, true, false), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F32, 512, k, n, true, true), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 1, k, n, true, true), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(false, DType::F16, 512, k, n, true, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 512, k, n, false, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F32, 512, k, n, false, true, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n, false, true, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(false, DType::F16, 512, k, n, false, true, true), FfnPath::MatmulEpilogue);
         assert!(cublaslt_fusable(Activation::GeluTanh) && !cublaslt_fusable(Activation::Gelu));
+    }
+
+    #[test]
+    fn big_gated_weights_take_cublaslt() {
+        let (k, n2) = (4096, 2 * 11008);
+        assert_eq!(choose_path(true, DType::F16, 1, k, n2, true, true, true), FfnPath::CublasLt);
+        assert_eq!(choose_path(true, DType::BF16, 16, k, n2, true, true, true), FfnPath::CublasLt);
+        // cuBLASLt switched off (benches), small gated weights, plain projections: the kernel
+        assert_eq!(choose_path(true, DType::F16, 1, k, n2, true, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 1, 512, 2 * 1376, true, true, true), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 1, 11008, 4096, false, true, true), FfnPath::CudaSmallM);
+        // f32 and the CPU are unchanged
+        assert_eq!(choose_path(true, DType::F32, 1, k, n2, true, true, true), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(false, DType::F16, 1, k, n2, true, true, true), FfnPath::CpuFused);
     }
 
     #[test]
     fn big_weights_take_the_kernel_up_to_16_tokens() {
         let (k, n) = (4096, 11008);
-        assert_eq!(choose_path(true, DType::F16, 16, k, n, true, false), FfnPath::CudaSmallM);
-        assert_eq!(choose_path(true, DType::F16, 17, k, n, true, false), FfnPath::MatmulEpilogue);
-        assert_eq!(choose_path(true, DType::F16, 32, 1024, 4096, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 16, k, n, false, true, false), FfnPath::CudaSmallM);
+        assert_eq!(choose_path(true, DType::F16, 17, k, n, false, true, false), FfnPath::MatmulEpilogue);
+        assert_eq!(choose_path(true, DType::F16, 32, 1024, 4096, false, true, false), FfnPath::CudaSmallM);
     }
 
     #[test]
     fn one_launch_for_small_cuda_ffns() {
         let (d, h) = (512, 2048);
-        let k = |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, d, gated, out_in, aligned);
+        let k =
+            |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, d, gated, out_in, aligned, true);
         assert_eq!(k(1, d, h, false, true, true), FfnKernel::OneLaunch);
-        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true), FfnKernel::OneLaunch);
+        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true, true), FfnKernel::OneLaunch);
         // past the one-launch rule, the small-M kernels from one op
         assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
         assert_eq!(k(0, d, h, false, true, true), FfnKernel::TwoProjections);
         // CPU, f32, [in, out] weights: the two-projection paths; unaligned rows, gated: two launches
-        assert_eq!(choose_kernel(false, DType::F16, 1, d, h, d, false, true, true), FfnKernel::TwoProjections);
-        assert_eq!(choose_kernel(true, DType::F32, 1, d, h, d, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(choose_kernel(false, DType::F16, 1, d, h, d, false, true, true, true), FfnKernel::TwoProjections);
+        assert_eq!(choose_kernel(true, DType::F32, 1, d, h, d, false, true, true, true), FfnKernel::TwoProjections);
         assert_eq!(k(1, d, h, false, false, true), FfnKernel::TwoProjections);
         assert_eq!(k(1, d, h, false, true, false), FfnKernel::TwoLaunches);
         assert_eq!(k(1, d, 2 * h, true, true, true), FfnKernel::TwoLaunches);
@@ -828,7 +861,7 @@ mod tests {
 
     #[test]
     fn two_launches_where_both_projections_take_the_small_m_kernel() {
-        let k = |m, d, h, o| choose_kernel(true, DType::F16, m, d, h, o, false, true, true);
+        let k = |m, d, h, o| choose_kernel(true, DType::F16, m, d, h, o, false, true, true, true);
         assert_eq!(k(16, 4096, 11008, 4096), FfnKernel::TwoLaunches);
         // big weights take the small-M kernel up to 16 tokens only (choose_path)
         assert_eq!(k(17, 4096, 11008, 4096), FfnKernel::TwoProjections);
@@ -836,6 +869,10 @@ mod tests {
         assert_eq!(k(GPU_SMALL_M_MAX + 1, 512, 2048, 512), FfnKernel::TwoProjections);
         // a small first projection but a big second one
         assert_eq!(k(32, 512, 2048, 4096), FfnKernel::TwoProjections);
+        // gated with big weights: cuBLASLt for the gate/up projection, so two projections
+        let g = |m, cublaslt| choose_kernel(true, DType::F16, m, 4096, 22016, 4096, true, true, true, cublaslt);
+        assert_eq!(g(1, true), FfnKernel::TwoProjections);
+        assert_eq!(g(1, false), FfnKernel::TwoLaunches);
         assert!(two_launches_feasible(true, DType::BF16, GPU_SMALL_M_MAX, true));
         assert!(!two_launches_feasible(true, DType::BF16, 0, true));
         assert!(!two_launches_feasible(true, DType::F16, 1, false));
