@@ -150,7 +150,7 @@ __device__ void gate_act(const T* __restrict__ h, T* __restrict__ y, int64_t m, 
 }
 }  // namespace ffn
 
-#ifndef FFN_NO_ENTRIES
+#ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
 // Entry points: ffn_proj_<dtype>_<act>_<plain|gated>_nt<NT>_<a|u> (up to 8*NT tokens; a: K % 8 == 0 and
 // 16-byte aligned bases, u: any K).
 #define FFN_ENTRY(T, TNAME, A, ANAME, GATED, GNAME, NT, ALIGNED, ANAME2)                                       \

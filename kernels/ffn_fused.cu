@@ -264,7 +264,7 @@ __device__ void ffn_fused(const FusedParams& p) {
 
 }  // namespace ffn
 
-#ifndef FFN_NO_ENTRIES
+#ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
 // Entry points: ffn_fused_<dtype>_<act>_<plain|gated>_nt<NT> (up to 8 * NT tokens).
 #define FFN_FUSED_ENTRY(T, TNAME, A, ANAME, GATED, GNAME, NT)                                              \
   extern "C" __global__ void __launch_bounds__(ffn::FusedTraits<GATED, NT>::THREADS)                        \
