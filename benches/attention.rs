@@ -29,25 +29,35 @@ impl Shape4 {
 
 fn bench_pair(c: &mut Criterion, dev: &Device, group: &str, param: usize, s: &Shape4) {
     let dtype = if dev.is_cuda() { DType::F16 } else { DType::F32 };
-    let rand = |h, n| Tensor::randn(0f32, 1.0, (s.b, h, n, s.d), dev).unwrap().to_dtype(dtype).unwrap();
-    let (q, k, v) = (rand(s.h, s.nq), rand(s.h, s.nk), rand(s.h, s.nk));
-    let mask = s.causal.then(|| reference::causal_mask(s.nq, s.nk, dtype, dev).unwrap());
-    // the two agree before they are timed
-    let cfg = AttentionConfig { causal: s.causal, ..Default::default() };
-    let (fused, want) =
-        (fused_attention(&q, &k, &v, s.causal).unwrap(), reference::attention(&q, &k, &v, &cfg).unwrap());
-    let diff = (fused.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap();
-    let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff < 0.05, "{group}/{param}: fused and stock differ by {diff}");
+    // Made on first use, so a filtered run (e.g. `--bench cuda/attn_decode`) skips the other
+    // cases' setup: their inputs, their check and the first load of their kernels.
+    let setup = std::cell::OnceCell::new();
+    let inputs = || {
+        setup.get_or_init(|| {
+            let rand = |h, n| Tensor::randn(0f32, 1.0, (s.b, h, n, s.d), dev).unwrap().to_dtype(dtype).unwrap();
+            let (q, k, v) = (rand(s.h, s.nq), rand(s.h, s.nk), rand(s.h, s.nk));
+            let mask = s.causal.then(|| reference::causal_mask(s.nq, s.nk, dtype, dev).unwrap());
+            // the two agree before they are timed
+            let cfg = AttentionConfig { causal: s.causal, ..Default::default() };
+            let (fused, want) =
+                (fused_attention(&q, &k, &v, s.causal).unwrap(), reference::attention(&q, &k, &v, &cfg).unwrap());
+            let diff = (fused.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap();
+            let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 0.05, "{group}/{param}: fused and stock differ by {diff}");
+            (q, k, v, mask)
+        })
+    };
 
     let mut g = c.benchmark_group(format!("{}/{group}/{dtype:?}", if dev.is_cuda() { "cuda" } else { "cpu" }));
     g.throughput(Throughput::Elements(s.flops()));
     g.bench_with_input(BenchmarkId::new("fused", param), &param, |bch, _| {
-        bch.iter_custom(|iters| common::time_iters(dev, iters, || fused_attention(&q, &k, &v, s.causal)))
+        let (q, k, v, _) = inputs();
+        bch.iter_custom(|iters| common::time_iters(dev, iters, || fused_attention(q, k, v, s.causal)))
     });
     g.bench_with_input(BenchmarkId::new("stock", param), &param, |bch, _| {
+        let (q, k, v, mask) = inputs();
         bch.iter_custom(|iters| {
-            common::time_iters(dev, iters, || reference::attention_with_mask(&q, &k, &v, mask.as_ref()))
+            common::time_iters(dev, iters, || reference::attention_with_mask(q, k, v, mask.as_ref()))
         })
     });
     g.finish();

@@ -10,10 +10,7 @@
 // attn_splitkv_<dtype>_d<HD>  flash-decoding for short queries (and every f32 call): SIMT, QROWS
 //   queries per block, the keys split across gridDim.y blocks, each writing its normalized
 //   partial output and log-sum-exp; attn_combine_<dtype> merges the splits.
-// attn_decode_<dtype>_d<HD>  one query row (f16/bf16 decode): each warp walks its own batches of
-//   keys with no block barrier, a 16-byte K and V piece per lane per key issued together (16 loads
-//   in flight per lane), scores reduced by shuffles, online softmax in registers; the block's
-//   warps merge in smem, splits as in split-KV.
+// (The one-query decode kernel is kernels/attention_decode.cu.)
 //
 // Launch parameters: tg::attn::Params (attention.cuh), mirrored in src/attention/cuda.rs; tile
 // sizes below are mirrored in src/attention/config.rs.
@@ -602,142 +599,6 @@ __device__ __forceinline__ void attn_splitkv(const Params& p) {
   }
 }
 
-// ================================ decode (one query row) =====================================
-template <typename T, int HEAD_DIM>
-struct DecodeTraits {
-  static constexpr int WARPS = 4;
-  static constexpr int THREADS = WARPS * tg::WARP_SIZE;
-  static constexpr int LANES_PER_KEY = HEAD_DIM / VEC;                  // 16-byte pieces of a row
-  static constexpr int KEYS_PER_LOAD = tg::WARP_SIZE / LANES_PER_KEY;  // keys one warp load covers
-  // K and V loads per lane per batch, all issued before the first is used: a decode call streams
-  // K/V once, and what bounds it is the bytes in flight.
-  static constexpr int LOADS = 8;
-  static constexpr int BATCH = KEYS_PER_LOAD * LOADS;  // keys per warp step
-  static constexpr int KEYS_PER_ROUND = WARPS * BATCH;  // config::decode_keys_per_round
-  static_assert(sizeof(T) == 2, "16-byte pieces of 8 elements");
-  static_assert((LANES_PER_KEY & (LANES_PER_KEY - 1)) == 0 && LANES_PER_KEY <= tg::WARP_SIZE, "shuffle groups");
-};
-
-// Grid: x = split, y = B x Hq (the query row). Warp w walks batches w, w + WARPS, ... of the
-// split's keys; lane = (key in the load, 16-byte piece of the row).
-template <typename T, int HEAD_DIM>
-__device__ __forceinline__ void attn_decode(const Params& p) {
-  using Tr = DecodeTraits<T, HEAD_DIM>;
-  constexpr int LPK = Tr::LANES_PER_KEY, KPL = Tr::KEYS_PER_LOAD, LOADS = Tr::LOADS, WARPS = Tr::WARPS;
-  __shared__ float sAcc[WARPS][HEAD_DIM];
-  __shared__ float sM[WARPS], sL[WARPS];
-
-  const int warp = threadIdx.x / tg::WARP_SIZE, lane = threadIdx.x % tg::WARP_SIZE;
-  const int piece = lane % LPK, sub = lane / LPK;
-  const int split = blockIdx.x, bh = blockIdx.y;
-  const int b = bh / p.hq, h = bh % p.hq, hk = h / (p.hq / p.hkv);
-  const Mask mask(p);
-  const int k_begin = split * p.keys_per_split;
-  const int k_end = min(mask.key_end(0, 1), min(p.nk, k_begin + p.keys_per_split));
-  const bool piece_ok = piece * VEC < p.d;
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh + piece * VEC;
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh + piece * VEC;
-
-  float q[VEC];  // this lane's piece of the query, pre-scaled by scale * log2(e)
-  {
-    const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + piece * VEC;
-    tg::attn::to_float8(piece_ok ? tg::attn::load_raw8(qg) : tg::attn::Raw8<T>{}, q);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) q[e] *= p.scale_log2;
-  }
-  RowState row;  // m is warp-uniform; l sums this lane's keys (the same in the LPK lanes of a key)
-  float acc[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
-
-  for (int k0 = k_begin + warp * Tr::BATCH; k0 < k_end; k0 += Tr::KEYS_PER_ROUND) {
-    tg::attn::Raw8<T> kr[LOADS], vr[LOADS];
-#pragma unroll
-    for (int it = 0; it < LOADS; ++it) {
-      const int j = k0 + it * KPL + sub;
-      kr[it] = j < k_end && piece_ok ? tg::attn::load_raw8(kg + int64_t(j) * p.k_sn) : tg::attn::Raw8<T>{};
-    }
-#pragma unroll
-    for (int it = 0; it < LOADS; ++it) {
-      const int j = k0 + it * KPL + sub;
-      vr[it] = j < k_end && piece_ok ? tg::attn::load_raw8(vg + int64_t(j) * p.v_sn) : tg::attn::Raw8<T>{};
-    }
-    float s[LOADS];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int it = 0; it < LOADS; ++it) {
-      float kv[VEC];
-      tg::attn::to_float8(kr[it], kv);
-      float dot = 0.0f;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) dot = fmaf(q[e], kv[e], dot);
-#pragma unroll
-      for (int off = LPK / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(FULL_MASK, dot, off);
-      const int j = k0 + it * KPL + sub;
-      s[it] = j < k_end && mask.visible(0, j) ? dot : -INFINITY;
-      mx = fmaxf(mx, s[it]);
-    }
-#pragma unroll
-    for (int off = LPK; off < tg::WARP_SIZE; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, off));
-    float ref;
-    const float alpha = row.update_max(mx, ref);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[e] *= alpha;
-#pragma unroll
-    for (int it = 0; it < LOADS; ++it) {
-      float pr = exp2f(s[it] - ref);
-      row.l += pr;
-      if (p.drop_threshold) {
-        pr = tg::attn::apply_dropout(p, tg::attn::dropout_bits(p, b, h, 0, k0 + it * KPL + sub), pr);
-      }
-      float vv[VEC];
-      tg::attn::to_float8(vr[it], vv);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[e] = fmaf(pr, vv[e], acc[e]);
-    }
-  }
-
-  // Sum the keys of the warp (lanes of the same piece), then merge the warps through smem.
-#pragma unroll
-  for (int off = LPK; off < tg::WARP_SIZE; off <<= 1) {
-    row.l += __shfl_xor_sync(FULL_MASK, row.l, off);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(FULL_MASK, acc[e], off);
-  }
-  if (sub == 0) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) sAcc[warp][piece * VEC + e] = acc[e];
-  }
-  if (lane == 0) {
-    sM[warp] = row.m;
-    sL[warp] = row.l;
-  }
-  __syncthreads();
-  RowState total;
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) total.m = fmaxf(total.m, sM[w]);
-  float wt[WARPS];
-#pragma unroll
-  for (int w = 0; w < WARPS; ++w) {
-    wt[w] = tg::attn::split_weight(sM[w], total.m);
-    total.l += wt[w] * sL[w];
-  }
-  const float inv = total.inv_sum();
-  const int64_t total_rows = int64_t(p.b) * p.hq;  // Nq = 1: the row is bh
-  for (int c = threadIdx.x; c < p.d; c += Tr::THREADS) {
-    float o = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) o += wt[w] * sAcc[w][c];
-    o *= inv;
-    if (p.num_splits == 1) {
-      static_cast<T*>(p.o)[int64_t(bh) * p.d + c] = tg::from_float<T>(o);
-    } else {
-      p.o_partial[(split * total_rows + bh) * p.d + c] = o;
-    }
-  }
-  if (p.num_splits > 1 && threadIdx.x == 0) p.lse_partial[split * total_rows + bh] = total.lse();
-}
-
 // ================================ split merge ================================================
 constexpr int COMBINE_WARPS = 4;  // output rows per combine block, one per warp (config::COMBINE_ROWS)
 
@@ -774,7 +635,7 @@ __device__ __forceinline__ void attn_combine(const Params& p) {
 }  // namespace
 
 // ---- entry points ------------------------------------------------------------------------------
-static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention/cuda.rs");
+static_assert(sizeof(Params) == 192, "Params mirrors AttnParams in src/attention/cuda.rs");
 
 #define ATTN_PREFILL(T, TNAME, HD, W, M, N, G)                                                \
   extern "C" __global__ void __launch_bounds__(PrefillTraits<T, HD, W, M, N, G>::THREADS)     \
@@ -806,18 +667,8 @@ static_assert(sizeof(Params) == 184, "Params mirrors AttnParams in src/attention
   ATTN_SPLITKV(T, TNAME, 256)                                                                 \
   extern "C" __global__ void attn_combine_##TNAME(const __grid_constant__ Params p) { attn_combine<T>(p); }
 
-#define ATTN_DECODE(T, TNAME, HD)                                                             \
-  extern "C" __global__ void __launch_bounds__(DecodeTraits<T, HD>::THREADS)                  \
-      attn_decode_##TNAME##_d##HD(const __grid_constant__ Params p) {                         \
-    attn_decode<T, HD>(p);                                                                    \
-  }
-#define ATTN_DECODE_ALL(T, TNAME)                                                             \
-  ATTN_DECODE(T, TNAME, 32) ATTN_DECODE(T, TNAME, 64) ATTN_DECODE(T, TNAME, 128) ATTN_DECODE(T, TNAME, 256)
-
 ATTN_PREFILL_ALL(__half, f16)
 ATTN_PREFILL_ALL(__nv_bfloat16, bf16)
 ATTN_SPLITKV_ALL(float, f32)
 ATTN_SPLITKV_ALL(__half, f16)
 ATTN_SPLITKV_ALL(__nv_bfloat16, bf16)
-ATTN_DECODE_ALL(__half, f16)
-ATTN_DECODE_ALL(__nv_bfloat16, bf16)

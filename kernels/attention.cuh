@@ -27,6 +27,7 @@ struct Params {
   int32_t num_splits;      // KV splits (split-KV kernel); 1 elsewhere
   int32_t keys_per_split;  // multiple of the split-KV tile
   int32_t pad_;
+  uint32_t* counters;      // decode with splits: [B * Hq] arrival tickets, zero between launches
 };
 
 // ---- dropout: Philox4x32-10, bit-identical to src/attention/philox.rs ------------------------

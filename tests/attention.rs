@@ -186,17 +186,20 @@ fn prefill_four_kv_groups() -> Result<()> {
 }
 
 /// One query over caches of awkward lengths (the decode kernel, f16/bf16): every instance head
-/// dim and padded ones, GQA, one split and many, strided caches, a zero and a negative scale.
+/// dim and padded ones, GQA, batches, one split and many (merged in the launch by the last split
+/// of each row), strided caches, a zero and a negative scale.
 #[cfg(feature = "cuda")]
 #[test]
 fn decode_one_query() -> Result<()> {
     let gpu = common::cuda_device();
     for dtype in [DType::F16, DType::BF16] {
         for d in [32, 40, 64, 72, 128, 136, 256] {
-            for nk in [1, 7, 100, 1000, 4099] {
+            for nk in [1, 7, 17, 100, 512, 1000, 4099, 8192] {
                 // 600 rows fill the GPU: one split
-                for (b, hq, hkv) in [(1, 8, 2), (3, 200, 200)] {
-                    if hq == 200 && nk > 100 {
+                // (2, 16, 4): a batch of GQA rows, 16 splits at Nk = 8192 (its f64 reference is
+                // the costly part, hence fewer lengths and head dims)
+                for (b, hq, hkv) in [(1, 8, 2), (2, 16, 4), (3, 200, 200)] {
+                    if (hq == 200 && nk > 100) || (hq == 16 && (d > 128 || ![17, 512, 8192].contains(&nk))) {
                         continue;
                     }
                     let (q, k, v) = inputs(case(b, hq, hkv, 1, nk, d), dtype, &gpu)?;
@@ -213,6 +216,38 @@ fn decode_one_query() -> Result<()> {
         for scale in [None, Some(0.0f32), Some(-0.2)] {
             let cfg = AttentionConfig { causal: true, softmax_scale: scale, ..Default::default() };
             check(&q, &k, &v, &cfg, &format!("{dtype:?} strided cache scale={scale:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The one-launch decode reuses a cached scratch whose per-row counters each launch leaves at
+/// zero: calls of different shapes and split counts, interleaved and repeated, give the same
+/// results each time (a counter left behind would skip or misplace a row's merge, leaving the
+/// poisoned output or a partial sum).
+#[cfg(feature = "cuda")]
+#[test]
+fn decode_scratch_reuse() -> Result<()> {
+    let gpu = common::cuda_device();
+    let cases = [
+        case(1, 32, 32, 1, 8192, 128),
+        case(3, 8, 2, 1, 1000, 64),
+        case(1, 32, 32, 1, 512, 128),
+        case(2, 4, 4, 1, 4099, 256),
+        case(1, 1, 1, 1, 17, 32),
+    ];
+    let mut inputs_and_first = Vec::new();
+    for c in cases {
+        let (q, k, v) = inputs(c, DType::F16, &gpu)?;
+        let cfg = AttentionConfig { causal: true, ..Default::default() };
+        check(&q, &k, &v, &cfg, &format!("{c:?} first call"))?;
+        let first = fused_attention_with(&q, &k, &v, &cfg)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        inputs_and_first.push((c, q, k, v, first));
+    }
+    for round in 0..3 {
+        for (c, q, k, v, first) in inputs_and_first.iter().rev() {
+            let got = fused_attention(q, k, v, true)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(&got, first, "{c:?} round {round}");
         }
     }
     Ok(())

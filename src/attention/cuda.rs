@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
@@ -52,8 +52,9 @@ struct AttnParams {
     num_splits: i32,
     keys_per_split: i32,
     pad: i32,
+    counters: u64, // u32 [B * Hq] (decode with splits)
 }
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 184, "mirrors tg::attn::Params");
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 192, "mirrors tg::attn::Params");
 
 // SAFETY: plain old data with the C layout of `tg::attn::Params`.
 unsafe impl DeviceRepr for AttnParams {}
@@ -98,6 +99,62 @@ fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) 
         done.insert(key);
     }
     Ok(())
+}
+
+/// The decode entry `attn_decode_<suffix>_d<head_dim>`, looked up once per (device, dtype, head
+/// dim): a decode call is short enough for the name formatting and module lookup to show.
+fn decode_func(dev: &CudaDevice, dtype: DType, suffix: &str, head_dim: usize) -> Result<CudaFunction> {
+    type Funcs = HashMap<(DeviceId, DType, usize), CudaFunction>;
+    static FUNCS: OnceLock<Mutex<Funcs>> = OnceLock::new();
+    let mut funcs = FUNCS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = funcs.get(&(dev.id(), dtype, head_dim)) {
+        return Ok(f.clone());
+    }
+    let name = format!("attn_decode_{suffix}_d{head_dim}");
+    let func = load_func(dev, "attention_decode", ptx::ATTENTION_DECODE, &name)?;
+    funcs.insert((dev.id(), dtype, head_dim), func.clone());
+    Ok(func)
+}
+
+/// Per-device scratch of the one-launch decode: the rows' arrival counters (zero between launches:
+/// fresh buffers are zeroed and each row's last split resets its counter) and the splits' partial
+/// outputs and log-sum-exps, grown on demand and reused, so a call allocates only its output.
+/// Device pointers are taken once; a replaced buffer is freed in stream order after the launches
+/// that used it.
+struct DecodeScratch {
+    counters: CudaSlice<u32>,
+    counters_ptr: u64,
+    partial: CudaSlice<f32>,
+    partial_ptr: u64,
+}
+
+impl DecodeScratch {
+    /// The device's scratch with room for `rows` counters and `partial_len` floats.
+    fn ensure<'a>(
+        slot: &'a mut Option<DecodeScratch>,
+        dev: &CudaDevice,
+        rows: usize,
+        partial_len: usize,
+    ) -> Result<&'a DecodeScratch> {
+        let fits = slot.as_ref().is_some_and(|s| s.counters.len() >= rows && s.partial.len() >= partial_len);
+        if !fits {
+            let stream = dev.cuda_stream();
+            let (old_c, old_p) = slot.take().map_or((None, None), |s| (Some(s.counters), Some(s.partial)));
+            let counters = match old_c {
+                Some(c) if c.len() >= rows => c,
+                _ => stream.alloc_zeros::<u32>(rows.next_power_of_two()).w()?,
+            };
+            let partial = match old_p {
+                Some(p) if p.len() >= partial_len => p,
+                // SAFETY: every launch writes the partials it reads.
+                _ => unsafe { stream.alloc::<f32>(partial_len.next_power_of_two()) }.w()?,
+            };
+            let counters_ptr = counters.device_ptr(&stream).0;
+            let partial_ptr = partial.device_ptr(&stream).0;
+            *slot = Some(DecodeScratch { counters, counters_ptr, partial, partial_ptr });
+        }
+        Ok(slot.as_ref().expect("set above"))
+    }
 }
 
 fn launch(stream: &CudaStream, func: &CudaFunction, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
@@ -233,13 +290,23 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                     block_dim: (config::THREADS, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                let func = load_func(dev, "attention", ptx::ATTENTION, &format!("attn_decode_{suffix}_d{head_dim}"))?;
+                let func = decode_func(dev, dtype, suffix, head_dim)?;
                 if splits.num_splits == 1 {
                     launch(&stream, &func, &params, cfg)?;
                 } else {
-                    with_partials(dev, &stream, suffix, prob, splits.num_splits, &mut params, |params| {
-                        launch(&stream, &func, params, cfg)
-                    })?;
+                    // One launch: the last split of each row merges the row (kernels/attention_decode.cu).
+                    let rows = prob.b * prob.hq;
+                    static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<DecodeScratch>>>> = OnceLock::new();
+                    // Held through the launch: launches on this device's stream share the scratch in
+                    // stream order.
+                    let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+                    let partial_len = splits.num_splits * rows * (prob.d + 1);
+                    let scratch = DecodeScratch::ensure(scratch.entry(dev.id()).or_default(), dev, rows, partial_len)?;
+                    params.counters = scratch.counters_ptr;
+                    params.o_partial = scratch.partial_ptr;
+                    let o_len = splits.num_splits * rows * prob.d;
+                    params.lse_partial = scratch.partial_ptr + (o_len * std::mem::size_of::<f32>()) as u64;
+                    launch(&stream, &func, &params, cfg)?;
                 }
             }
             Plan::SplitKv { head_dim, splits } => {

@@ -1,8 +1,9 @@
 //! Fused attention, `softmax(Q·Kᵀ·scale + mask)·V`, in one pass without the `Nq × Nk` matrix:
 //! causal masking (bottom-right aligned), GQA/MQA, `Nq != Nk` (KV-cache decode) and attention
 //! dropout. CPU: tiled online softmax over rayon ([`cpu`]). CUDA (`kernels/attention.cu`):
-//! FlashAttention-2-style prefill with `mma.sync` tensor cores for f16/bf16, a one-query decode
-//! kernel for f16/bf16 and split-KV ("flash-decoding") for other short queries and f32.
+//! FlashAttention-2-style prefill with `mma.sync` tensor cores for f16/bf16, a one-launch
+//! one-query decode kernel for f16/bf16 (`kernels/attention_decode.cu`) and split-KV
+//! ("flash-decoding") for other short queries and f32.
 
 mod config;
 mod cpu;
