@@ -1,6 +1,9 @@
 // Standalone harness for int4_gemm_tc (kernels/int4_gemm_tc.cu): correctness of every variant
-// against an f64 CPU reference, then kernel-only timing (CUDA events) next to cuBLAS f16 GemmEx
-// (dlopen'ed) on the same shapes.
+// (f16 / bf16, sym / asym, group sizes 32 / 64 / 128, 1, 3 and the chosen K splits) against an f64
+// CPU reference, then kernel-only timing (CUDA events) next to int4_dequant + cuBLAS f16 GemmEx
+// (dlopen'ed: no link-time dependency) on the same shapes. `harness quick`: three small shapes,
+// no timing (for compute-sanitizer). Build (no GPU needed):
+//   nvcc -O3 -std=c++17 -arch=sm_90a -Ikernels -L$CUDA_ROOT/lib -o int4_tc_harness scripts/int4_tc_harness.cu
 #define INT4_TC_NO_ENTRIES
 #include "int4_gemm_tc.cu"
 #include "int4_gemm.cu"  // int4_reduce / int4_dequant entries (the old large-M path, split-K reduce)
