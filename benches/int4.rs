@@ -13,8 +13,11 @@ use tiny_gemm::quant::{int4_matmul, Int4Config, Int4Weight};
 
 fn bench(c: &mut Criterion) {
     for (dev_name, dev) in common::devices() {
-        let (dtype, ms): (DType, &[usize]) =
-            if dev.is_cuda() { (DType::F16, &[1, 4, 16, 64, 512]) } else { (DType::F32, &[1, 4, 16]) };
+        let (dtype, ms): (DType, &[usize]) = if dev.is_cuda() {
+            (DType::F16, &[1, 4, 16, 17, 32, 64, 128, 192, 256, 512])
+        } else {
+            (DType::F32, &[1, 4, 16])
+        };
         for (k, n) in [(4096, 11008), (2048, 2048)] {
             let w = (Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap() * 0.02).unwrap();
             let q = Int4Weight::quantize(&w, Int4Config::default()).unwrap();

@@ -82,7 +82,8 @@ fn matmul_matches_dequantized_weight() -> Result<()> {
         for cfg in configs() {
             let gs = cfg.group_size;
             // odd M and N, K = 1, 3 and 13 groups (K % 128 != 0 for the smaller group sizes);
-            // on CUDA M = 17 and 33 run several 16-row blocks, M = 65 the dequantize + matmul path.
+            // on CUDA M = 17, 33 and 65 run the tensor-core GEMM for f16 / bf16 (f32: dequantize +
+            // matmul).
             for (m, n, k) in [
                 (1, 17, gs),
                 (3, 8, 3 * gs),
@@ -108,6 +109,42 @@ fn matmul_llm_sized_and_split_k() -> Result<()> {
         for (m, dtype) in [(1, DType::F16), (7, DType::BF16), (16, DType::F32)] {
             check_matmul(&dev, m, 263, 4096, Int4Config::default(), dtype)?;
         }
+    }
+    Ok(())
+}
+
+/// The CUDA tensor-core GEMM (17 <= M <= CUDA_TC_MAX_M, f16 / bf16) over its edges: M not a
+/// multiple of the block rows, N odd (scales by plain loads) and a multiple of 8 (by cp.async), K
+/// with a tail chunk, split K (few column blocks) and one split, every group size, sym and asym;
+/// then the dequantize + matmul path just above CUDA_TC_MAX_M and at M=1023. CUDA only: the CPU
+/// kernel does not depend on M (`matmul_matches_dequantized_weight` covers it).
+#[test]
+fn matmul_tensor_core_path() -> Result<()> {
+    let tc_max = tiny_gemm::quant::CUDA_TC_MAX_M;
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for cfg in configs() {
+            let gs = cfg.group_size;
+            for (m, n, k) in [(100, 136, 13 * gs), (tc_max, 264, 5 * gs), (33, 1001, 3 * gs), (47, 1001, 13 * gs)] {
+                for dtype in [DType::F16, DType::BF16] {
+                    check_matmul(&dev, m, n, k, cfg, dtype)?;
+                }
+            }
+        }
+        // LLM-sized K, split 8 ways (22 and 8 column blocks); the second with a K tail chunk
+        check_matmul(&dev, 64, 2752, 4096, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 17, 1000, 4160, Int4Config { group_size: 64, symmetric: false }, DType::BF16)?;
+        // above CUDA_TC_MAX_M and f32: dequantize + matmul
+        for (m, dtype) in [(tc_max + 1, DType::F16), (1023, DType::BF16), (40, DType::F32)] {
+            check_matmul(&dev, m, 24, 256, Int4Config::default(), dtype)?;
+        }
+        // [2, 20, K] f16 starting at an odd offset: M = 40 rows, copied to an aligned buffer first
+        let w = randn(&[72, 256], DType::F32, &dev)?;
+        let q = Int4Weight::quantize(&w, Int4Config { group_size: 32, symmetric: true })?;
+        let big = randn(&[1, 40 * 256 + 1], DType::F16, &dev)?;
+        let xo = big.narrow(1, 1, 40 * 256)?.reshape((2, 20, 256))?;
+        let y = int4_matmul(&xo, &q)?;
+        assert_eq!(y.dims(), [2, 20, 72]);
+        assert_matches_dequantized(&xo.contiguous()?, &q, &y, "offset 3-D f16 x")?;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu): dtype dispatch, launch shape, launches.
+//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu): dtype dispatch,
+//! launch shape, launches.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -11,10 +12,11 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, S
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::choose_gemm_config;
+use super::launch::{choose_gemm_config, choose_tc_config};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
 
 const MODULE: &str = "int4_gemm";
+const TC_MODULE: &str = "int4_gemm_tc";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
 /// Dynamic shared memory a kernel may use without opting in.
@@ -32,6 +34,19 @@ struct GemmDims {
 }
 // SAFETY: plain-old-data, layout identical to the C struct (five ints).
 unsafe impl DeviceRepr for GemmDims {}
+
+/// Mirrors `TcDims` in kernels/int4_gemm_tc.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct TcDims {
+    m: i32,
+    n: i32,
+    k: i32,
+    group_size: i32,
+    chunks_per_split: i32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct (five ints).
+unsafe impl DeviceRepr for TcDims {}
 
 fn i32_dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("int4: {what}={v} exceeds the kernel's i32 range")))
@@ -83,11 +98,15 @@ pub(super) fn matmul(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(Cud
 fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let (m, n, k) = (l.dims()[0], w.n, w.k);
-    if m > super::CUDA_FUSED_MAX_M {
-        bail!("int4_matmul: the fused CUDA kernel takes M <= {}, got {m}", super::CUDA_FUSED_MAX_M);
-    }
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
+    }
+    match super::cuda_path(m, x.dtype()) {
+        super::CudaPath::SmallM => {}
+        super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l),
+        super::CudaPath::DequantizeMatmul => {
+            bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
+        }
     }
     let cfg = choose_gemm_config(m, n, k, sm_count(dev)?);
     let dims = GemmDims {
@@ -131,6 +150,72 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
         // SAFETY: argument types and count match `int4_gemm_<T>_<variant>_<sym>` in kernels/int4_gemm.cu;
         // every view covers the extents `dims` describes (checked by int4_matmul / the format), and
         // `smem` is the layout the kernel derives from `dims` and the variant.
+        unsafe { b.launch(lc) }.w()?;
+        Ok(())
+    })?;
+    if let Some(partial) = &partial {
+        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
+        let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&reduce);
+        b.arg(partial).arg(&y).arg(&mn).arg(&splits);
+        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n.
+        unsafe { b.launch(elementwise_config(m * n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+}
+
+/// The tensor-core GEMM (`int4_gemm_tc_*`, f16 / bf16 activations), plus `int4_reduce_*` over the
+/// f32 partials when K is split.
+fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (m, n, k) = (l.dims()[0], w.n, w.k);
+    let cfg = choose_tc_config(m, n, k, sm_count(dev)?);
+    let dims = TcDims {
+        m: i32_dim(m, "M")?,
+        n: i32_dim(n, "N")?,
+        k: i32_dim(k, "K")?,
+        group_size: w.cfg.group_size as i32,
+        chunks_per_split: cfg.chunks_per_split as i32,
+    };
+    // grid.y (column blocks) and grid.z (splits) are limited to 65535
+    if cfg.n_blocks > 65535 {
+        bail!("int4_matmul: N={n} needs {} column blocks, more than the 65535 the kernel's grid takes", cfg.n_blocks);
+    }
+    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
+    let xs = contiguous_view::<T>(x, l)?;
+    let y = alloc_output::<T>(dev, m * n)?;
+    let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
+    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let gemm =
+        load_func(dev, TC_MODULE, ptx::INT4_GEMM_TC, &format!("int4_gemm_tc_{sfx}_{}_{sym}", cfg.variant.name()))?;
+    let smem = cfg.variant.smem_bytes();
+    if smem > DEFAULT_SMEM_LIMIT {
+        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    }
+    with_views(w, |p, s, z| {
+        let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&gemm);
+        b.arg(&xs).arg(&p).arg(&s);
+        match &z {
+            Some(z) => b.arg(z),
+            None => b.arg(&null),
+        };
+        b.arg(&y);
+        match &partial {
+            Some(part) => b.arg(part),
+            None => b.arg(&null),
+        };
+        b.arg(&dims);
+        let lc = LaunchConfig {
+            grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, cfg.splits as u32),
+            block_dim: (cfg.variant.threads() as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: argument types and count match `int4_gemm_tc_<T>_<variant>_<sym>` in
+        // kernels/int4_gemm_tc.cu; every view covers the extents `dims` describes (checked by
+        // int4_matmul / the format), and `smem` is the variant's layout (`TcSmem`).
         unsafe { b.launch(lc) }.w()?;
         Ok(())
     })?;

@@ -1,4 +1,5 @@
-//! Launch shape of the CUDA small-M kernel: a pure function of the problem and the SM count.
+//! Launch shapes of the CUDA kernels (the small-M kernel of kernels/int4_gemm.cu and the tensor-core
+//! GEMM of kernels/int4_gemm_tc.cu): pure functions of the problem and the SM count.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
 use super::format::{CHUNK_K, SUBTILE_K, TILE_N};
@@ -125,6 +126,100 @@ pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) 
     GemmConfig { variant, warps, m_blocks, blocks_x, splits: n_chunks.div_ceil(chunks_per_split), chunks_per_split }
 }
 
+/// Bytes of one format tile's chunk (32 lanes x 16 bytes): `TILE_BYTES` in kernels/int4_gemm_tc.cu.
+const TC_TILE_BYTES: usize = 32 * 16;
+/// Scale groups of one chunk at most (group size 32): `MAX_GROUPS_PER_CHUNK`.
+const TC_MAX_GROUPS_PER_CHUNK: usize = CHUNK_K / SUBTILE_K;
+/// Chunks of K per split at least: shorter splits spend more on the pipeline's fill and drain
+/// (and on the partials) than they gain in blocks.
+const TC_MIN_CHUNKS_PER_SPLIT: usize = 4;
+
+/// The `int4_gemm_tc_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
+/// kernels/int4_gemm_tc.cu): block tile of activation rows x output columns, 4 warps side by side
+/// along N (a warp: all the block's rows x 32 columns), a 4-stage cp.async pipeline. Harness (H100,
+/// K=4096 -> N=11008, kernel µs with this module's splits): M=32 32 rows 20.5 against 64 rows 26.7;
+/// M=64 64 rows 27.6 against 32 rows 39.2; 128 x 128 blocks with 8 warps (64 x 32 each) never won,
+/// 3 stages instead of 4 were within 1%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TcVariant {
+    /// 32 x 128 blocks.
+    M32N128,
+    /// 64 x 128 blocks.
+    M64N128,
+}
+
+impl TcVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::M32N128 => "m32n128w1x4s4",
+            Self::M64N128 => "m64n128w1x4s4",
+        }
+    }
+    /// Activation rows per block (`BM`).
+    pub fn block_m(self) -> usize {
+        match self {
+            Self::M32N128 => 32,
+            Self::M64N128 => 64,
+        }
+    }
+    /// Output columns per block (`BN`).
+    pub fn block_n(self) -> usize {
+        128
+    }
+    /// Threads per block (`WM * WN * 32`).
+    pub fn threads(self) -> usize {
+        128
+    }
+    /// cp.async stages (`STAGES`).
+    pub fn stages(self) -> usize {
+        4
+    }
+    /// Dynamic shared memory (mirrors `TcSmem`): per stage the x tile `[BM][128]` (2-byte elements),
+    /// the `BN / 8` weight tiles, the scales and the zeros `[4][BN]` (f16).
+    pub fn smem_bytes(self) -> usize {
+        let stage = self.block_m() * CHUNK_K * 2
+            + self.block_n() / TILE_N * TC_TILE_BYTES
+            + 2 * TC_MAX_GROUPS_PER_CHUNK * self.block_n() * 2;
+        self.stages() * stage
+    }
+    /// Blocks an H100 SM holds at once (shared memory: 72 KB and 104 KB per block; registers:
+    /// 141 and 207 per thread with 128 threads, ptxas for sm_90a).
+    pub fn blocks_per_sm(self) -> usize {
+        match self {
+            Self::M32N128 => 3,
+            Self::M64N128 => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcConfig {
+    pub variant: TcVariant,
+    /// Blocks of `block_m` activation rows (grid.x).
+    pub m_blocks: usize,
+    /// Blocks of `block_n` output columns (grid.y).
+    pub n_blocks: usize,
+    /// K splits (grid.z); > 1 means f32 partials plus a reduce kernel.
+    pub splits: usize,
+    pub chunks_per_split: usize,
+}
+
+/// Launch shape of the tensor-core GEMM: 32-row blocks up to M=32, else 64-row blocks; a grid of
+/// fewer blocks than SMs splits K until it fills the resident slots (at least
+/// `TC_MIN_CHUNKS_PER_SPLIT` chunks per split).
+pub(crate) fn choose_tc_config(m: usize, n: usize, k: usize, sm_count: usize) -> TcConfig {
+    let variant = if m <= 32 { TcVariant::M32N128 } else { TcVariant::M64N128 };
+    let m_blocks = m.div_ceil(variant.block_m()).max(1);
+    let n_blocks = n.div_ceil(TILE_N).div_ceil(variant.block_n() / TILE_N).max(1);
+    let blocks = m_blocks * n_blocks;
+    let n_chunks = k.div_ceil(CHUNK_K).max(1);
+    let sm_count = sm_count.max(1);
+    let wanted = if blocks >= sm_count { 1 } else { sm_count * variant.blocks_per_sm() / blocks };
+    let splits = wanted.clamp(1, (n_chunks / TC_MIN_CHUNKS_PER_SPLIT).max(1));
+    let chunks_per_split = n_chunks.div_ceil(splits);
+    TcConfig { variant, m_blocks, n_blocks, splits: n_chunks.div_ceil(chunks_per_split), chunks_per_split }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +276,51 @@ mod tests {
         assert_eq!(c.smem_bytes(1, 128, false), 16384 + 8256 + 2048);
         let c = choose_gemm_config(16, 11008, 4096, 132);
         assert_eq!(c.smem_bytes(16, 128, true), 32768 + 2048);
+    }
+
+    #[test]
+    fn tc_llama_shapes_on_h100() {
+        // K=4096 -> N=11008: 86 column blocks; M=64 splits K in 3 (258 blocks in 264 slots)
+        let c = choose_tc_config(64, 11008, 4096, 132);
+        let want = TcConfig { variant: TcVariant::M64N128, m_blocks: 1, n_blocks: 86, splits: 3, chunks_per_split: 11 };
+        assert_eq!(c, want);
+        // M=192: 258 blocks, no split
+        let c = choose_tc_config(192, 11008, 4096, 132);
+        assert_eq!(c, TcConfig { m_blocks: 3, splits: 1, chunks_per_split: 32, ..want });
+        // M=17: 32-row blocks, 396 slots / 86 blocks = 4 splits of 8 chunks
+        let c = choose_tc_config(17, 11008, 4096, 132);
+        assert_eq!((c.variant, c.m_blocks, c.splits, c.chunks_per_split), (TcVariant::M32N128, 1, 4, 8));
+        // K=11008 -> N=4096 (86 chunks): 32 column blocks x 2 row blocks, 4 splits
+        let c = choose_tc_config(128, 4096, 11008, 132);
+        assert_eq!((c.m_blocks, c.n_blocks, c.splits, c.chunks_per_split), (2, 32, 4, 22));
+    }
+
+    #[test]
+    fn tc_every_split_has_work_and_the_grid_covers_the_output() {
+        for (n, k) in [(1, 32), (9, 96), (100, 4096), (11008, 4096), (4096, 11008), (8, 11040), (1001, 4160)] {
+            for sm in [1, 108, 132] {
+                for m in [17, 32, 33, 64, 100, 192, 1023] {
+                    let c = choose_tc_config(m, n, k, sm);
+                    let chunks = k.div_ceil(CHUNK_K);
+                    assert!(c.splits >= 1 && c.splits * c.chunks_per_split >= chunks, "{c:?}");
+                    assert!((c.splits - 1) * c.chunks_per_split < chunks, "empty split: {c:?}");
+                    assert!(c.splits == 1 || c.chunks_per_split >= TC_MIN_CHUNKS_PER_SPLIT, "{c:?}");
+                    let (bm, bn) = (c.variant.block_m(), c.variant.block_n());
+                    assert!(c.m_blocks * bm >= m && (c.m_blocks - 1) * bm < m, "{c:?}");
+                    assert!(c.n_blocks * bn >= n && (c.n_blocks - 1) * bn < n.div_ceil(TILE_N) * TILE_N, "{c:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tc_shared_memory() {
+        // 4 stages x (x tile + 16 weight tiles of 512 B + scales and zeros [4][128] f16)
+        assert_eq!(TcVariant::M32N128.smem_bytes(), 4 * (32 * 256 + 16 * 512 + 2 * 4 * 128 * 2));
+        assert_eq!(TcVariant::M64N128.smem_bytes(), 106_496);
+        for v in [TcVariant::M32N128, TcVariant::M64N128] {
+            // an H100 SM: 228 KB of shared memory, 1 KB reserved per block
+            assert!(v.blocks_per_sm() * (v.smem_bytes() + 1024) <= 228 * 1024, "{v:?}");
+        }
     }
 }

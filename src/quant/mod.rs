@@ -36,11 +36,38 @@ pub use report::{LayerReport, QuantReport};
 
 use crate::cpu::dispatch_float;
 
-/// Activation rows up to which CUDA runs the fused tensor-core kernel; larger M dequantizes the
-/// weight to the activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul. (The
-/// kernel can run several 16-row blocks, but at M=64 that measured 126 µs against 80 µs for
-/// dequantize + cuBLAS, K=4096 N=11008 on an H200.)
+/// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
+/// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), else
+/// dequantizes the weight to the activation dtype in a scratch buffer and calls candle's (cuBLAS)
+/// matmul.
 pub const CUDA_FUSED_MAX_M: usize = 16;
+
+/// Activation rows up to which f16 / bf16 activations take the tensor-core GEMM with in-loop
+/// dequantization (kernels/int4_gemm_tc.cu) rather than dequantize + cuBLAS. Harness (H100, kernel
+/// time, same run): K=4096 -> N=11008 M=192 56 against 86 µs for dequantize + cuBLAS, M=256 92
+/// against 88; K=11008 -> N=4096 M=256 77 against 102; K=N=2048 M=256 14.5 against 13.7.
+pub const CUDA_TC_MAX_M: usize = 192;
+
+/// Which CUDA kernel(s) an `int4_matmul` of `m` rows in `dtype` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CudaPath {
+    /// `int4_gemm_*` (kernels/int4_gemm.cu), M <= [`CUDA_FUSED_MAX_M`].
+    SmallM,
+    /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
+    TensorCore,
+    /// `int4_dequant_*` into a scratch weight, then candle's matmul.
+    DequantizeMatmul,
+}
+
+pub(crate) fn cuda_path(m: usize, dtype: DType) -> CudaPath {
+    if m <= CUDA_FUSED_MAX_M {
+        CudaPath::SmallM
+    } else if m <= CUDA_TC_MAX_M && matches!(dtype, DType::F16 | DType::BF16) {
+        CudaPath::TensorCore
+    } else {
+        CudaPath::DequantizeMatmul
+    }
+}
 
 /// `x · Wᵀ` for `x` of shape `[.., K]` and an INT4 weight `[N, K]`; the output is `[.., N]` in
 /// `x`'s dtype (f32, f16 or bf16), accumulated in f32. `x` must be on the weight's device.
@@ -49,7 +76,9 @@ pub const CUDA_FUSED_MAX_M: usize = 16;
 /// output. On CUDA (M ≤ [`CUDA_FUSED_MAX_M`]) the tensor cores multiply the exact integers
 /// `q − z` (f16 / bf16) with f32 accumulation and each group's sum is scaled once; f32
 /// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
-/// by the weight dequantized to the activation dtype (one rounding per weight).
+/// by the weight dequantized to the activation dtype (one rounding per weight; bf16: the scale
+/// is rounded to bf16 first in the tensor-core GEMM, M ≤ [`CUDA_TC_MAX_M`]), with f32
+/// accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     if !crate::cpu::is_supported_float(x.dtype()) {
         return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "int4_matmul"));
@@ -72,7 +101,7 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     if x2.device().is_cuda() && x2.layout().start_offset() % 8 != 0 {
         x2 = x2.force_contiguous()?; // a fresh buffer: the kernel's vector loads want an aligned start
     }
-    let y = if x.device().is_cuda() && m > CUDA_FUSED_MAX_M {
+    let y = if x.device().is_cuda() && cuda_path(m, x.dtype()) == CudaPath::DequantizeMatmul {
         x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?
     } else {
         x2.apply_op1_no_bwd(&Int4MatMul { w: w.clone() })?
@@ -206,5 +235,23 @@ impl Module for Int4Linear {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_path_by_rows_and_dtype() {
+        assert_eq!(cuda_path(1, DType::F32), CudaPath::SmallM);
+        assert_eq!(cuda_path(16, DType::BF16), CudaPath::SmallM);
+        for dtype in [DType::F16, DType::BF16] {
+            assert_eq!(cuda_path(17, dtype), CudaPath::TensorCore);
+            assert_eq!(cuda_path(CUDA_TC_MAX_M, dtype), CudaPath::TensorCore);
+            assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, dtype), CudaPath::DequantizeMatmul);
+        }
+        // f32 activations: the tensor-core GEMM takes 2-byte operands only
+        assert_eq!(cuda_path(17, DType::F32), CudaPath::DequantizeMatmul);
     }
 }
