@@ -152,7 +152,7 @@ __device__ void ffn_coop(const CoopParams& p) {
   // Phase 2: y partials of unit (group rg, split s); the hidden tile as the mma's B operand, read
   // through L2 (written by other blocks in this launch: no non-coherent loads).
   for (; unit < units; unit += gridDim.x) {  // block-uniform
-    const int rg = unit / p.splits, s = unit % p.splits;
+    const int rg = unit / p.splits;
     locate(unit);
     float acc[NT][4] = {};
     for (int kb = kw0; kb < kw1; kb += COOP_PRE * CHUNK_K) {  // warp-uniform

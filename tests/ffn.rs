@@ -485,10 +485,7 @@ fn cooperative_ffn_matches_reference() -> Result<()> {
     for (d, h) in [(512, 2048), (768, 3072), (1024, 4096)] {
         check_forced(coop, d, h, &[1, 4], &[Activation::Gelu, Activation::Relu])?;
     }
-    // 273 output row groups (> 2 blocks x 132 SMs): one split, blocks loop over groups; then 273
-    // hidden row groups: blocks loop in phase 1
-    check_forced(coop, 4360, 264, &[1, 3], &[Activation::Silu])?;
-    check_forced(coop, 64, 4360, &[2], &[Activation::GeluTanh])?;
+    cooperative_ffn_grid_loops()?;
     // out of range: gated, too many tokens
     let dev = common::cuda_device();
     let z = |dims: &[usize]| Tensor::zeros(dims, DType::F16, &dev);
@@ -500,6 +497,19 @@ fn cooperative_ffn_matches_reference() -> Result<()> {
     let msg = err_text(gated.forward_with(&z(&[1, 8])?, Some(coop)));
     assert!(msg.contains("cooperative") && msg.contains("gated=true"), "{msg}");
     Ok(())
+}
+
+/// The cooperative FFN where the row groups outnumber the grid: 273 output row groups (> 2 blocks x
+/// 132 SMs): one K split, blocks loop over groups; 273 hidden row groups: blocks loop in phase 1;
+/// plus an awkward small shape and the seed's. Small: the GPU runs use it under compute-sanitizer.
+#[cfg(feature = "cuda")]
+#[test]
+fn cooperative_ffn_grid_loops() -> Result<()> {
+    let coop = FfnKernel::Cooperative;
+    check_forced(coop, 4360, 264, &[1, 3], &[Activation::Silu])?;
+    check_forced(coop, 64, 4360, &[2], &[Activation::GeluTanh])?;
+    check_forced(coop, 72, 136, &[1, 9], &[Activation::Gelu])?;
+    check_forced(coop, 512, 2048, &[1], &[Activation::Gelu])
 }
 
 /// The one-launch kernel on awkward aligned shapes: hidden sizes not a multiple of its 64-unit

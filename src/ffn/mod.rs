@@ -15,11 +15,13 @@
 //!   projections run one GEMM over `[gate | up]` (bias in the epilogue) and one gate pass.
 //! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
 //!
-//! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]):
-//! `kernels/ffn_fused.cu` computes each block's 64 hidden units on chip, multiplies them into the
-//! output, and the last block to finish each 16-row output tile sums the blocks' partials in a
-//! fixed order (deterministic). A call is then one allocation and one launch instead of two of
-//! each; it is picked where it measured faster (small weights, M <= [`GPU_ONE_LAUNCH_AUTO_MAX_M`]).
+//! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]). The cooperative
+//! FFN (`kernels/ffn_coop.cu`, [`FfnKernel::Cooperative`], picked for plain FFNs with M <=
+//! [`GPU_COOP_AUTO_MAX_M`] and D·H <= [`GPU_COOP_MAX_WEIGHTS`]) runs a co-resident grid over every
+//! SM: all blocks compute hidden rows, a grid-wide barrier, then all blocks a share of the output
+//! (split over H, partials summed in a fixed order by the last block of each output tile:
+//! deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
+//! forced only) gives each block 64 hidden units, which leaves most SMs idle on small layers.
 //! Elsewhere, where both projections take the small-M kernel, they run as two launches from one
 //! op ([`FfnKernel::TwoLaunches`]): the hidden activations go to a cached per-device scratch, which
 //! saves a candle op (allocation, events, dispatch: several µs of host time) per call.
@@ -162,8 +164,10 @@ fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bo
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
 /// loads are aligned (D and H multiples of 8, tensor offsets too) and whether the cuBLASLt path is
-/// on ([`choose_path`]). Gated FFNs never take the
-/// one-launch form (it lost on the only gated shape measured, 4096x11008). Where both projections
+/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_AUTO_MAX_M`] and D·H <=
+/// [`GPU_COOP_MAX_WEIGHTS`] take the cooperative FFN (which also makes the one-launch rule below
+/// unreachable: both need aligned `[out, in]` weights). Gated FFNs never take the one-launch forms
+/// (the one-launch kernel lost on the only gated shape measured, 4096x11008). Where both projections
 /// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
 /// same kernels as [`FfnKernel::TwoProjections`], one op fewer).
 #[allow(clippy::too_many_arguments)]
