@@ -628,6 +628,7 @@ fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaF
     if let Some(&n) = cache.get(&(dev.id(), key)) {
         return Ok(n);
     }
+    dev.cuda_stream().context().bind_to_thread().w()?; // the query needs the device's context current
     let n = func.occupancy_max_active_blocks_per_multiprocessor((COOP_WARPS * 32) as u32, 0, None).w()? as usize;
     cache.insert((dev.id(), key), n);
     Ok(n)
