@@ -119,12 +119,15 @@ pub enum FfnKernel {
 /// Largest token count the CUDA cooperative FFN takes (2 token tiles of 8), when forced.
 pub const GPU_COOP_MAX_M: usize = 16;
 
-/// Largest token count for which [`choose_kernel`] picks the cooperative FFN.
+/// Largest token count for which [`choose_kernel`] picks the cooperative FFN. Measured on H100
+/// (f16, benchmarks/ffn.md round 2, one run, µs per call): 512x2048 9.2 / 9.3 at M = 1 / 4 vs 11.4 /
+/// 11.0 for the two-launch FFN; 768x3072 10.4 / 10.6 vs 14.3 / 14.5.
 pub const GPU_COOP_AUTO_MAX_M: usize = 4;
 
 /// Largest first-projection weight (D·H elements) for which [`choose_kernel`] picks the
-/// cooperative FFN: small FFNs, whose weights stay in L2 between calls and whose time is latency
-/// (launch, two dependent projections), not the weight stream.
+/// cooperative FFN: the measured small shapes above (up to 2.4M weights) and 1024x4096, which the
+/// tests cover. It was also faster on 4096x11008 (H100: 67.8 / 68.2 / 72.6 vs 70.3 / 70.9 / 73.6 µs
+/// at M = 1 / 4 / 16), not yet picked there: that shape's multi-batch phase 2 is untested on a GPU.
 pub const GPU_COOP_MAX_WEIGHTS: usize = 4 << 20;
 
 /// Whether the cooperative FFN can run: CUDA, f16/bf16, plain (not gated), both weights stored
