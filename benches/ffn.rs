@@ -3,9 +3,10 @@
 //! - `fused`: [`FusedMlp`] (weights `[out, in]`, the layout the kernels stream),
 //! - `fused_seed_layout`: [`fused_ffn`] with `[in, out]` weights (CPU kernel / cuBLAS path),
 //! - `stock`: `reference::ffn` (what candle users write today);
-//! - CUDA, M <= 16: `one_launch` / `two_projections` / `two_launches`: `FusedMlp` / `GatedMlp` with
-//!   the kernel forced (`fused` is whichever `choose_kernel` picks); `cublaslt`: two projections
-//!   with the small-M projection kernel switched off (cuBLASLt GEMMs);
+//! - CUDA, M <= 16: `one_launch` / `two_projections` / `two_launches` / `cooperative` (plain FFNs
+//!   only): `FusedMlp` / `GatedMlp` with the kernel forced (`fused` is whichever `choose_kernel`
+//!   picks); `cublaslt`: two projections with the small-M projection kernel switched off (cuBLASLt
+//!   GEMMs);
 //! - CUDA, M > 16: `cublas_bias_act`: the cuBLASLt path switched off (candle's matmul + `bias_act`);
 //!
 //! and `.../gated/...` for SwiGLU (`GatedMlp` vs `reference::gated_ffn`).
@@ -16,7 +17,9 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tiny_gemm::{fused_ffn, reference, Activation, FfnKernel, FusedMlp, GatedMlp, GPU_ONE_LAUNCH_MAX_M};
+use tiny_gemm::{
+    fused_ffn, reference, Activation, FfnKernel, FusedMlp, GatedMlp, GPU_COOP_MAX_M, GPU_ONE_LAUNCH_MAX_M,
+};
 
 fn weight(rows: usize, cols: usize, dtype: DType, dev: &Device) -> Tensor {
     (Tensor::randn(0f32, 1.0, (rows, cols), dev).unwrap() / (rows as f64).sqrt()).unwrap().to_dtype(dtype).unwrap()
@@ -29,6 +32,7 @@ fn gpu_path_variants(
     g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
     dev: &Device,
     m: usize,
+    gated: bool,
     forward: impl Fn(Option<FfnKernel>) -> candle_core::Result<Tensor>,
 ) {
     if !dev.is_cuda() {
@@ -51,6 +55,9 @@ fn gpu_path_variants(
             g.bench_function(name, |bch| timed(bch, Some(kernel), |_| {}));
         }
         g.bench_function("cublaslt", |bch| timed(bch, Some(FfnKernel::TwoProjections), tiny_gemm::set_small_m_kernel));
+        if !gated && m <= GPU_COOP_MAX_M {
+            g.bench_function("cooperative", |bch| timed(bch, Some(FfnKernel::Cooperative), |_| {}));
+        }
     } else {
         g.bench_function("cublas_bias_act", |bch| timed(bch, None, tiny_gemm::set_cublaslt_epilogues));
     }
@@ -78,7 +85,7 @@ fn bench_plain(
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}{act_name}"));
         g.throughput(Throughput::Bytes((2 * d * h * dtype.size_in_bytes()) as u64)); // the weights, once
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
-        gpu_path_variants(&mut g, dev, m, |kernel| mlp.forward_with(&x, kernel));
+        gpu_path_variants(&mut g, dev, m, false, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("fused_seed_layout", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
@@ -102,7 +109,7 @@ fn bench_gated(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d:
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/gated/{dtype:?}/{d}x{h}/m{m}"));
         g.throughput(Throughput::Bytes((3 * d * h * dtype.size_in_bytes()) as u64));
         g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
-        gpu_path_variants(&mut g, dev, m, |kernel| mlp.forward_with(&x, kernel));
+        gpu_path_variants(&mut g, dev, m, true, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("stock", |bch| {
             bch.iter_custom(|iters| {
                 common::time_iters(dev, iters, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))
@@ -119,7 +126,7 @@ fn bench(c: &mut Criterion) {
             let ms = [1, 4, 16, 32, 64, 512];
             let gelu = Activation::Gelu;
             bench_plain(c, dev_name, &dev, dtype, 512, 2048, &ms, gelu);
-            bench_plain(c, dev_name, &dev, dtype, 768, 3072, &[1, 16], gelu);
+            bench_plain(c, dev_name, &dev, dtype, 768, 3072, &[1, 4, 16], gelu);
             bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &ms, gelu);
             // both biases in cuBLASLt epilogues (GELU tanh and ReLU have one; erf GELU has not)
             bench_plain(c, dev_name, &dev, dtype, 4096, 11008, &[512], Activation::GeluTanh);

@@ -6,10 +6,13 @@
 // are back-to-back launches between CUDA events (weights of 90 MB: from HBM). Build and run on a
 // GPU host from the repo root:
 //   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o ffn_timing scripts/ffn_kernel_timing.cu && ./ffn_timing
-// `./ffn_timing ncu` launches each timed kernel once (for `ncu --metrics gpu__time_duration.sum`).
+// `./ffn_timing ncu` launches each timed kernel once (for `ncu --metrics gpu__time_duration.sum`);
+// `./ffn_timing small` checks everything but times only the small shapes (cooperative FFN vs the
+// one-launch kernel and the two projections).
 #define FFN_NO_ENTRIES
 #include "ffn.cu"
 #include "ffn_fused.cu"
+#include "ffn_coop.cu"
 #include "bias_act.cu"
 #include <cstdio>
 #include <cstdlib>
@@ -28,6 +31,10 @@ __global__ void __launch_bounds__(256) kproj(const Params p) {
 template <int NT>
 __global__ void __launch_bounds__(ffn::FusedTraits<false, NT>::THREADS) kfused(const ffn::FusedParams p) {
   ffn::ffn_fused<__half, tg::Act::Gelu, false, NT>(p);
+}
+template <int NT>
+__global__ void __launch_bounds__(ffn::COOP_THREADS, ffn::COOP_MIN_BLOCKS) kcoop(const ffn::CoopParams p) {
+  ffn::ffn_coop<__half, tg::Act::Gelu, NT>(p);
 }
 __global__ void kact(__half* h, int64_t n) { ffn::act_inplace<__half, tg::Act::Gelu>(h, n); }
 __global__ void kgate(const __half* h, __half* y, int64_t m, int64_t n) { ffn::gate_act<__half, tg::Act::Silu, true>(h, y, m, n); }
@@ -151,6 +158,74 @@ static bool check_variants() {
   return ok;
 }
 
+
+// The cooperative FFN: config as choose_coop_config in src/ffn/cuda.rs picks it for `blocks`.
+struct Coop {
+  float* partial;
+  unsigned* tickets;
+  __half* hidden;
+};
+static ffn::CoopParams coop_params(const Coop& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
+                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks) {
+  const int groups = (o + 15) / 16;
+  const int max_splits = std::max(((h + 31) / 32) / 8, 1);
+  const int want = std::min(std::max(blocks / groups, 1), max_splits);
+  const int kps = std::max(((h + want - 1) / want + 31) / 32, 1) * 32;
+  const int splits = std::max((h + kps - 1) / kps, 1);
+  return ffn::CoopParams{x, w1, b1, w2, b2, y, sc.hidden, sc.partial, sc.tickets, m, d, h, o, splits, kps};
+}
+static void launch_coop(const ffn::CoopParams& p, int blocks) {
+  void* args[] = {(void*)&p};
+  if (p.m <= 8) CK(cudaLaunchCooperativeKernel((const void*)kcoop<1>, blocks, ffn::COOP_THREADS, args, 0, 0));
+  else CK(cudaLaunchCooperativeKernel((const void*)kcoop<2>, blocks, ffn::COOP_THREADS, args, 0, 0));
+}
+static bool check_coop(const Coop& sc, int blocks) {
+  std::mt19937 rng(std::random_device{}());
+  bool ok = true;
+  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {9, 72, 136}, {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}};
+  for (auto& s : shapes) {
+    const int m = s[0], d = s[1], h = s[2], o = d;
+    std::vector<__half> hx, hw1, hb1, hw2, hb2;
+    __half *x, *w1, *b1, *w2, *b2, *y;
+    CK(cudaMalloc(&x, (size_t)m * d * 2)); CK(cudaMalloc(&w1, (size_t)h * d * 2)); CK(cudaMalloc(&b1, h * 2));
+    CK(cudaMalloc(&w2, (size_t)o * h * 2)); CK(cudaMalloc(&b2, o * 2)); CK(cudaMalloc(&y, (size_t)m * o * 2));
+    fill(x, (size_t)m * d, 1.f, rng, &hx); fill(w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(b1, h, 1.f, rng, &hb1);
+    fill(w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(b2, o, 1.f, rng, &hb2);
+    std::vector<double> hid((size_t)m * h), ref((size_t)m * o);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < h; ++j) {
+        double a = __half2float(hb1[j]);
+        for (int q = 0; q < d; ++q) a += (double)__half2float(hx[(size_t)i * d + q]) * __half2float(hw1[(size_t)j * d + q]);
+        hid[(size_t)i * h + j] = gelu(a);
+      }
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < o; ++j) {
+        double a = __half2float(hb2[j]);
+        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * __half2float(hw2[(size_t)j * h + q]);
+        ref[(size_t)i * o + j] = a;
+      }
+    std::vector<__half> first;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaMemset(y, 0xff, (size_t)m * o * 2));
+      launch_coop(coop_params(sc, x, w1, b1, w2, b2, y, m, d, h, o, blocks), blocks);
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> hy((size_t)m * o);
+      CK(cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost));
+      double worst = 0;
+      for (size_t i = 0; i < hy.size(); ++i) {
+        double e = fabs(__half2float(hy[i]) - ref[i]) / (8e-3 + 8e-3 * fabs(ref[i]));
+        if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
+      }
+      if (worst > 1.0) { printf("CHECK FAIL coop G=%d m=%d d=%d h=%d worst/tol=%.3f\n", blocks, m, d, h, worst); ok = false; }
+      if (rep == 0) first = hy;
+      else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL coop G=%d m=%d d=%d h=%d not repeatable\n", blocks, m, d, h); ok = false; }
+    }
+    cudaFree(x); cudaFree(w1); cudaFree(b1); cudaFree(w2); cudaFree(b2); cudaFree(y);
+  }
+  printf("coop checks (G=%d): %s\n", blocks, ok ? "ok" : "FAILED");
+  return ok;
+}
+
 static bool NCU = false;
 template <typename F> static double time_us(F f, int iters) {
   for (int i = 0; i < (NCU ? 1 : 3); ++i) f();
@@ -169,6 +244,7 @@ template <typename F> static double time_us(F f, int iters) {
 
 int main(int argc, char** argv) {
   NCU = argc > 1 && !strcmp(argv[1], "ncu");
+  const bool SMALL = argc > 1 && !strcmp(argv[1], "small");
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   g_sms = prop.multiProcessorCount;
@@ -182,6 +258,14 @@ int main(int argc, char** argv) {
     printf("var %-9s regs %3d  blocks/SM: %d (8 warps) %d (4 warps)\n", v.name, at.numRegs, occ8, occ4);
   }
   if (!NCU && !check_variants()) return 1;
+  int occ_coop1 = 0, occ_coop2 = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_coop1, kcoop<1>, ffn::COOP_THREADS, 0));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_coop2, kcoop<2>, ffn::COOP_THREADS, 0));
+  printf("coop blocks/SM: %d (nt1) %d (nt2)\n", occ_coop1, occ_coop2);
+  Coop sc;
+  CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
+  CK(cudaMalloc(&sc.hidden, 1 << 20));
+  if (!NCU && (!check_coop(sc, g_sms) || !check_coop(sc, 2 * g_sms))) return 1;
 
   std::mt19937 rng(1);
   const int D = 4096, H = 11008, MMAX = 16;
@@ -193,6 +277,7 @@ int main(int argc, char** argv) {
   uint4* sink;
   CK(cudaMalloc(&sink, 64));
   const int IT = 40;
+  if (!SMALL) {
   double rd = time_us([&] { kread<<<g_sms * 8, 512>>>((const uint4*)w1, (int64_t)H * D / 8, sink); }, IT);
   printf("read 90.2 MB: %.1f us = %.2f TB/s\n", rd, (double)H * D * 2 / rd / 1e6);
   const double bytes = 2.0 * H * D * 2;
@@ -207,6 +292,7 @@ int main(int argc, char** argv) {
              t2, c2.warps, tp, bytes / tp / 1e6);
     }
   }
+  }
   // small shapes, M = 1 (weights L2-resident, as in a back-to-back bench loop)
   unsigned* tickets;
   float* partial;
@@ -217,6 +303,12 @@ int main(int argc, char** argv) {
       int blocks = (hd + 63) / 64;
       double tf = time_us([&] { kfused<1><<<blocks, 512>>>(fp); }, 200);
       printf("%dx%d m=%d one_launch %.2f us\n", d, hd, m, tf);
+      for (int bps : {1, 2}) {
+        const int blocks = bps * g_sms;
+        ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, d, hd, d, blocks);
+        double tc = time_us([&] { launch_coop(cp, blocks); }, 200);
+        printf("%dx%d m=%d cooperative G=%d (splits %d x %d) %.2f us\n", d, hd, m, blocks, cp.splits, cp.k_per_split, tc);
+      }
       for (auto& v : VARS) {
         if (v.nt != 1) continue;
         Cfg c1 = choose(m, hd, d, 1, v.warps), c2 = choose(m, d, hd, 1, v.warps);
@@ -226,7 +318,7 @@ int main(int argc, char** argv) {
     }
   }
   // large-M activation pass, 512 x 11008
-  {
+  if (!SMALL) {
     const int64_t M = 512, N = 11008;
     __half *a, *o, *bb;
     CK(cudaMalloc(&a, M * 2 * N * 2)); CK(cudaMalloc(&o, M * 2 * N * 2)); CK(cudaMalloc(&bb, 2 * N * 2));

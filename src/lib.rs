@@ -20,7 +20,8 @@ pub use attention::{fused_attention, fused_attention_with, AttentionConfig, Drop
 pub use bias_act::bias_act;
 pub use ffn::{
     choose_kernel, choose_path, cublaslt_fusable, fused_ffn, set_cublaslt_epilogues, set_small_m_kernel, FfnKernel,
-    FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_ONE_LAUNCH_AUTO_MAX_M, GPU_ONE_LAUNCH_MAX_M,
-    GPU_ONE_LAUNCH_MAX_WEIGHTS, GPU_SMALL_M_MAX, GPU_WIDE_TILE_MAX_WEIGHTS,
+    FfnPath, FusedMlp, GatedMlp, CPU_FUSED_MAX_M, GPU_COOP_AUTO_MAX_M, GPU_COOP_MAX_M, GPU_COOP_MAX_WEIGHTS,
+    GPU_ONE_LAUNCH_AUTO_MAX_M, GPU_ONE_LAUNCH_MAX_M, GPU_ONE_LAUNCH_MAX_WEIGHTS, GPU_SMALL_M_MAX,
+    GPU_WIDE_TILE_MAX_WEIGHTS,
 };
 pub use layer_norm::{add_layer_norm, layer_norm};

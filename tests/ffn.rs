@@ -369,8 +369,15 @@ fn gated_mlp_loads_llama_layout() -> Result<()> {
 /// blocks' partials).
 #[cfg(feature = "cuda")]
 fn check_one_launch(d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Result<()> {
+    check_forced(FfnKernel::OneLaunch, d, h, ms, acts)
+}
+
+/// `kernel` (a whole-FFN CUDA kernel), forced, on `(d, h)` for each M and activation: vs the f64
+/// reference, vs the two-projection path, and bitwise repeatable.
+#[cfg(feature = "cuda")]
+fn check_forced(kernel: FfnKernel, d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Result<()> {
     let dev = common::cuda_device();
-    let one = Some(FfnKernel::OneLaunch);
+    let one = Some(kernel);
     let o64 = |t: &Option<Tensor>| t.as_ref().map(to64).transpose();
     for dtype in [DType::F16, DType::BF16] {
         for &act in acts {
@@ -390,7 +397,7 @@ fn check_one_launch(d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Re
                     o64(&b2)?.as_ref(),
                     act,
                 )?;
-                let what = format!("one launch {d}x{h} {dtype:?} {act} bias={bias} m={m}");
+                let what = format!("{kernel:?} {d}x{h} {dtype:?} {act} bias={bias} m={m}");
                 assert_close(&got, &want, ffn_tolerance(dtype), &format!("{what} vs f64"));
                 let two = mlp.forward_with(&x, Some(FfnKernel::TwoProjections))?;
                 assert_close(&got, &two, stock_tolerance(dtype, &dev, h), &format!("{what} vs two projections"));
@@ -462,6 +469,47 @@ fn two_launch_ffn_matches_two_projections() -> Result<()> {
     let msg = err_text(mlp.forward_with(&z(&[33, 8])?, two_launches));
     assert!(msg.contains("two-launch"), "{msg}");
     Ok(())
+}
+
+/// The cooperative FFN (one launch over the whole GPU, a grid barrier between the projections),
+/// forced: awkward aligned shapes (outputs not a multiple of 16, 1..16 tokens), the shapes it is
+/// picked for, hidden and output row groups beyond the grid (blocks loop; one K split), and
+/// repeated calls over a scratch reused across sizes (tickets reset by each launch).
+#[cfg(feature = "cuda")]
+#[test]
+fn cooperative_ffn_matches_reference() -> Result<()> {
+    let coop = FfnKernel::Cooperative;
+    for (d, h, ms) in [(72, 136, &[1, 2, 3, 8, 9, 16][..]), (200, 1000, &[1, 5, 16][..]), (8, 8, &[1, 16][..])] {
+        check_forced(coop, d, h, ms, &Activation::ALL)?;
+    }
+    for (d, h) in [(512, 2048), (768, 3072), (1024, 4096)] {
+        check_forced(coop, d, h, &[1, 4], &[Activation::Gelu, Activation::Relu])?;
+    }
+    cooperative_ffn_grid_loops()?;
+    // out of range: gated, too many tokens
+    let dev = common::cuda_device();
+    let z = |dims: &[usize]| Tensor::zeros(dims, DType::F16, &dev);
+    let mlp = FusedMlp::new(z(&[16, 8])?, None, z(&[8, 16])?, None, Activation::Gelu)?;
+    let msg = err_text(mlp.forward_with(&z(&[17, 8])?, Some(coop)));
+    assert!(msg.contains("cooperative") && msg.contains("m=17"), "{msg}");
+    let wg = z(&[8, 16])?;
+    let gated = GatedMlp::from_seed(&wg, None, &wg, None, &z(&[16, 8])?, None, Activation::Silu)?;
+    let msg = err_text(gated.forward_with(&z(&[1, 8])?, Some(coop)));
+    assert!(msg.contains("cooperative") && msg.contains("gated=true"), "{msg}");
+    Ok(())
+}
+
+/// The cooperative FFN where the row groups outnumber the grid: 273 output row groups (> 2 blocks x
+/// 132 SMs): one K split, blocks loop over groups; 273 hidden row groups: blocks loop in phase 1;
+/// plus an awkward small shape and the seed's. Small: the GPU runs use it under compute-sanitizer.
+#[cfg(feature = "cuda")]
+#[test]
+fn cooperative_ffn_grid_loops() -> Result<()> {
+    let coop = FfnKernel::Cooperative;
+    check_forced(coop, 4360, 264, &[1, 3], &[Activation::Silu])?;
+    check_forced(coop, 64, 4360, &[2], &[Activation::GeluTanh])?;
+    check_forced(coop, 72, 136, &[1, 9], &[Activation::Gelu])?;
+    check_forced(coop, 512, 2048, &[1], &[Activation::Gelu])
 }
 
 /// The one-launch kernel on awkward aligned shapes: hidden sizes not a multiple of its 64-unit

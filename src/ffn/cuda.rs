@@ -502,6 +502,248 @@ fn ffn_two_fwd_t<T: CudaDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
 
+/// Warps per block of the cooperative FFN; mirrors `ffn::COOP_WARPS`.
+const COOP_WARPS: usize = 8;
+/// Blocks per SM the cooperative FFN's grid aims for (its `__launch_bounds__` minimum, 128
+/// registers), capped by the occupancy the driver reports.
+const COOP_BLOCKS_PER_SM: usize = 2;
+/// Token tiles compiled for the cooperative FFN (`_nt1`, `_nt2`): up to 8 or 16 tokens.
+const COOP_TOKEN_TILES: [usize; 2] = [1, 2];
+/// Largest M the cooperative FFN takes.
+pub(crate) const COOP_MAX_M: usize = COOP_TOKEN_TILES[COOP_TOKEN_TILES.len() - 1] * TOKENS;
+
+/// Cooperative FFN arguments; mirrors `ffn::CoopParams` in kernels/ffn_coop.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct CoopParams {
+    x: u64,       // [M, D]
+    w1: u64,      // [H, D]
+    b1: u64,      // [H] or 0
+    w2: u64,      // [O, H]
+    b2: u64,      // [O] or 0
+    y: u64,       // [M, O]
+    hidden: u64,  // [M, H] of T
+    partial: u64, // [groups * splits][M][16] f32
+    tickets: u64, // [groups] u32
+    m: i32,
+    d: i32,
+    h: i32,
+    o: i32,
+    splits: i32,
+    k_per_split: i32,
+}
+// SAFETY: plain-old-data with the C layout of `ffn::CoopParams`.
+unsafe impl DeviceRepr for CoopParams {}
+
+/// Launch shape and scratch sizes of the cooperative FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CoopConfig {
+    /// Token tiles of 8 (template parameter NT).
+    pub nt: usize,
+    /// Blocks, all co-resident (the grid the caller can launch cooperatively).
+    pub blocks: usize,
+    /// 16-row groups of the output, one ticket each.
+    pub groups: usize,
+    /// Phase 2: K ranges of H per output group (>= 1), so `groups * splits` units fill the grid.
+    pub splits: usize,
+    /// Phase 2: k per split, a multiple of [`CHUNK_K`]; `splits * k_per_split >= h`.
+    pub k_per_split: usize,
+    /// f32 partial sums: `groups * splits * m * 16` (0 when `splits == 1`).
+    pub partial_len: usize,
+}
+
+/// The cooperative launch for `m` tokens, hidden size `h`, output size `o` on a grid of `blocks`
+/// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 splits H so the `groups * splits` units
+/// cover the grid, with at least one 32-wide chunk per warp and split.
+pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) -> CoopConfig {
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let blocks = blocks.max(1);
+    let groups = o.div_ceil(ROWS).max(1);
+    let max_splits = (h.div_ceil(CHUNK_K) / COOP_WARPS).max(1);
+    let want = (blocks / groups).clamp(1, max_splits);
+    let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
+    let splits = h.div_ceil(k_per_split).max(1);
+    let partial_len = if splits > 1 { groups * splits * m * ROWS } else { 0 };
+    CoopConfig { nt, blocks, groups, splits, k_per_split, partial_len }
+}
+
+/// Per-device scratch of the cooperative FFN: hidden activations, partial sums and tickets (zero
+/// between launches: fresh buffers are zeroed and each launch's last arrivals reset theirs), grown
+/// on demand and reused, so a call allocates only its output. A replaced buffer is freed in stream
+/// order after the launches that used it.
+struct CoopScratch {
+    hidden: CudaSlice<u8>,
+    hidden_ptr: u64,
+    partial: CudaSlice<f32>,
+    partial_ptr: u64,
+    tickets: CudaSlice<u32>,
+    tickets_ptr: u64,
+}
+
+impl CoopScratch {
+    /// The device's scratch with room for `hidden_bytes`, `partial_len` floats and `groups` tickets.
+    fn ensure<'a>(
+        slot: &'a mut Option<CoopScratch>,
+        dev: &candle_core::CudaDevice,
+        hidden_bytes: usize,
+        partial_len: usize,
+        groups: usize,
+    ) -> Result<&'a CoopScratch> {
+        let fits = slot.as_ref().is_some_and(|s| {
+            s.hidden.len() >= hidden_bytes && s.partial.len() >= partial_len && s.tickets.len() >= groups
+        });
+        if !fits {
+            let stream = dev.cuda_stream();
+            let old = slot.take();
+            let (old_h, old_p, old_t) = match old {
+                Some(s) => (Some(s.hidden), Some(s.partial), Some(s.tickets)),
+                None => (None, None, None),
+            };
+            let hidden = match old_h {
+                Some(b) if b.len() >= hidden_bytes => b,
+                // SAFETY: phase 1 writes every hidden element phase 2 reads.
+                _ => unsafe { stream.alloc::<u8>(hidden_bytes.max(1).next_power_of_two()) }.w()?,
+            };
+            let partial = match old_p {
+                Some(b) if b.len() >= partial_len => b,
+                // SAFETY: every launch writes the partial sums it reads.
+                _ => unsafe { stream.alloc::<f32>(partial_len.max(1).next_power_of_two()) }.w()?,
+            };
+            let tickets = match old_t {
+                Some(t) if t.len() >= groups => t,
+                _ => stream.alloc_zeros::<u32>(groups.max(1).next_power_of_two()).w()?,
+            };
+            let (hidden_ptr, partial_ptr) = (hidden.device_ptr(&stream).0, partial.device_ptr(&stream).0);
+            let tickets_ptr = tickets.device_ptr(&stream).0;
+            *slot = Some(CoopScratch { hidden, hidden_ptr, partial, partial_ptr, tickets, tickets_ptr });
+        }
+        Ok(slot.as_ref().expect("set above"))
+    }
+}
+
+/// Co-resident blocks of `func` per SM at [`COOP_WARPS`] warps, queried once per device and entry.
+fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaFunction) -> Result<usize> {
+    static OCC: OnceLock<Mutex<HashMap<(DeviceId, EntryKey), usize>>> = OnceLock::new();
+    let mut cache = OCC.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = cache.get(&(dev.id(), key)) {
+        return Ok(n);
+    }
+    dev.cuda_stream().context().bind_to_thread().w()?; // the query needs the device's context current
+    let n = func.occupancy_max_active_blocks_per_multiprocessor((COOP_WARPS * 32) as u32, 0, None).w()? as usize;
+    cache.insert((dev.id(), key), n);
+    Ok(n)
+}
+
+/// `y = act(x·W1 + b1)·W2 + b2` in one cooperative launch over the whole GPU
+/// (`kernels/ffn_coop.cu`): phase 1 the hidden activations (to a cached scratch), a grid barrier,
+/// phase 2 the output. `x [m, d]` contiguous, `w1` a logical `[d, h]` and `w2` a logical `[h, o]`
+/// weight, both stored `[out, in]`; the caller ([`super::choose_kernel`]) checked dtype, layouts,
+/// alignment, `!gated` and `1 <= m <= COOP_MAX_M`.
+pub(super) fn coop_fwd(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    match x.0.dtype() {
+        DType::F16 => coop_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
+        DType::BF16 => coop_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA cooperative FFN)")),
+    }
+}
+
+fn coop_fwd_t<T: CudaDType + DeviceRepr>(
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    let dev = x.0.device();
+    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
+    let h1 = w1.1.dims()[1];
+    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
+    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
+    let aligned = [d, h, x.1.start_offset(), w1.1.start_offset(), w2.1.start_offset()].iter().all(|v| v % 8 == 0);
+    if !out_in(w1.1) || !out_in(w2.1) || !aligned || m == 0 || m > COOP_MAX_M || epi.gated() || h1 != h {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}, gated: {}) is outside the cooperative FFN's range", w1.1.stride(), w2.1.stride(), epi.gated());
+    }
+    if [m, d, h, o].iter().any(|&v| v > i32::MAX as usize) || m * h > i32::MAX as usize {
+        bail!("fused_ffn: [{m}, {d}] x [{d}, {h}] x [{h}, {o}] exceeds the cooperative FFN's i32 indexing");
+    }
+    let xs = contiguous_view::<T>(x.0, x.1)?;
+    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h);
+    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
+    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let mut y = alloc_output::<T>(dev, m * o)?;
+    if o == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
+    }
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let key = ("ffn_coop", x.0.dtype(), epi.act(), false, nt, true);
+    let func = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
+        Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(x.0.dtype(), "fused_ffn")?, epi.act().name()))
+    })?;
+    let per_sm = coop_blocks_per_sm(dev, key, &func)?.min(COOP_BLOCKS_PER_SM);
+    if per_sm == 0 {
+        bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
+    }
+    let cfg = choose_coop_config(m, h, o, per_sm * sm_count(dev)?);
+    debug_assert_eq!(cfg.nt, nt);
+
+    static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
+    // Held through the launch: launches on this device's stream share the scratch in stream order.
+    let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let hidden_bytes = m * h * std::mem::size_of::<T>();
+    let scratch =
+        CoopScratch::ensure(scratch.entry(dev.id()).or_default(), dev, hidden_bytes, cfg.partial_len, cfg.groups)?;
+    let stream = dev.cuda_stream();
+    {
+        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
+        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
+        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
+        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
+        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
+        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+        let params = CoopParams {
+            x: x_ptr,
+            w1: w1_ptr,
+            b1: b1_dev.as_ref().map_or(0, |(p, _)| *p),
+            w2: w2_ptr,
+            b2: b2_dev.as_ref().map_or(0, |(p, _)| *p),
+            y: y_ptr,
+            hidden: scratch.hidden_ptr,
+            partial: scratch.partial_ptr,
+            tickets: scratch.tickets_ptr,
+            m: m as i32,
+            d: d as i32,
+            h: h as i32,
+            o: o as i32,
+            splits: cfg.splits as i32,
+            k_per_split: cfg.k_per_split as i32,
+        };
+        let launch = LaunchConfig {
+            grid_dim: (cfg.blocks as u32, 1, 1),
+            block_dim: ((COOP_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&params);
+        // SAFETY: `CoopParams` mirrors `ffn::CoopParams`; x, w1, b1, w2, b2 and y hold the [m, d],
+        // [h, d], [h], [o, h], [o] and [m, o] elements the kernel reads and writes; the scratch holds
+        // m·h hidden elements, `partial_len` floats and >= `groups` zeroed tickets and stays cached
+        // (the lock is held) until the launch is queued; the grid is at most the co-resident block
+        // count (occupancy x SMs; the driver refuses a cooperative launch beyond it); the guards
+        // outlive the launch.
+        unsafe { builder.launch_cooperative(launch) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
 /// Threads per block of the activation pass (`ffn_act_*`, `ffn_gate_*`).
 const PASS_THREADS: usize = 256;
 
@@ -629,6 +871,31 @@ mod tests {
             assert_eq!(c.partial_len, c.groups * c.blocks * m * ROWS);
         }
         assert_eq!(FUSED_MAX_M, 16);
+    }
+
+    #[test]
+    fn coop_config_fills_the_grid() {
+        let grid = 2 * H100_SMS;
+        for (m, h, o) in [(1, 2048, 512), (4, 3072, 768), (16, 4096, 1024), (9, 136, 72), (1, 8, 8), (2, 2048, 8192)] {
+            let c = choose_coop_config(m, h, o, grid);
+            assert!(c.nt * TOKENS >= m && c.nt <= 2, "{c:?}");
+            assert_eq!(c.blocks, grid);
+            assert!(c.groups * ROWS >= o && (c.groups - 1) * ROWS < o, "{c:?}");
+            assert_eq!(c.k_per_split % CHUNK_K, 0);
+            assert!(c.splits * c.k_per_split >= h && (c.splits - 1) * c.k_per_split < h, "{c:?} h={h}");
+            // no more units than blocks unless one group per block already is too many
+            assert!(c.splits == 1 || c.groups * c.splits <= grid, "{c:?}");
+            // each warp of a split gets at least one chunk
+            assert!(c.k_per_split >= COOP_WARPS * CHUNK_K || c.splits == 1, "{c:?}");
+            let want_partial = if c.splits > 1 { c.groups * c.splits * m * ROWS } else { 0 };
+            assert_eq!(c.partial_len, want_partial);
+        }
+        // the seed's shape on an H100: 32 output groups x 8 splits of 256 = 256 units of 264 blocks
+        let c = choose_coop_config(1, 2048, 512, grid);
+        assert_eq!((c.groups, c.splits, c.k_per_split), (32, 8, 256));
+        // a wide output: one split per group, blocks loop over groups
+        assert_eq!(choose_coop_config(1, 2048, 8192, grid).splits, 1);
+        assert_eq!(COOP_MAX_M, 16);
     }
 
     #[test]

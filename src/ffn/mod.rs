@@ -15,11 +15,13 @@
 //!   projections run one GEMM over `[gate | up]` (bias in the epilogue) and one gate pass.
 //! - otherwise: candle's matmul (cuBLAS / gemm) followed by our [`bias_act`](crate::bias_act) epilogue.
 //!
-//! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]):
-//! `kernels/ffn_fused.cu` computes each block's 64 hidden units on chip, multiplies them into the
-//! output, and the last block to finish each 16-row output tile sums the blocks' partials in a
-//! fixed order (deterministic). A call is then one allocation and one launch instead of two of
-//! each; it is picked where it measured faster (small weights, M <= [`GPU_ONE_LAUNCH_AUTO_MAX_M`]).
+//! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]). The cooperative
+//! FFN (`kernels/ffn_coop.cu`, [`FfnKernel::Cooperative`], picked for plain FFNs with M <=
+//! [`GPU_COOP_AUTO_MAX_M`] and D·H <= [`GPU_COOP_MAX_WEIGHTS`]) runs a co-resident grid over every
+//! SM: all blocks compute hidden rows, a grid-wide barrier, then all blocks a share of the output
+//! (split over H, partials summed in a fixed order by the last block of each output tile:
+//! deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
+//! forced only) gives each block 64 hidden units, which leaves most SMs idle on small layers.
 //! Elsewhere, where both projections take the small-M kernel, they run as two launches from one
 //! op ([`FfnKernel::TwoLaunches`]): the hidden activations go to a cached per-device scratch, which
 //! saves a candle op (allocation, events, dispatch: several µs of host time) per call.
@@ -109,6 +111,30 @@ pub enum FfnKernel {
     /// activations in a cached per-device scratch: the GPU work of two projections for the host cost
     /// of about one op.
     TwoLaunches,
+    /// One cooperative CUDA launch over the whole GPU (`kernels/ffn_coop.cu`, plain FFNs): every
+    /// block computes hidden rows, a grid-wide barrier, then every block a share of the output.
+    Cooperative,
+}
+
+/// Largest token count the CUDA cooperative FFN takes (2 token tiles of 8), when forced.
+pub const GPU_COOP_MAX_M: usize = 16;
+
+/// Largest token count for which [`choose_kernel`] picks the cooperative FFN. Measured on H100
+/// (f16, benchmarks/ffn.md round 2, one run, µs per call): 512x2048 9.2 / 9.3 at M = 1 / 4 vs 11.4 /
+/// 11.0 for the two-launch FFN; 768x3072 10.4 / 10.6 vs 14.3 / 14.5.
+pub const GPU_COOP_AUTO_MAX_M: usize = 4;
+
+/// Largest first-projection weight (D·H elements) for which [`choose_kernel`] picks the
+/// cooperative FFN: the measured small shapes above (up to 2.4M weights) and 1024x4096, which the
+/// tests cover. It was also faster on 4096x11008 (H100: 67.8 / 68.2 / 72.6 vs 70.3 / 70.9 / 73.6 µs
+/// at M = 1 / 4 / 16), not yet picked there: that shape's multi-batch phase 2 is untested on a GPU.
+pub const GPU_COOP_MAX_WEIGHTS: usize = 4 << 20;
+
+/// Whether the cooperative FFN can run: CUDA, f16/bf16, plain (not gated), both weights stored
+/// `[out, in]`, 16-byte aligned loads, 1..=[`GPU_COOP_MAX_M`] tokens.
+fn coop_feasible(cuda: bool, dtype: DType, m: usize, gated: bool, out_in: bool, aligned: bool) -> bool {
+    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
+    cuda && tensor_core_dtype && !gated && out_in && aligned && (1..=GPU_COOP_MAX_M).contains(&m)
 }
 
 /// Largest token count the CUDA one-launch FFN takes (2 token tiles of 8), when forced.
@@ -141,8 +167,10 @@ fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bo
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
 /// loads are aligned (D and H multiples of 8, tensor offsets too) and whether the cuBLASLt path is
-/// on ([`choose_path`]). Gated FFNs never take the
-/// one-launch form (it lost on the only gated shape measured, 4096x11008). Where both projections
+/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_AUTO_MAX_M`] and D·H <=
+/// [`GPU_COOP_MAX_WEIGHTS`] take the cooperative FFN (which also makes the one-launch rule below
+/// unreachable: both need aligned `[out, in]` weights). Gated FFNs never take the one-launch forms
+/// (the one-launch kernel lost on the only gated shape measured, 4096x11008). Where both projections
 /// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
 /// same kernels as [`FfnKernel::TwoProjections`], one op fewer).
 #[allow(clippy::too_many_arguments)]
@@ -161,7 +189,10 @@ pub fn choose_kernel(
     let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
     let h = if gated { h1 / 2 } else { h1 };
     let small_m = |k, n, gated| choose_path(cuda, dtype, m, k, n, gated, out_in, cublaslt) == FfnPath::CudaSmallM;
-    if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
+    let coop = m <= GPU_COOP_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_COOP_MAX_WEIGHTS;
+    if coop_feasible(cuda, dtype, m, gated, out_in, aligned) && coop {
+        FfnKernel::Cooperative
+    } else if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
         FfnKernel::OneLaunch
     } else if two_launches_feasible(cuda, dtype, m, out_in) && small_m(d, h1, gated) && small_m(h, o, false) {
         FfnKernel::TwoLaunches
@@ -219,6 +250,19 @@ pub(crate) fn ffn(
                 );
             }
             whole(FfnKernel::TwoLaunches)
+        }
+        FfnKernel::Cooperative => {
+            if !coop_feasible(cuda, x.dtype(), m, epi.gated(), both_out_in, aligned) {
+                bail!(
+                    "fused_ffn: the cooperative FFN needs CUDA f16/bf16, a plain (not gated) FFN, [out, in] \
+                     weights, D and H multiples of 8 and 1..={GPU_COOP_MAX_M} tokens; got {:?} {:?} m={m} d={d} h={h} \
+                     gated={}",
+                    x.device().location(),
+                    x.dtype(),
+                    epi.gated()
+                );
+            }
+            whole(FfnKernel::Cooperative)
         }
         FfnKernel::TwoProjections => {
             let hidden = project(&x, w1, b1, epi)?;
@@ -725,7 +769,8 @@ struct FfnOp {
     w2: Tensor,
     b2: Option<Tensor>,
     epi: Epilogue,
-    /// [`FfnKernel::OneLaunch`] or [`FfnKernel::TwoLaunches`] (CUDA; the CPU runs two projections).
+    /// [`FfnKernel::OneLaunch`], [`FfnKernel::TwoLaunches`] or [`FfnKernel::Cooperative`] (CUDA; the
+    /// CPU runs two projections).
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     kernel: FfnKernel,
 }
@@ -770,6 +815,7 @@ impl CustomOp1 for FfnOp {
         let (w1, w2) = ((gpu(&w1)?, w1l), (gpu(&w2)?, w2l));
         let out = match self.kernel {
             FfnKernel::TwoLaunches => cuda::ffn_two_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
+            FfnKernel::Cooperative => cuda::coop_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
             _ => cuda::ffn_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
         };
         Ok((out, Shape::from((l.dims()[0], w2l.dims()[1]))))
@@ -836,14 +882,20 @@ mod tests {
     }
 
     #[test]
-    fn one_launch_for_small_cuda_ffns() {
+    fn cooperative_for_small_cuda_ffns() {
         let (d, h) = (512, 2048);
         let k =
             |m, d, h, gated, out_in, aligned| choose_kernel(true, DType::F16, m, d, h, d, gated, out_in, aligned, true);
-        assert_eq!(k(1, d, h, false, true, true), FfnKernel::OneLaunch);
-        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true, true), FfnKernel::OneLaunch);
-        // past the one-launch rule, the small-M kernels from one op
-        assert_eq!(k(GPU_ONE_LAUNCH_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
+        for m in 1..=GPU_COOP_AUTO_MAX_M {
+            assert_eq!(k(m, d, h, false, true, true), FfnKernel::Cooperative, "m={m}");
+            assert_eq!(k(m, 768, 3072, false, true, true), FfnKernel::Cooperative, "m={m}");
+        }
+        assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true, true), FfnKernel::Cooperative);
+        assert_eq!(k(1, 1024, 4096, false, true, true), FfnKernel::Cooperative);
+        // past the cooperative rule, the small-M kernels from one op
+        assert_eq!(k(GPU_COOP_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
+        assert_eq!(k(1, 1024, 4097, false, true, true), FfnKernel::TwoLaunches);
+        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoLaunches);
         assert_eq!(k(0, d, h, false, true, true), FfnKernel::TwoProjections);
         // CPU, f32, [in, out] weights: the two-projection paths; unaligned rows, gated: two launches
         assert_eq!(choose_kernel(false, DType::F16, 1, d, h, d, false, true, true, true), FfnKernel::TwoProjections);
@@ -851,9 +903,16 @@ mod tests {
         assert_eq!(k(1, d, h, false, false, true), FfnKernel::TwoProjections);
         assert_eq!(k(1, d, h, false, true, false), FfnKernel::TwoLaunches);
         assert_eq!(k(1, d, 2 * h, true, true, true), FfnKernel::TwoLaunches);
-        // larger weights: the launch saved is small next to the weight stream
-        assert_eq!(k(1, 768, 3072, false, true, true), FfnKernel::TwoLaunches);
-        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoLaunches);
+        // what a forced launch accepts
+        assert!(coop_feasible(true, DType::BF16, GPU_COOP_MAX_M, false, true, true));
+        assert!(!coop_feasible(true, DType::F16, GPU_COOP_MAX_M + 1, false, true, true));
+        assert!(!coop_feasible(true, DType::F16, 1, true, true, true));
+        assert!(!coop_feasible(true, DType::F16, 1, false, true, false));
+        assert!(!coop_feasible(false, DType::F16, 1, false, true, true));
+    }
+
+    #[test]
+    fn one_launch_feasibility() {
         // what a forced launch accepts
         assert!(one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M, true, true));
         assert!(!one_launch_feasible(true, DType::F16, GPU_ONE_LAUNCH_MAX_M + 1, true, true));
