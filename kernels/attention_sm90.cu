@@ -4,6 +4,8 @@
 // The instance list is mirrored in src/attention/sm90.rs.
 #include "attention_sm90.cuh"
 
+static_assert(sizeof(tg::attn::Params) == 184, "Params mirrors AttnParams in src/attention/cuda.rs");
+
 using tg::attn::Params;
 using tg::attn90::Sm90Traits;
 
@@ -12,19 +14,10 @@ using tg::attn90::Sm90Traits;
       attn_sm90_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_o##OV(const __grid_constant__ Params p) { \
     tg::attn90::attn_prefill_sm90<T, HD, WGS, BN, ST, OV>(p);                                     \
   }
+// Mirrored by sm90::choose_block (src/attention/sm90.rs).
 #define ATTN_SM90_ALL(T, TNAME)                                          \
-  ATTN_SM90(T, TNAME, 64, 1, 128, 2, 0)                                  \
-  ATTN_SM90(T, TNAME, 64, 2, 128, 2, 0)                                  \
-  ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
-  ATTN_SM90(T, TNAME, 64, 1, 64, 3, 1)                                   \
   ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)                                  \
-  ATTN_SM90(T, TNAME, 64, 2, 128, 3, 1)                                  \
-  ATTN_SM90(T, TNAME, 128, 1, 128, 2, 0)                                 \
-  ATTN_SM90(T, TNAME, 128, 2, 128, 2, 0)                                 \
-  ATTN_SM90(T, TNAME, 128, 2, 64, 3, 0)                                  \
-  ATTN_SM90(T, TNAME, 128, 1, 64, 3, 1)                                  \
-  ATTN_SM90(T, TNAME, 128, 2, 64, 3, 1)                                  \
-  ATTN_SM90(T, TNAME, 128, 1, 128, 3, 1)                                 \
+  ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
   ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)
 
 ATTN_SM90_ALL(__half, f16)
