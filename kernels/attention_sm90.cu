@@ -4,7 +4,7 @@
 // The instance list is mirrored in src/attention/sm90.rs.
 #include "attention_sm90.cuh"
 
-static_assert(sizeof(tg::attn::Params) == 184, "Params mirrors AttnParams in src/attention/cuda.rs");
+static_assert(sizeof(tg::attn::Params) == 192, "Params mirrors AttnParams in src/attention/cuda.rs");
 
 using tg::attn::Params;
 using tg::attn90::Sm90Traits;
