@@ -39,6 +39,16 @@ fn main() {
     let cap = compute_cap();
     // sm_90a unlocks Hopper-only instructions (wgmma); such PTX loads only on sm_90 parts.
     let arch = if cap == 90 { "sm_90a".to_string() } else { format!("sm_{cap}") };
+    // `*_sm90.cu` files are Hopper-only kernels (wgmma): always sm_90a, whatever the target; the
+    // crate loads their PTX only on compute capability 9.0 devices.
+    let arch_of = |src: &Path| -> String {
+        let hopper_only = src.file_stem().is_some_and(|s| s.to_string_lossy().ends_with("_sm90"));
+        if hopper_only {
+            "sm_90a".to_string()
+        } else {
+            arch.clone()
+        }
+    };
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
     // Compile the files in parallel: nvcc is single-threaded and each file takes seconds.
@@ -48,7 +58,7 @@ fn main() {
             let ptx = out_dir.join(src.file_stem().unwrap()).with_extension("ptx");
             let mut cmd = Command::new(&nvcc);
             cmd.arg("--ptx")
-                .arg(format!("--gpu-architecture={arch}"))
+                .arg(format!("--gpu-architecture={}", arch_of(src)))
                 .args(["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"])
                 .arg("--default-stream=per-thread")
                 .arg("-I")

@@ -149,6 +149,7 @@ fn every_head_dim() -> Result<()> {
 #[test]
 fn prefill_big_grids() -> Result<()> {
     let gpu = common::cuda_device();
+    tiny_gemm::testing::set_hopper_attention(false); // the portable blocks (Hopper: hopper_prefill)
     for d in [64, 128, 256, 72] {
         for dtype in [DType::F16, DType::BF16] {
             let (q, k, v) = inputs(case(16, 12, 4, 130, 140, d), dtype, &gpu)?;
@@ -171,6 +172,7 @@ fn prefill_big_grids() -> Result<()> {
 #[test]
 fn prefill_four_kv_groups() -> Result<()> {
     let gpu = common::cuda_device();
+    tiny_gemm::testing::set_hopper_attention(false); // the portable blocks (Hopper: hopper_prefill)
     for c in [case(1, 2, 1, 1024, 1024, 64), case(1, 1, 1, 100, 3000, 64), case(1, 3, 3, 1100, 1000, 64)] {
         for dtype in [DType::F16, DType::BF16] {
             let (q, k, v) = inputs(c, dtype, &gpu)?;
@@ -581,5 +583,70 @@ fn layer_bad_input_is_an_error() -> Result<()> {
         &zeros(&[2, 2, 1, 32], DType::F32),
     ));
     assert!(msg.contains("reset()"), "{msg}");
+    Ok(())
+}
+
+/// The Hopper (sm_90a, wgmma) prefill kernel, on an H100/H200 (elsewhere these run the portable
+/// kernels and only the comparisons apply): D = 64 and 128, causal or not, GQA/MQA, Nq != Nk both
+/// ways (causal rows with no key), tails (17, 100, 1000 keys), B > 1, strided inputs; against f64
+/// and stock candle, and against the portable kernel on the same inputs. Dropout, D = 96 and f32
+/// keep the portable kernels.
+#[cfg(feature = "cuda")]
+#[test]
+fn hopper_prefill() -> Result<()> {
+    use tiny_gemm::testing::{hopper_attention_launches, set_hopper_attention};
+    let gpu = common::cuda_device();
+    let hopper = tiny_gemm::attention::hopper_prefill_available(&gpu)?;
+    let launches0 = hopper_attention_launches();
+    let cases = [
+        case(1, 2, 2, 17, 17, 0),
+        case(2, 3, 3, 100, 100, 0),
+        case(1, 4, 2, 1000, 1000, 0),
+        case(1, 4, 1, 100, 1000, 0),
+        case(1, 2, 2, 300, 77, 0),
+        case(4, 8, 4, 129, 257, 0),
+        case(1, 24, 24, 900, 130, 0), // several blocks per SM (D = 64: 64-key tiles), Nq > Nk
+    ];
+    for d in [64, 128] {
+        for c in cases {
+            let c = Case { d, ..c };
+            for dtype in [DType::F16, DType::BF16] {
+                let (q, k, v) = inputs(c, dtype, &gpu)?;
+                for causal in [false, true] {
+                    let what = format!("{c:?} {dtype:?} causal={causal}");
+                    let cfg = AttentionConfig { causal, ..Default::default() };
+                    check(&q, &k, &v, &cfg, &what)?;
+                    let got = fused_attention_with(&q, &k, &v, &cfg)?;
+                    set_hopper_attention(false);
+                    let portable = fused_attention_with(&q, &k, &v, &cfg);
+                    set_hopper_attention(true);
+                    let (atol, rtol) = attn_tolerance(dtype);
+                    assert_close(&got, &portable?, (2.0 * atol, 2.0 * rtol), &format!("{what} vs portable"));
+                }
+            }
+        }
+        // strided inputs: [B, N, H, D] storage seen as [B, H, N, D]
+        let (b, h, n) = (2, 4, 300);
+        let t = |n| -> Result<Tensor> { randn(&[b, n, h, d], DType::F16, &gpu)?.transpose(1, 2) };
+        let (q, k, v) = (t(n)?, t(n + 33)?, t(n + 33)?);
+        check(&q, &k, &v, &AttentionConfig { causal: true, ..Default::default() }, &format!("D={d} strided"))?;
+    }
+    let launches = hopper_attention_launches();
+    if hopper {
+        assert!(launches > launches0 + 20, "the Hopper kernel ran {} times", launches - launches0);
+    } else {
+        assert_eq!(launches, launches0, "no Hopper kernel off compute capability 9.0");
+    }
+    // what it does not take: dropout, other head dims, f32, and the switch off
+    let (q, k, v) = inputs(case(1, 2, 2, 100, 100, 64), DType::F16, &gpu)?;
+    check(&q, &k, &v, &dropout_cfg(0.1, 3, true), "dropout")?;
+    let (q96, k96, v96) = inputs(case(1, 2, 2, 100, 100, 96), DType::F16, &gpu)?;
+    check(&q96, &k96, &v96, &AttentionConfig::default(), "D=96")?;
+    let (q32, k32, v32) = inputs(case(1, 2, 2, 100, 100, 64), DType::F32, &gpu)?;
+    check(&q32, &k32, &v32, &AttentionConfig::default(), "f32")?;
+    set_hopper_attention(false);
+    check(&q, &k, &v, &AttentionConfig::default(), "switched off")?;
+    set_hopper_attention(true);
+    assert_eq!(hopper_attention_launches(), launches, "only f16/bf16, D = 64/128, no dropout");
     Ok(())
 }

@@ -20,7 +20,7 @@ type Arg<'a> = (&'a CudaStorage, &'a Layout);
 /// Kernel arguments; field for field `tg::attn::Params` (kernels/attention.cuh).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct AttnParams {
+pub(super) struct AttnParams {
     q: u64,           // [B, Hq, Nq, D] (strides below, in elements; D stride 1)
     k: u64,           // [B, Hkv, Nk, D]
     v: u64,           // [B, Hkv, Nk, D]
@@ -60,7 +60,7 @@ const _: () = assert!(std::mem::size_of::<AttnParams>() == 192, "mirrors tg::att
 unsafe impl DeviceRepr for AttnParams {}
 
 /// Largest grid y/z dimension.
-const MAX_GRID_YZ: usize = 65_535;
+pub(super) const MAX_GRID_YZ: usize = 65_535;
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 
@@ -74,7 +74,7 @@ pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage
 }
 
 /// The device's SM count, queried once per device.
-fn sm_count(dev: &CudaDevice) -> Result<usize> {
+pub(super) fn sm_count(dev: &CudaDevice) -> Result<usize> {
     static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
     let mut sms = SMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(&n) = sms.get(&dev.id()) {
@@ -87,7 +87,7 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
 }
 
 /// Opts `func` into `bytes` of dynamic shared memory, once per (device, kernel).
-fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
+pub(super) fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
     if bytes <= DEFAULT_SMEM_LIMIT {
         return Ok(());
     }
@@ -157,7 +157,7 @@ impl DecodeScratch {
     }
 }
 
-fn launch(stream: &CudaStream, func: &CudaFunction, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
+pub(super) fn launch(stream: &CudaStream, func: &CudaFunction, params: &AttnParams, cfg: LaunchConfig) -> Result<()> {
     let mut b = stream.launch_builder(func);
     b.arg(params);
     // SAFETY: every attention entry point takes one `tg::attn::Params` by value, which
@@ -244,12 +244,20 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
         params.seed_hi = (dropout.seed >> 32) as u32;
     }
 
+    // the Hopper kernel (kernels/attention_sm90.cu) takes the one-pass prefills it supports on
+    // compute capability 9.0
+    let hopper = super::sm90::supports(dtype != DType::F32, prob.d, prob.dropout.is_some())
+        && crate::testing::hopper_attention()
+        && super::sm90::is_sm90(dev)?;
     let numel = prob.b * prob.hq * prob.nq * prob.d;
     let mut out = alloc_output::<T>(dev, numel)?;
     {
         let (o_ptr, _o_guard) = out.device_ptr_mut(&stream);
         params.o = o_ptr;
         match plan {
+            Plan::Prefill { splits, .. } if hopper && splits.num_splits == 1 => {
+                super::sm90::launch(dev, &stream, &params, prob, suffix)?;
+            }
             Plan::Prefill { head_dim, block, splits } => {
                 let name = format!(
                     "attn_prefill_{suffix}_d{head_dim}_w{}_m{}_n{}_g{}",

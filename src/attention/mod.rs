@@ -3,13 +3,16 @@
 //! dropout. CPU: tiled online softmax over rayon ([`cpu`]). CUDA (`kernels/attention.cu`):
 //! FlashAttention-2-style prefill with `mma.sync` tensor cores for f16/bf16, a one-launch
 //! one-query decode kernel for f16/bf16 (`kernels/attention_decode.cu`) and split-KV
-//! ("flash-decoding") for other short queries and f32.
+//! ("flash-decoding") for other short queries and f32. On H100/H200 the prefill takes a
+//! FlashAttention-3-style wgmma kernel (`kernels/attention_sm90.cu`) where it applies (see
+//! [`hopper_prefill_available`]).
 
 mod config;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod philox;
+mod sm90;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
@@ -90,6 +93,18 @@ pub fn fused_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &AttentionC
     }
     let (q, k, v) = (kernel_layout(q)?, kernel_layout(k)?, kernel_layout(v)?);
     q.apply_op3_no_bwd(&k, &v, &FusedAttention { prob })
+}
+
+/// Whether CUDA prefill on `device` can run the Hopper (sm_90a, wgmma) kernel: a compute
+/// capability 9.0 GPU (H100, H200) in a `cuda` build. It then takes f16/bf16 calls with D = 64 or
+/// 128, no dropout and more than 16 queries (unless their keys are split over several blocks);
+/// the rest run the portable kernels. Always `false` on the CPU.
+pub fn hopper_prefill_available(device: &Device) -> Result<bool> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => sm90::is_sm90(dev),
+        _ => Ok(false),
+    }
 }
 
 /// The dropout mask [`fused_attention_with`] applies, as a `[B, Hq, Nq, Nk]` f32 tensor of

@@ -1,0 +1,24 @@
+// Hopper prefill instances (see attention_sm90.cuh). Built for sm_90a only (build.rs), loaded
+// only on compute capability 9.0 devices:
+//   attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES>_o<OVERLAP>
+// The instance list is mirrored in src/attention/sm90.rs.
+#include "attention_sm90.cuh"
+
+static_assert(sizeof(tg::attn::Params) == 192, "Params mirrors AttnParams in src/attention/cuda.rs");
+
+using tg::attn::Params;
+using tg::attn90::Sm90Traits;
+
+#define ATTN_SM90(T, TNAME, HD, WGS, BN, ST, OV)                                                  \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, OV>::THREADS, 1)       \
+      attn_sm90_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_o##OV(const __grid_constant__ Params p) { \
+    tg::attn90::attn_prefill_sm90<T, HD, WGS, BN, ST, OV>(p);                                     \
+  }
+// Mirrored by sm90::choose_block (src/attention/sm90.rs).
+#define ATTN_SM90_ALL(T, TNAME)                                          \
+  ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)                                  \
+  ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
+  ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)
+
+ATTN_SM90_ALL(__half, f16)
+ATTN_SM90_ALL(__nv_bfloat16, bf16)

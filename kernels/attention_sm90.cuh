@@ -1,0 +1,412 @@
+// Hopper (sm_90a) FlashAttention-3-style prefill forward, f16/bf16, head dims 64 and 128
+// (kernels/attention_sm90.cu instances it). A block owns 64 * WGS query rows of one head: each
+// warpgroup (4 warps) owns 64 of them. Per key tile of BN keys:
+//   S = Q·Kᵀ     wgmma.mma_async m64nBNk16, A = Q and B = K from shared memory (K-major, 128-byte
+//                swizzle, the layout TMA's SWIZZLE_128B writes), f32 accumulators in registers;
+//   softmax      online, in log2 units, on the accumulator fragments (a row's BN scores are spread
+//                over the 4 threads of a quad, as in mma.sync's C fragment);
+//   O += P·V     wgmma m64nHDk16 with A = P from registers (the C fragment of S repacked to f16/
+//                bf16 is wgmma's register A fragment) and B = V from shared memory, read N-major
+//                (the transpose comes from the descriptor, not from data movement).
+// K/V tiles stream through STAGES shared-memory stages with cp.async (zero-filled past the last
+// key), written at their 128-byte-swizzled addresses by every thread; a tile is published to the
+// tensor cores (async proxy) with fence.proxy.async and one block barrier per tile. Causal blocks
+// stop at the diagonal; only tiles that cross it or the end of the keys are masked. The launch
+// parameters are the portable kernels' tg::attn::Params (attention.cuh).
+#pragma once
+#include "attention.cuh"
+
+namespace tg {
+namespace attn90 {
+
+using tg::attn::Params;
+
+// ---- PTX wrappers -----------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// 16 bytes global -> shared; `bytes` < 16 zero-fills the rest (0: all zeros, nothing read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's completed shared-memory writes visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses to accumulator registers across wgmma issue/wait.
+template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading-dimension byte
+// offset (K-major: unused, 16; N-major: between 64-column chunks), stride byte offset (between
+// groups of 8 rows: 1024).
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) | (uint64_t(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// A tile of ROWS rows x HD columns in shared memory: HD / 64 chunks of [ROWS][64] elements (128
+// bytes a row), the 16-byte vector v of row r stored at vector v ^ (r % 8) (128-byte swizzle;
+// chunks 1024-byte aligned).
+__device__ __forceinline__ uint32_t swizzled(int row, int vec) { return row * 128 + ((vec ^ (row & 7)) << 4); }
+
+template <int ROWS, int HD, int THREADS, typename T>
+__device__ __forceinline__ void load_tile(uint32_t s, const T* g, int64_t stride, int rows) {
+  constexpr int VECS = HD / 8;  // 16-byte vectors per row
+#pragma unroll
+  for (int idx = threadIdx.x; idx < ROWS * VECS; idx += THREADS) {
+    const int r = idx / VECS, c = idx % VECS;
+    const bool in = r < rows;
+    cp_async16(s + (c / 8) * (ROWS * 128) + swizzled(r, c % 8), in ? g + r * stride + c * 8 : g, in ? 16 : 0);
+  }
+}
+
+// 2^x on the SFU (subnormal results flushed to 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// ---- wgmma m64nNk16, f32 accumulators (generated: one asm per dtype and N) --------------------
+template <typename T, int N> struct Wgmma;
+
+template <> struct Wgmma<__half, 64> {
+  // D (+)= A·B, A [64 x 16] and B [16 x 64] from shared memory, both K-major.
+  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  // D += A·B, A [64 x 16] in registers (the mma.m16n8k16 A fragment of each warp's 16 rows),
+  // B [16 x 64] from shared memory, N-major (transposed).
+  static __device__ __forceinline__ void rs_bt(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+  }
+};
+
+template <> struct Wgmma<__half, 128> {
+  // D (+)= A·B, A [64 x 16] and B [16 x 128] from shared memory, both K-major.
+  static __device__ __forceinline__ void ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  // D += A·B, A [64 x 16] in registers (the mma.m16n8k16 A fragment of each warp's 16 rows),
+  // B [16 x 128] from shared memory, N-major (transposed).
+  static __device__ __forceinline__ void rs_bt(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+  }
+};
+
+template <> struct Wgmma<__nv_bfloat16, 64> {
+  // D (+)= A·B, A [64 x 16] and B [16 x 64] from shared memory, both K-major.
+  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  // D += A·B, A [64 x 16] in registers (the mma.m16n8k16 A fragment of each warp's 16 rows),
+  // B [16 x 64] from shared memory, N-major (transposed).
+  static __device__ __forceinline__ void rs_bt(float (&d)[32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+  }
+};
+
+template <> struct Wgmma<__nv_bfloat16, 128> {
+  // D (+)= A·B, A [64 x 16] and B [16 x 128] from shared memory, both K-major.
+  static __device__ __forceinline__ void ss(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(accumulate));
+  }
+  // D += A·B, A [64 x 16] in registers (the mma.m16n8k16 A fragment of each warp's 16 rows),
+  // B [16 x 128] from shared memory, N-major (transposed).
+  static __device__ __forceinline__ void rs_bt(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+  }
+};
+
+// ---- the kernel -------------------------------------------------------------------------------
+// OVERLAP: FlashAttention-3's intra-warpgroup pipelining: tile t's Q·Kᵀ and tile t-1's P·V are
+// issued together and the softmax of tile t runs while P·V is on the tensor cores (V of tile t-1
+// then stays in smem one more step, so the loads run one tile ahead of STAGES - 1 stages).
+template <int HD, int WGS, int BN, int STAGES, bool OVERLAP> struct Sm90Traits {
+  static constexpr int BM = 64 * WGS;  // query rows per block
+  static constexpr int THREADS = 128 * WGS;
+  static constexpr int Q_BYTES = BM * HD * 2;
+  static constexpr int KV_BYTES = BN * HD * 2;  // one K or V tile
+  static constexpr int STAGE_BYTES = 2 * KV_BYTES;
+  static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + 1024;  // + alignment slack
+  // tiles loaded ahead of the one in use
+  static constexpr int AHEAD = OVERLAP ? STAGES - 2 : STAGES - 1;
+  static_assert(HD == 64 || HD == 128, "head dims 64 and 128");
+  static_assert(BN % 16 == 0 && BN <= 256, "wgmma N");
+  static_assert(AHEAD >= 1, "one tile loads while one is used");
+  static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
+};
+
+// The online softmax of one S tile held as wgmma accumulators (this thread: rows rowi[0] and
+// rowi[1], keys k0 + 8j + 2*quad + {0, 1} of each n8 block j): scores to log2 units, masked when
+// `need_mask`, exponentiated in place; returns the factors rescaling what O holds.
+template <int BN>
+__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                             const Params& p, bool need_mask, int k0, const int (&rowi)[2],
+                                             int quad) {
+  const float scale = p.scale_log2;
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    float x = s[i] * scale;
+    if (need_mask) {
+      const int key = k0 + (i / 4) * 8 + 2 * quad + (i & 1);
+      const int row = rowi[(i / 2) & 1];
+      if (key >= p.nk || (p.causal && key > row + p.causal_offset)) x = -INFINITY;
+    }
+    s[i] = x;
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[hf], mx);
+    const float ref = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: exp2(-inf) = 0
+    alpha[hf] = fast_exp2(m[hf] - ref);
+    m[hf] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      s[4 * j + 2 * hf] = fast_exp2(s[4 * j + 2 * hf] - ref);
+      s[4 * j + 2 * hf + 1] = fast_exp2(s[4 * j + 2 * hf + 1] - ref);
+      sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
+    }
+    l[hf] = l[hf] * alpha[hf] + sum;  // this thread's part; the quad adds them at the end
+  }
+}
+
+template <int HD> __device__ __forceinline__ void rescale(float (&o)[HD / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int j = 0; j < HD / 8; ++j) {
+    o[4 * j] *= alpha[0];
+    o[4 * j + 1] *= alpha[0];
+    o[4 * j + 2] *= alpha[1];
+    o[4 * j + 3] *= alpha[1];
+  }
+}
+
+// P: the accumulators of n8 blocks 2k and 2k + 1 are the register A fragment of k-step k.
+template <typename T, int BN> __device__ __forceinline__ void pack_p(uint32_t (&pa)[BN / 16][4], const float (&s)[BN / 2]) {
+#pragma unroll
+  for (int k = 0; k < BN / 16; ++k) {
+    pa[k][0] = pack2<T>(s[8 * k], s[8 * k + 1]);
+    pa[k][1] = pack2<T>(s[8 * k + 2], s[8 * k + 3]);
+    pa[k][2] = pack2<T>(s[8 * k + 4], s[8 * k + 5]);
+    pa[k][3] = pack2<T>(s[8 * k + 6], s[8 * k + 7]);
+  }
+}
+
+// Issues (no commit) S = Q·Kᵀ for this warpgroup's 64 rows.
+template <typename T, int HD, int BM, int BN>
+__device__ __forceinline__ void issue_qk(float (&s)[BN / 2], uint32_t sQ, uint32_t sK, int wg) {
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const uint64_t da = make_desc(sQ + (kk / 4) * (BM * 128) + wg * (64 * 128) + (kk % 4) * 32, 16, 1024);
+    const uint64_t db = make_desc(sK + (kk / 4) * (BN * 128) + (kk % 4) * 32, 16, 1024);
+    Wgmma<T, BN>::ss(s, da, db, kk > 0);
+  }
+}
+
+// Issues (no commit) O += P·V; V read N-major: LBO steps between its 64-column chunks.
+template <typename T, int HD, int BN>
+__device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa)[BN / 16][4], uint32_t sV) {
+#pragma unroll
+  for (int k = 0; k < BN / 16; ++k) Wgmma<T, HD>::rs_bt(o, pa[k], make_desc(sV + k * 16 * 128, BN * 128, 1024), 1);
+}
+
+// Grid: x = B x Hq (head fastest), y = query blocks, walked backwards when causal so the longest
+// walks start first.
+template <typename T, int HD, int WGS, int BN, int STAGES, bool OVERLAP>
+__device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
+  using Tr = Sm90Traits<HD, WGS, BN, STAGES, OVERLAP>;
+  constexpr int BM = Tr::BM, THREADS = Tr::THREADS, AHEAD = Tr::AHEAD;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
+  const uint32_t sKV = sQ + Tr::Q_BYTES;
+
+  const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32 % 4, lane = tid % 32, quad = lane % 4;
+  const int h = blockIdx.x % p.hq, b = blockIdx.x / p.hq;
+  const int q_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
+  const int hk = h / (p.hq / p.hkv);
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+  const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
+  const int n_tiles = tg::ceil_div(key_end, BN);
+
+  // Tile t's K and V into stage t % STAGES, as one cp.async group (empty past the last tile, so
+  // the group count per step is fixed).
+  auto load_kv = [&](int t) {
+    if (t < n_tiles) {
+      const uint32_t sK = sKV + (t % STAGES) * Tr::STAGE_BYTES;
+      const int k0 = t * BN, keys = min(BN, p.nk - k0);
+      load_tile<BN, HD, THREADS>(sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys);
+      load_tile<BN, HD, THREADS>(sK + Tr::KV_BYTES, vg + int64_t(k0) * p.v_sn, p.v_sn, keys);
+    }
+    cp_async_commit();
+  };
+  // Waits for tile t's group and publishes it (and, before tile 0, Q) to the tensor cores; the
+  // barrier also tells every warpgroup is past the previous step's smem reads.
+  auto arrive_tile = [&]() {
+    cp_async_wait<AHEAD - 1>();
+    fence_proxy_async();
+    __syncthreads();
+  };
+  auto need_mask = [&](int t) {
+    const int k0 = t * BN;
+    return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
+  };
+  load_tile<BM, HD, THREADS>(sQ, qg, p.q_sn, rows);  // joins tile 0's group
+#pragma unroll
+  for (int t = 0; t < AHEAD; ++t) load_kv(t);
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  // this thread's rows: r and r + 8 of its warp's 16 (wgmma's accumulator layout)
+  const int row0 = q0 + wg * 64 + warp * 16 + lane / 4;
+  const int rowi[2] = {row0, row0 + 8};
+  float s[BN / 2];
+  uint32_t pa[BN / 16][4];
+
+  if constexpr (!OVERLAP) {
+    for (int t = 0; t < n_tiles; ++t) {
+      arrive_tile();
+      load_kv(t + AHEAD);  // into the stage of tile t - 1
+      const uint32_t sK = sKV + (t % STAGES) * Tr::STAGE_BYTES, sV = sK + Tr::KV_BYTES;
+      wgmma_fence();
+      issue_qk<T, HD, BM, BN>(s, sQ, sK, wg);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+#ifdef TG_SM90_DEBUG  // the harness checks the raw scores of the first tile of block (0, 0)
+      if (t == 0 && blockIdx.x == 0 && q_block == 0 && p.o_partial != nullptr) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i)
+          p.o_partial[(rowi[(i / 2) & 1] - q0) * BN + (i / 4) * 8 + 2 * quad + (i & 1)] = s[i];
+      }
+#endif
+      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+      rescale<HD>(o, alpha);
+      pack_p<T, BN>(pa, s);
+      fence_regs(o);
+      wgmma_fence();
+      issue_pv<T, HD, BN>(o, pa, sV);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(o);
+    }
+  } else if (n_tiles > 0) {
+    arrive_tile();
+    load_kv(AHEAD);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sKV, wg);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(0), 0, rowi, quad);
+    pack_p<T, BN>(pa, s);
+    for (int t = 1; t < n_tiles; ++t) {
+      arrive_tile();  // tile t landed; every warpgroup is past tile t - 2's P·V
+      load_kv(t + AHEAD);  // into the stage of tile t - 2 (STAGES >= 3 when AHEAD >= 1)
+      const uint32_t sK = sKV + (t % STAGES) * Tr::STAGE_BYTES;
+      const uint32_t sV_prev = sKV + ((t - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
+      fence_regs(o);
+      wgmma_fence();
+      issue_qk<T, HD, BM, BN>(s, sQ, sK, wg);
+      wgmma_commit();
+      issue_pv<T, HD, BN>(o, pa, sV_prev);
+      wgmma_commit();
+      wgmma_wait<1>();  // Q·Kᵀ done; P·V still running
+      fence_regs(s);
+      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+      wgmma_wait<0>();
+      fence_regs(o);
+      rescale<HD>(o, alpha);
+      pack_p<T, BN>(pa, s);
+    }
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv<T, HD, BN>(o, pa, sKV + ((n_tiles - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+  cp_async_wait<0>();
+
+  // epilogue: finish the row sums over the quad, normalize, store
+  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = l[hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key gives 0
+    const int i = rowi[hf];
+    if (i < p.nq) {
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(og + int64_t(i) * HD + 8 * j + 2 * quad) =
+            pack2<T>(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
+}  // namespace attn90
+}  // namespace tg

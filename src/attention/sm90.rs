@@ -1,0 +1,183 @@
+//! Hopper (sm_90a) prefill: `kernels/attention_sm90.cu`, FlashAttention-3 style (wgmma with
+//! K/V read from 128-byte-swizzled shared memory, P fed from registers). Used on compute
+//! capability 9.0 GPUs for f16/bf16, D = 64 or 128, no dropout, where the portable planner runs
+//! one prefill pass (no key split); everything else keeps `kernels/attention.cu`. The block
+//! choice is a pure function, unit-tested here without a GPU.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+/// Head dims with Hopper instances.
+pub(crate) const HEAD_DIMS: [usize; 2] = [64, 128];
+/// Query rows of one warpgroup (wgmma's M).
+pub(crate) const WARPGROUP_ROWS: usize = 64;
+
+/// One instance `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>` (the
+/// `ATTN_SM90_ALL` list in kernels/attention_sm90.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sm90Block {
+    /// Warpgroups (of 4 warps) per block, 64 query rows each.
+    pub warpgroups: usize,
+    /// Keys per tile (the N of the Q·Kᵀ wgmma).
+    pub block_n: usize,
+    /// Shared-memory K/V stages.
+    pub stages: usize,
+    /// Q·Kᵀ of tile t issued with P·V of tile t - 1, the softmax overlapping the latter.
+    pub overlap: bool,
+}
+
+impl Sm90Block {
+    /// Query rows per block.
+    pub fn block_m(&self) -> usize {
+        self.warpgroups * WARPGROUP_ROWS
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        self.warpgroups * 128
+    }
+
+    /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`): the Q tile, `stages` K and V tiles
+    /// (16-bit elements) and 1 KB to align the swizzle atoms.
+    pub fn smem_bytes(&self, head_dim: usize) -> usize {
+        (self.block_m() + self.stages * 2 * self.block_n) * head_dim * 2 + 1024
+    }
+
+    /// The kernel's entry point for dtype `suffix` ("f16", "bf16").
+    pub fn kernel_name(&self, suffix: &str, head_dim: usize) -> String {
+        format!(
+            "attn_sm90_{suffix}_d{head_dim}_w{}_n{}_s{}_o{}",
+            self.warpgroups,
+            self.block_n,
+            self.stages,
+            u8::from(self.overlap)
+        )
+    }
+}
+
+/// Picks the instance. Measured on an H100 (f16, causal, kernel time over back-to-back launches,
+/// scripts/attention_sm90_timing.cu):
+/// - D = 128: two warpgroups, 128-key tiles, overlapped, everywhere measured ([1,32,4096,128]
+///   433.8 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 149.6).
+/// - D = 64: one warpgroup. A grid of at most two blocks per SM is bound by its longest walk:
+///   128-key tiles, overlapped ([1,8,2048,64] 32.7 vs 40.3 with 64-key tiles; [1,8,512,64] 10.4);
+///   a larger grid is throughput-bound and three blocks of 64-key tiles per SM pay ([16,8,512,64]
+///   28.8 vs 35.3).
+pub(crate) fn choose_block(head_dim: usize, b: usize, hq: usize, nq: usize, sm: usize) -> Sm90Block {
+    if head_dim > 64 {
+        return Sm90Block { warpgroups: 2, block_n: 128, stages: 3, overlap: true };
+    }
+    let blocks = b * hq * nq.div_ceil(WARPGROUP_ROWS);
+    if blocks > 2 * sm.max(1) {
+        Sm90Block { warpgroups: 1, block_n: 64, stages: 3, overlap: false }
+    } else {
+        Sm90Block { warpgroups: 1, block_n: 128, stages: 3, overlap: true }
+    }
+}
+
+/// Whether a call with these properties has a Hopper kernel (the device aside).
+pub(crate) fn supports(half_precision: bool, head_dim: usize, dropout: bool) -> bool {
+    half_precision && HEAD_DIMS.contains(&head_dim) && !dropout
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::{is_sm90, launch};
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    use candle_core::cuda_backend::cudarc::driver::{CudaStream, LaunchConfig};
+    use candle_core::cuda_backend::{DeviceId, WrapErr};
+    use candle_core::{bail, CudaDevice, Result};
+
+    use super::super::cuda::{ensure_smem, launch as launch_params, sm_count, AttnParams, MAX_GRID_YZ};
+    use super::super::Problem;
+    use crate::cuda::{load_func, ptx};
+
+    /// Whether `dev` has compute capability 9.0 (H100/H200: the sm_90a PTX loads there), queried
+    /// once per device.
+    pub(crate) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
+        static CAPS: OnceLock<Mutex<HashMap<DeviceId, bool>>> = OnceLock::new();
+        let mut caps = CAPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&yes) = caps.get(&dev.id()) {
+            return Ok(yes);
+        }
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        let major = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()?;
+        let minor = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()?;
+        let yes = (major, minor) == (9, 0);
+        caps.insert(dev.id(), yes);
+        Ok(yes)
+    }
+
+    /// Launches the Hopper prefill for `prob` with `params` (filled by the caller, output
+    /// included).
+    pub(crate) fn launch(
+        dev: &CudaDevice,
+        stream: &std::sync::Arc<CudaStream>,
+        params: &AttnParams,
+        prob: &Problem,
+        suffix: &str,
+    ) -> Result<()> {
+        let block = super::choose_block(prob.d, prob.b, prob.hq, prob.nq, sm_count(dev)?);
+        let q_blocks = prob.nq.div_ceil(block.block_m());
+        if q_blocks > MAX_GRID_YZ {
+            bail!(
+                "fused_attention: Nq={} needs {q_blocks} query blocks, over the CUDA grid limit {MAX_GRID_YZ}",
+                prob.nq
+            );
+        }
+        let name = block.kernel_name(suffix, prob.d);
+        let func = load_func(dev, "attention_sm90", ptx::ATTENTION_SM90, &name)?;
+        let smem = block.smem_bytes(prob.d);
+        ensure_smem(dev, &func, &name, smem)?;
+        let cfg = LaunchConfig {
+            // x: (batch, head) with the head fastest; y: query blocks (walked backwards when causal)
+            grid_dim: ((prob.b * prob.hq) as u32, q_blocks as u32, 1),
+            block_dim: (block.threads() as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        crate::testing::count_hopper_attention_launch();
+        launch_params(stream, &func, params, cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100_SMS: usize = 132;
+
+    #[test]
+    fn blocks_fit_the_kernel_limits() {
+        for d in HEAD_DIMS {
+            for (b, hq, nq) in [(1, 8, 512), (1, 8, 2048), (16, 8, 512), (1, 32, 4096), (1, 1, 17)] {
+                let blk = choose_block(d, b, hq, nq, H100_SMS);
+                assert!(blk.smem_bytes(d) <= 227 * 1024, "{blk:?} D={d}");
+                assert!(blk.stages >= if blk.overlap { 3 } else { 2 }, "{blk:?}");
+                assert_eq!(blk.block_n % 16, 0, "{blk:?}");
+                assert!(blk.warpgroups >= 1 && blk.warpgroups <= 2, "{blk:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn picks_the_measured_instances() {
+        // the shapes
+        let name = |d, b, hq, nq| choose_block(d, b, hq, nq, H100_SMS).kernel_name("f16", d);
+        assert_eq!(name(128, 1, 32, 4096), "attn_sm90_f16_d128_w2_n128_s3_o1");
+        assert_eq!(name(64, 1, 8, 2048), "attn_sm90_f16_d64_w1_n128_s3_o1");
+        assert_eq!(name(64, 16, 8, 512), "attn_sm90_f16_d64_w1_n64_s3_o0");
+        assert_eq!(name(64, 1, 8, 512), "attn_sm90_f16_d64_w1_n128_s3_o1");
+    }
+
+    #[test]
+    fn supports_only_its_dtypes_dims_and_options() {
+        assert!(supports(true, 64, false) && supports(true, 128, false));
+        assert!(!supports(false, 64, false), "f32");
+        assert!(!supports(true, 96, false) && !supports(true, 32, false) && !supports(true, 256, false));
+        assert!(!supports(true, 128, true), "dropout");
+    }
+}
