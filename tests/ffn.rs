@@ -512,6 +512,14 @@ fn cooperative_ffn_grid_loops() -> Result<()> {
     check_forced(coop, 512, 2048, &[1], &[Activation::Gelu])
 }
 
+/// The cooperative FFN (forced) on the Llama shape: 688 hidden and 256 output row groups over the
+/// grid (blocks loop), one K split, several W2 load batches per warp in phase 2.
+#[cfg(feature = "cuda")]
+#[test]
+fn cooperative_ffn_llama_shape() -> Result<()> {
+    check_forced(FfnKernel::Cooperative, 4096, 11008, &[1, 16], &[Activation::Gelu])
+}
+
 /// The one-launch kernel on awkward aligned shapes: hidden sizes not a multiple of its 64-unit
 /// chunk, outputs not a multiple of 16, 1..16 tokens; plain and gated.
 #[cfg(feature = "cuda")]

@@ -17,7 +17,8 @@
 //!
 //! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]). The cooperative
 //! FFN (`kernels/ffn_coop.cu`, [`FfnKernel::Cooperative`], picked for plain FFNs with M <=
-//! [`GPU_COOP_AUTO_MAX_M`] and D·H <= [`GPU_COOP_MAX_WEIGHTS`]) runs a co-resident grid over every
+//! [`GPU_COOP_AUTO_MAX_M`] (D·H <= [`GPU_COOP_MAX_WEIGHTS`]) or M <= [`GPU_COOP_MAX_M`] (larger
+//! weights)) runs a co-resident grid over every
 //! SM: all blocks compute hidden rows, a grid-wide barrier, then all blocks a share of the output
 //! (split over H, partials summed in a fixed order by the last block of each output tile:
 //! deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
@@ -126,8 +127,9 @@ pub const GPU_COOP_AUTO_MAX_M: usize = 4;
 
 /// Largest first-projection weight (D·H elements) for which [`choose_kernel`] picks the
 /// cooperative FFN: the measured small shapes above (up to 2.4M weights) and 1024x4096, which the
-/// tests cover. It was also faster on 4096x11008 (H100: 67.8 / 68.2 / 72.6 vs 70.3 / 70.9 / 73.6 µs
-/// at M = 1 / 4 / 16), not yet picked there: that shape's multi-batch phase 2 is untested on a GPU.
+/// tests cover. Above it the cooperative FFN is picked up to [`GPU_COOP_MAX_M`] tokens: on
+/// 4096x11008 it beat the two-launch FFN (H100: 67.8 / 68.2 / 72.6 vs 70.3 / 70.9 / 73.6 µs at
+/// M = 1 / 4 / 16), streaming both weights from HBM at 2.66 TB/s at M = 1.
 pub const GPU_COOP_MAX_WEIGHTS: usize = 4 << 20;
 
 /// Whether the cooperative FFN can run: CUDA, f16/bf16, plain (not gated), both weights stored
@@ -167,8 +169,8 @@ fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bo
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
 /// loads are aligned (D and H multiples of 8, tensor offsets too) and whether the cuBLASLt path is
-/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_AUTO_MAX_M`] and D·H <=
-/// [`GPU_COOP_MAX_WEIGHTS`] take the cooperative FFN (which also makes the one-launch rule below
+/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_AUTO_MAX_M`] (D·H <=
+/// [`GPU_COOP_MAX_WEIGHTS`]) or M <= [`GPU_COOP_MAX_M`] (larger weights) take the cooperative FFN (which also makes the one-launch rule below
 /// unreachable: both need aligned `[out, in]` weights). Gated FFNs never take the one-launch forms
 /// (the one-launch kernel lost on the only gated shape measured, 4096x11008). Where both projections
 /// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
@@ -189,7 +191,8 @@ pub fn choose_kernel(
     let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
     let h = if gated { h1 / 2 } else { h1 };
     let small_m = |k, n, gated| choose_path(cuda, dtype, m, k, n, gated, out_in, cublaslt) == FfnPath::CudaSmallM;
-    let coop = m <= GPU_COOP_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_COOP_MAX_WEIGHTS;
+    let dh = d.saturating_mul(h1);
+    let coop = if dh <= GPU_COOP_MAX_WEIGHTS { m <= GPU_COOP_AUTO_MAX_M } else { m <= GPU_COOP_MAX_M };
     if coop_feasible(cuda, dtype, m, gated, out_in, aligned) && coop {
         FfnKernel::Cooperative
     } else if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
@@ -894,8 +897,12 @@ mod tests {
         assert_eq!(k(1, 1024, 4096, false, true, true), FfnKernel::Cooperative);
         // past the cooperative rule, the small-M kernels from one op
         assert_eq!(k(GPU_COOP_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
-        assert_eq!(k(1, 1024, 4097, false, true, true), FfnKernel::TwoLaunches);
-        assert_eq!(k(1, 4096, 11008, false, true, true), FfnKernel::TwoLaunches);
+        // big weights: the cooperative FFN up to 16 tokens, then two launches
+        assert_eq!(k(1, 1024, 4104, false, true, true), FfnKernel::Cooperative);
+        assert_eq!(k(16, 4096, 11008, false, true, true), FfnKernel::Cooperative);
+        assert_eq!(k(GPU_COOP_MAX_M + 1, 1024, 4104, false, true, true), FfnKernel::TwoProjections);
+        assert_eq!(k(GPU_COOP_MAX_M + 1, 1024, 4096, false, true, true), FfnKernel::TwoLaunches);
+        assert_eq!(k(8, 1024, 4096, false, true, true), FfnKernel::TwoLaunches);
         assert_eq!(k(0, d, h, false, true, true), FfnKernel::TwoProjections);
         // CPU, f32, [in, out] weights: the two-projection paths; unaligned rows, gated: two launches
         assert_eq!(choose_kernel(false, DType::F16, 1, d, h, d, false, true, true, true), FfnKernel::TwoProjections);
@@ -921,7 +928,11 @@ mod tests {
     #[test]
     fn two_launches_where_both_projections_take_the_small_m_kernel() {
         let k = |m, d, h, o| choose_kernel(true, DType::F16, m, d, h, o, false, true, true, true);
-        assert_eq!(k(16, 4096, 11008, 4096), FfnKernel::TwoLaunches);
+        assert_eq!(k(16, 4096, 11008, 4096), FfnKernel::Cooperative);
+        assert_eq!(
+            choose_kernel(true, DType::F16, 16, 4096, 11008, 4096, false, true, false, true),
+            FfnKernel::TwoLaunches
+        );
         // big weights take the small-M kernel up to 16 tokens only (choose_path)
         assert_eq!(k(17, 4096, 11008, 4096), FfnKernel::TwoProjections);
         assert_eq!(k(GPU_SMALL_M_MAX, 512, 2048, 512), FfnKernel::TwoLaunches);
