@@ -395,7 +395,7 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, false, asym)
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, true, n2m8x)                                                        \
-  INT4_GEMM_VARIANT(T, TNAME, 4, false, 4, false, n4m8)                                                        \
+  INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, false, n2m8)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 4, true, 4, false, n4m16)                                                        \
   extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits) {        \
     int4_reduce<T>(partial, y, mn, splits);                                                                    \

@@ -10,7 +10,9 @@
 // quad (two shuffles per word) before the dequantization puts the weights in natural k order, so
 // x needs no permutation. A block: WG warpgroups (64 weight rows each) x BX activation rows,
 // a STAGES-deep cp.async pipeline over 128-wide K chunks (x tile, weight tiles, scales / zeros),
-// f32 accumulators. No K split.
+// f32 accumulators. No K split. Status (H100, scripts/int4_wgmma_harness.cu, benchmarks/int4.md):
+// correct, but slower than the mma.sync GEMM (K=4096 -> N=11008, M=512: 198 us against 158, and
+// dequantize + cuBLAS 105): each chunk's dequantization and wgmmas are serialized per warpgroup.
 #pragma once
 #include "int4_gemm_tc.cu"  // TcDims, cp_async16, scale_pair, Pair (define INT4_TC_NO_ENTRIES first)
 

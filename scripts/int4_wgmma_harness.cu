@@ -3,7 +3,7 @@
 // sizes 32 / 64 / 128, M and N not multiples of the block, K with tail chunks), then kernel-only
 // timing (CUDA events) next to the crate's mma.sync GEMM (int4_gemm_tc m64n128) and int4_dequant +
 // cuBLAS f16 GemmEx on the same shapes. `harness quick`: three small shapes, no timing. Build:
-//   nvcc -O3 -std=c++17 -arch=sm_90a -Ikernels -o int4_wgmma_harness scripts/int4_wgmma_harness.cu
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Ikernels -L$CUDA_ROOT/lib -o int4_wgmma_harness scripts/int4_wgmma_harness.cu
 #define INT4_TC_NO_ENTRIES
 #include "int4_gemm_sm90.cuh"
 #include "int4_gemm.cu"

@@ -1,14 +1,13 @@
 //! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu): dtype dispatch,
 //! launch shape, launches.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 use half::f16;
 
@@ -87,37 +86,6 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
     Ok(n)
 }
 
-/// A kernel entry point: its module and the parts of its name (`int4_gemm`, `f16`, `n2m8x`, `sym`
-/// for `int4_gemm_f16_n2m8x_sym`; empty parts are left out).
-type EntryKey = (&'static str, [&'static str; 4]);
-
-/// The entry point `name` of `module` on `dev`, with room for `smem` bytes of dynamic shared
-/// memory. Cached per device and entry (with the shared memory it was opted in to), so a call
-/// costs no module look-up, name formatting or attribute call once the entry has run.
-fn entry(
-    dev: &CudaDevice,
-    module: &'static str,
-    ptx: &'static str,
-    name: [&'static str; 4],
-    smem: usize,
-) -> Result<CudaFunction> {
-    type Cache = HashMap<(DeviceId, EntryKey), (CudaFunction, usize)>;
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    let (func, opted) = match cache.entry((dev.id(), (module, name))) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => {
-            let full = name.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("_");
-            e.insert((load_func(dev, module, ptx, &full)?, DEFAULT_SMEM_LIMIT))
-        }
-    };
-    if smem > *opted {
-        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-        *opted = smem;
-    }
-    Ok(func.clone())
-}
-
 pub(super) fn matmul(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     match x.dtype() {
         DType::F32 => matmul_t::<f32>(w, x, l),
@@ -154,8 +122,11 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
     // f32 partials only with several K splits; one split writes y directly (a null `float*`)
     let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name()))?;
     let smem = cfg.smem_bytes(m, w.cfg.group_size, w.cfg.symmetric);
-    let gemm = entry(dev, MODULE, ptx::INT4_GEMM, ["int4_gemm", sfx, cfg.variant.name(), sym], smem)?;
+    if smem > DEFAULT_SMEM_LIMIT {
+        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    }
     with_views(w, |p, s, z| {
         let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
@@ -183,7 +154,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
         Ok(())
     })?;
     if let Some(partial) = &partial {
-        let reduce = entry(dev, MODULE, ptx::INT4_GEMM, ["int4_reduce", sfx, "", ""], 0)?;
+        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
         let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&reduce);
@@ -216,8 +187,12 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Lay
     let y = alloc_output::<T>(dev, m * n)?;
     let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let gemm =
+        load_func(dev, TC_MODULE, ptx::INT4_GEMM_TC, &format!("int4_gemm_tc_{sfx}_{}_{sym}", cfg.variant.name()))?;
     let smem = cfg.variant.smem_bytes();
-    let gemm = entry(dev, TC_MODULE, ptx::INT4_GEMM_TC, ["int4_gemm_tc", sfx, cfg.variant.name(), sym], smem)?;
+    if smem > DEFAULT_SMEM_LIMIT {
+        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    }
     with_views(w, |p, s, z| {
         let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
@@ -245,7 +220,7 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Lay
         Ok(())
     })?;
     if let Some(partial) = &partial {
-        let reduce = entry(dev, MODULE, ptx::INT4_GEMM, ["int4_reduce", sfx, "", ""], 0)?;
+        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
         let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&reduce);
@@ -276,7 +251,7 @@ fn dequantize_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, dtype: DType) -> Resu
         chunks_per_split: 0,
     };
     let out = alloc_output::<T>(dev, n * k)?;
-    let func = entry(dev, MODULE, ptx::INT4_GEMM, ["int4_dequant", dtype_suffix(dtype, "int4")?, "", ""], 0)?;
+    let func = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_dequant_{}", dtype_suffix(dtype, "int4")?))?;
     with_views(w, |p, s, z| {
         let null = 0u64;
         let stream = dev.cuda_stream();

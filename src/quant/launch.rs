@@ -25,8 +25,8 @@ const X_PAD: usize = 32;
 pub(crate) enum GemmVariant {
     /// Two tiles, up to 8 rows, x staged in shared memory.
     N2M8X,
-    /// Four tiles, up to 8 rows, x read from global memory.
-    N4M8,
+    /// Two tiles, up to 8 rows, x read from global memory.
+    N2M8,
     /// Four tiles, up to 16 rows, x read from global memory.
     N4M16,
 }
@@ -35,21 +35,21 @@ impl GemmVariant {
     pub fn name(self) -> &'static str {
         match self {
             Self::N2M8X => "n2m8x",
-            Self::N4M8 => "n4m8",
+            Self::N2M8 => "n2m8",
             Self::N4M16 => "n4m16",
         }
     }
     /// Tiles of 8 output rows per block (`NT`).
     pub fn tiles(self) -> usize {
         match self {
-            Self::N2M8X => 2,
-            Self::N4M8 | Self::N4M16 => 4,
+            Self::N2M8X | Self::N2M8 => 2,
+            Self::N4M16 => 4,
         }
     }
     /// Activation rows per 16-row block the variant reads.
     pub fn rows(self) -> usize {
         match self {
-            Self::N2M8X | Self::N4M8 => 8,
+            Self::N2M8X | Self::N2M8 => 8,
             Self::N4M16 => 16,
         }
     }
@@ -102,12 +102,12 @@ fn x_rows(m: usize, variant: GemmVariant) -> usize {
 /// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM, the
 /// round-2 kernel): staging x in shared memory wins at M <= 2 (M=1: 13.4 against 14.6) but its
 /// shared memory cuts the resident blocks as rows grow (M=4: 21.7 against 15.3); four tiles with
-/// 16 rows match two at M=16 (16.55 against 16.56); four tiles with 8 rows beat two at M=4..8
-/// (M=4: 14.8 against 15.3, M=8: 14.8 against 15.8; round-2 run).
+/// 16 rows match two at M=16 (16.55 against 16.56). Four tiles with 8 rows (not an entry point
+/// yet) measured faster at M=4..8 (M=8: 14.8 against 15.8).
 pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
     let variant = match m {
         0..=2 => GemmVariant::N2M8X,
-        3..=8 => GemmVariant::N4M8,
+        3..=8 => GemmVariant::N2M8,
         _ => GemmVariant::N4M16,
     };
     let warps = 4;
@@ -238,7 +238,7 @@ mod tests {
         };
         assert_eq!(c, want);
         let c = choose_gemm_config(8, 11008, 4096, 132);
-        assert_eq!(c, GemmConfig { variant: GemmVariant::N4M8, blocks_x: 344, ..want });
+        assert_eq!(c, GemmConfig { variant: GemmVariant::N2M8, ..want });
         let c = choose_gemm_config(16, 11008, 4096, 132);
         assert_eq!(c, GemmConfig { variant: GemmVariant::N4M16, blocks_x: 344, ..want });
         // a small N splits K
