@@ -26,7 +26,7 @@ step() { # limit_s log command...
   save
 }
 want() { [[ " $STEPS " == *" $1 "* ]]; }
-san() { compute-sanitizer --tool "$1" --error-exitcode 9 "${@:2}"; }
+san=(compute-sanitizer --error-exitcode 9 --tool) # then the tool name
 
 if want tests; then
   for bin in $G/test-*; do
@@ -35,17 +35,17 @@ if want tests; then
   done
 fi
 if want sanitize; then
-  step 90 "$R/logs/memcheck-attention.txt" san memcheck $G/test-attention --test-threads 8 \
+  step 90 "$R/logs/memcheck-attention.txt" "${san[@]}" memcheck $G/test-attention --test-threads 8 \
     decode_one_query decode_scratch_reuse every_head_dim prefill_four_kv_groups prefill_big_grids hopper_prefill
-  step 60 "$R/logs/memcheck-ffn.txt" san memcheck $G/test-ffn --test-threads 8 \
+  step 60 "$R/logs/memcheck-ffn.txt" "${san[@]}" memcheck $G/test-ffn --test-threads 8 \
     large_m_activation two_launch one_launch_kernel_matches batched seed_shape cooperative_ffn_matches \
     cooperative_ffn_grid
-  step 60 "$R/logs/memcheck-int4.txt" san memcheck $G/test-int4 --test-threads 8 matmul
-  step 40 "$R/logs/memcheck-gpt.txt" san memcheck $G/test-gpt --test-threads 4
-  step 60 "$R/logs/racecheck-attention.txt" san racecheck $G/test-attention --test-threads 1 \
+  step 60 "$R/logs/memcheck-int4.txt" "${san[@]}" memcheck $G/test-int4 --test-threads 8 matmul
+  step 40 "$R/logs/memcheck-gpt.txt" "${san[@]}" memcheck $G/test-gpt --test-threads 4
+  step 60 "$R/logs/racecheck-attention.txt" "${san[@]}" racecheck $G/test-attention --test-threads 1 \
     decode_scratch_reuse hopper_prefill negative_and_zero_scale
-  step 50 "$R/logs/racecheck-ffn.txt" san racecheck $G/test-ffn --test-threads 1 cooperative_ffn_grid two_launch
-  step 50 "$R/logs/racecheck-int4.txt" san racecheck $G/test-int4 --test-threads 1 matmul_tensor_core_path
+  step 50 "$R/logs/racecheck-ffn.txt" "${san[@]}" racecheck $G/test-ffn --test-threads 1 cooperative_ffn_grid two_launch
+  step 50 "$R/logs/racecheck-int4.txt" "${san[@]}" racecheck $G/test-int4 --test-threads 1 matmul_tensor_core_path
   grep -HE "ERROR SUMMARY|RACECHECK SUMMARY|^test result" "$R"/logs/*check-*.txt
 fi
 if want gpt; then # first of the timed parts: on a fresh host it also pays the PTX JIT
