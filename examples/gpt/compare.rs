@@ -62,7 +62,14 @@ fn measure(
         Ok(())
     })?;
     // decode: greedy steps of one token each after a prefill (the token read back every step,
-    // as generation does)
+    // as generation does); two untimed steps first, so one-time costs (loading the decode-sized
+    // kernels' modules) stay out of the clock, as the prefill's warm-up call does for prefill
+    let mut warm = KvCache::new();
+    let mut next = model.forward(prompt, &mut warm, true)?.i((0, 0))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+    for _ in 0..2 {
+        let x = Tensor::new(&[next], dev)?.unsqueeze(0)?;
+        next = model.forward(&x, &mut warm, true)?.i((0, 0))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+    }
     let mut cache = KvCache::new();
     let mut next = model.forward(prompt, &mut cache, true)?.i((0, 0))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
     dev.synchronize()?;
