@@ -247,6 +247,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
     // the Hopper kernel (kernels/attention_sm90.cu) takes the one-pass prefills it supports on
     // compute capability 9.0
     let hopper = super::sm90::supports(dtype != DType::F32, prob.d, prob.dropout.is_some())
+        && super::sm90::worth_it(prob.nq, prob.nk)
         && crate::testing::hopper_attention()
         && super::sm90::is_sm90(dev)?;
     let numel = prob.b * prob.hq * prob.nq * prob.d;

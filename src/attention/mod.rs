@@ -97,8 +97,8 @@ pub fn fused_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &AttentionC
 
 /// Whether CUDA prefill on `device` can run the Hopper (sm_90a, wgmma) kernel: a compute
 /// capability 9.0 GPU (H100, H200) in a `cuda` build. It then takes f16/bf16 calls with D = 64 or
-/// 128, no dropout and more than 16 queries (unless their keys are split over several blocks);
-/// the rest run the portable kernels. Always `false` on the CPU.
+/// 128, no dropout, more than 16 queries (unless their keys are split over several blocks) and more
+/// than 128 queries or keys; the rest run the portable kernels. Always `false` on the CPU.
 pub fn hopper_prefill_available(device: &Device) -> Result<bool> {
     match device {
         #[cfg(feature = "cuda")]
