@@ -293,6 +293,16 @@ int main(int argc, char** argv) {
     }
   }
   }
+  // the cooperative FFN at 4096x11008 (weights from HBM), 1 and 2 blocks per SM
+  for (int m : {1, 4, 16}) {
+    for (int bps : {1, 2}) {
+      const int blocks = bps * g_sms;
+      ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, blocks);
+      double tc = time_us([&] { launch_coop(cp, blocks); }, IT);
+      printf("4096x11008 m=%-2d cooperative G=%d (splits %d x %d) %.2f us = %.2f TB/s\n", m, blocks, cp.splits,
+             cp.k_per_split, tc, 2.0 * H * D * 2 / tc / 1e6);
+    }
+  }
   // small shapes, M = 1 (weights L2-resident, as in a back-to-back bench loop)
   unsigned* tickets;
   float* partial;

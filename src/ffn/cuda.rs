@@ -504,8 +504,9 @@ fn ffn_two_fwd_t<T: CudaDType + DeviceRepr>(
 
 /// Warps per block of the cooperative FFN; mirrors `ffn::COOP_WARPS`.
 const COOP_WARPS: usize = 8;
-/// Blocks per SM the cooperative FFN's grid aims for (its `__launch_bounds__` minimum, 128
-/// registers), capped by the occupancy the driver reports.
+/// Blocks per SM the cooperative FFN's grid aims for when phase 1 needs more than one round of
+/// one block per SM (its `__launch_bounds__` minimum, 128 registers), capped by the occupancy the
+/// driver reports; see [`choose_coop_blocks_per_sm`].
 const COOP_BLOCKS_PER_SM: usize = 2;
 /// Token tiles compiled for the cooperative FFN (`_nt1`, `_nt2`): up to 8 or 16 tokens.
 const COOP_TOKEN_TILES: [usize; 2] = [1, 2];
@@ -565,6 +566,20 @@ pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) ->
     let splits = h.div_ceil(k_per_split).max(1);
     let partial_len = if splits > 1 { groups * splits * m * ROWS } else { 0 };
     CoopConfig { nt, blocks, groups, splits, k_per_split, partial_len }
+}
+
+/// Co-resident blocks per SM for the cooperative FFN with hidden size `h` on `sms` SMs, where the
+/// driver allows `occupancy` blocks per SM (0: the kernel does not fit). One block per SM when
+/// phase 1's `ceil(h / 16)` row groups of W1 fit one round of one block per SM: a smaller grid to
+/// synchronize, and phase 1 takes one round either way (H100 kernel time at 512x2048 M = 1: 7.48
+/// µs on 132 blocks vs 8.15 on 264, benchmarks/ffn.md); otherwise [`COOP_BLOCKS_PER_SM`], so the
+/// rounds of phase 1 halve (768x3072: 9.20 µs on 264 blocks vs 10.14 on 132).
+pub(crate) fn choose_coop_blocks_per_sm(h: usize, sms: usize, occupancy: usize) -> usize {
+    if h.div_ceil(ROWS) <= sms {
+        occupancy.min(1)
+    } else {
+        occupancy.min(COOP_BLOCKS_PER_SM)
+    }
 }
 
 /// Per-device scratch of the cooperative FFN: hidden activations, partial sums and tickets (zero
@@ -688,11 +703,12 @@ fn coop_fwd_t<T: CudaDType + DeviceRepr>(
     let func = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
         Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(x.0.dtype(), "fused_ffn")?, epi.act().name()))
     })?;
-    let per_sm = coop_blocks_per_sm(dev, key, &func)?.min(COOP_BLOCKS_PER_SM);
+    let sms = sm_count(dev)?;
+    let per_sm = choose_coop_blocks_per_sm(h, sms, coop_blocks_per_sm(dev, key, &func)?);
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_config(m, h, o, per_sm * sm_count(dev)?);
+    let cfg = choose_coop_config(m, h, o, per_sm * sms);
     debug_assert_eq!(cfg.nt, nt);
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
@@ -896,6 +912,22 @@ mod tests {
         // a wide output: one split per group, blocks loop over groups
         assert_eq!(choose_coop_config(1, 2048, 8192, grid).splits, 1);
         assert_eq!(COOP_MAX_M, 16);
+    }
+
+    #[test]
+    fn coop_blocks_per_sm_by_hidden_rounds() {
+        // the seed's shape: 128 hidden row groups fit one round of 132 blocks
+        assert_eq!(choose_coop_blocks_per_sm(2048, H100_SMS, 2), 1);
+        assert_eq!(choose_coop_blocks_per_sm(16 * H100_SMS, H100_SMS, 2), 1);
+        // one group more than SMs: two blocks per SM halve phase 1's rounds
+        assert_eq!(choose_coop_blocks_per_sm(16 * H100_SMS + 8, H100_SMS, 2), 2);
+        assert_eq!(choose_coop_blocks_per_sm(3072, H100_SMS, 2), 2);
+        assert_eq!(choose_coop_blocks_per_sm(11008, H100_SMS, 2), 2);
+        // capped by the occupancy the driver reports; 0 stays 0 (the caller bails)
+        assert_eq!(choose_coop_blocks_per_sm(11008, H100_SMS, 1), 1);
+        assert_eq!(choose_coop_blocks_per_sm(11008, H100_SMS, 4), COOP_BLOCKS_PER_SM);
+        assert_eq!(choose_coop_blocks_per_sm(2048, H100_SMS, 0), 0);
+        assert_eq!(choose_coop_blocks_per_sm(11008, H100_SMS, 0), 0);
     }
 
     #[test]
