@@ -23,6 +23,11 @@
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
 
+// Launch and grid-barrier floors of the cooperative FFN: an empty kernel, launched plainly and
+// cooperatively, and one with a single grid sync (the barrier between the FFN's phases).
+__global__ void __launch_bounds__(ffn::COOP_THREADS) kempty(int) {}
+__global__ void __launch_bounds__(ffn::COOP_THREADS) kbarrier(int) { cooperative_groups::this_grid().sync(); }
+
 using ffn::Params;
 template <tg::Act A, int NT, int UNROLL, bool PIPE>
 __global__ void __launch_bounds__(256) kproj(const Params p) {
@@ -292,6 +297,16 @@ int main(int argc, char** argv) {
              t2, c2.warps, tp, bytes / tp / 1e6);
     }
   }
+  }
+  for (int bps : {1, 2}) {
+    const int blocks = bps * g_sms;
+    int arg = 0;
+    void* args[] = {(void*)&arg};
+    double te = time_us([&] { kempty<<<blocks, ffn::COOP_THREADS>>>(0); }, 200);
+    double tce = time_us([&] { CK(cudaLaunchCooperativeKernel((const void*)kempty, blocks, ffn::COOP_THREADS, args, 0, 0)); }, 200);
+    double tb = time_us([&] { CK(cudaLaunchCooperativeKernel((const void*)kbarrier, blocks, ffn::COOP_THREADS, args, 0, 0)); }, 200);
+    printf("floor G=%d: empty kernel %.2f us, cooperative empty %.2f us, cooperative + one grid sync %.2f us\n", blocks, te,
+           tce, tb);
   }
   // the cooperative FFN at 4096x11008 (weights from HBM), 1 and 2 blocks per SM
   for (int m : {1, 4, 16}) {
