@@ -17,8 +17,8 @@
 //!
 //! On CUDA a whole small-M FFN can instead run as one launch ([`choose_kernel`]). The cooperative
 //! FFN (`kernels/ffn_coop.cu`, [`FfnKernel::Cooperative`], picked for plain FFNs with M <=
-//! [`GPU_COOP_AUTO_MAX_M`] (D·H <= [`GPU_COOP_MAX_WEIGHTS`]) or M <= [`GPU_COOP_MAX_M`] (larger
-//! weights)) runs a co-resident grid over every
+//! [`GPU_COOP_MAX_M`], except M <= [`GPU_COOP_AUTO_MAX_M`] for D·H between
+//! [`GPU_COOP_SMALL_WEIGHTS`] and [`GPU_COOP_MAX_WEIGHTS`]) runs a co-resident grid over every
 //! SM: all blocks compute hidden rows, a grid-wide barrier, then all blocks a share of the output
 //! (split over H, partials summed in a fixed order by the last block of each output tile:
 //! deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
@@ -132,6 +132,12 @@ pub const GPU_COOP_AUTO_MAX_M: usize = 4;
 /// M = 1 / 4 / 16), streaming both weights from HBM at 2.66 TB/s at M = 1.
 pub const GPU_COOP_MAX_WEIGHTS: usize = 4 << 20;
 
+/// Up to this first-projection weight (D·H elements) [`choose_kernel`] picks the cooperative FFN
+/// for every M up to [`GPU_COOP_MAX_M`], not just [`GPU_COOP_AUTO_MAX_M`]: its time barely grows
+/// with M there (H100, benchmarks/ffn.md round 3: 512x2048 8.49 / 8.54 µs at M = 1 / 4, and 9.11
+/// at M = 16 against 10.73 for the two-launch FFN; at 768x3072 M = 16 the two tied, 11.66 vs 11.57).
+pub const GPU_COOP_SMALL_WEIGHTS: usize = 1 << 20;
+
 /// Whether the cooperative FFN can run: CUDA, f16/bf16, plain (not gated), both weights stored
 /// `[out, in]`, 16-byte aligned loads, 1..=[`GPU_COOP_MAX_M`] tokens.
 fn coop_feasible(cuda: bool, dtype: DType, m: usize, gated: bool, out_in: bool, aligned: bool) -> bool {
@@ -169,8 +175,8 @@ fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bo
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
 /// device kind, dtype, shapes, whether both weights are stored `[out, in]` and whether the 16-byte
 /// loads are aligned (D and H multiples of 8, tensor offsets too) and whether the cuBLASLt path is
-/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_AUTO_MAX_M`] (D·H <=
-/// [`GPU_COOP_MAX_WEIGHTS`]) or M <= [`GPU_COOP_MAX_M`] (larger weights) take the cooperative FFN (which also makes the one-launch rule below
+/// on ([`choose_path`]). Plain FFNs with M <= [`GPU_COOP_MAX_M`] (D·H <= [`GPU_COOP_SMALL_WEIGHTS`] or
+/// above [`GPU_COOP_MAX_WEIGHTS`]; M <= [`GPU_COOP_AUTO_MAX_M`] in between) take the cooperative FFN (which also makes the one-launch rule below
 /// unreachable: both need aligned `[out, in]` weights). Gated FFNs never take the one-launch forms
 /// (the one-launch kernel lost on the only gated shape measured, 4096x11008). Where both projections
 /// would run the small-M kernel ([`choose_path`]), they run as [`FfnKernel::TwoLaunches`] (the
@@ -192,7 +198,11 @@ pub fn choose_kernel(
     let h = if gated { h1 / 2 } else { h1 };
     let small_m = |k, n, gated| choose_path(cuda, dtype, m, k, n, gated, out_in, cublaslt) == FfnPath::CudaSmallM;
     let dh = d.saturating_mul(h1);
-    let coop = if dh <= GPU_COOP_MAX_WEIGHTS { m <= GPU_COOP_AUTO_MAX_M } else { m <= GPU_COOP_MAX_M };
+    let coop = if dh <= GPU_COOP_SMALL_WEIGHTS || dh > GPU_COOP_MAX_WEIGHTS {
+        m <= GPU_COOP_MAX_M
+    } else {
+        m <= GPU_COOP_AUTO_MAX_M
+    };
     if coop_feasible(cuda, dtype, m, gated, out_in, aligned) && coop {
         FfnKernel::Cooperative
     } else if one_launch_feasible(cuda, dtype, m, out_in, aligned) && small && !gated {
@@ -895,8 +905,13 @@ mod tests {
         }
         assert_eq!(choose_kernel(true, DType::BF16, 1, d, h, d, false, true, true, true), FfnKernel::Cooperative);
         assert_eq!(k(1, 1024, 4096, false, true, true), FfnKernel::Cooperative);
+        // weights up to GPU_COOP_SMALL_WEIGHTS: the cooperative FFN up to 16 tokens
+        for m in [GPU_COOP_AUTO_MAX_M + 1, 7, GPU_COOP_MAX_M] {
+            assert_eq!(k(m, d, h, false, true, true), FfnKernel::Cooperative, "m={m}");
+        }
+        assert_eq!(k(GPU_COOP_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
         // past the cooperative rule, the small-M kernels from one op
-        assert_eq!(k(GPU_COOP_AUTO_MAX_M + 1, d, h, false, true, true), FfnKernel::TwoLaunches);
+        assert_eq!(k(GPU_COOP_AUTO_MAX_M + 1, 768, 3072, false, true, true), FfnKernel::TwoLaunches);
         // big weights: the cooperative FFN up to 16 tokens, then two launches
         assert_eq!(k(1, 1024, 4104, false, true, true), FfnKernel::Cooperative);
         assert_eq!(k(16, 4096, 11008, false, true, true), FfnKernel::Cooperative);
