@@ -102,4 +102,18 @@ template <> struct WordDequant<__nv_bfloat16> {
   }
 };
 
+// The INT4 GEMMs' epilogue on an f32 sum of output column `col`: `+ bias[col]` (bias null: none),
+// then the activation `act` (`tg::Act` numbering, a runtime switch: one kernel serves all), in
+// f32 before the output's one rounding.
+template <typename T> __device__ __forceinline__ float bias_act(float v, const T* bias, int col, int act) {
+  if (bias != nullptr) v += tg::to_float<T>(bias[col]);
+  switch (act) {
+    case (int)Act::Gelu: return tg::activate<Act::Gelu>(v);
+    case (int)Act::GeluTanh: return tg::activate<Act::GeluTanh>(v);
+    case (int)Act::Relu: return tg::activate<Act::Relu>(v);
+    case (int)Act::Silu: return tg::activate<Act::Silu>(v);
+    default: return v;
+  }
+}
+
 }  // namespace tg::int4

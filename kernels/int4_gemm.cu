@@ -225,7 +225,9 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
                                   const __half* __restrict__ zeros,     // [K/G, N] or null
                                   T* __restrict__ y,                    // [M, N] (one split)
                                   float* __restrict__ partial,          // [splits, M, N] (several)
-                                  GemmDims d) {
+                                  GemmDims d,
+                                  const T* __restrict__ bias = nullptr,  // [N] or null
+                                  int act = (int)tg::Act::Identity) {
   static_assert(DEPTH >= 2 && (DEPTH & (DEPTH - 1)) == 0, "DEPTH: a power of 2, at least 2");
   using W = WarpTiles<T, NT, ROWS16, SYM, XS>;
   constexpr int NP = W::NP, TG = W::TG;
@@ -333,20 +335,21 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
     for (int w = 0; w < n_warps; ++w) sum += red[w * Q * tg::WARP_SIZE + e];
     const int64_t o = (int64_t)(m0 + m) * d.N + col;
     if (gridDim.y == 1) {
-      y[o] = tg::from_float<T>(sum);
+      y[o] = tg::from_float<T>(bias_act(sum, bias, col, act));
     } else {
       partial[(int64_t)blockIdx.y * d.M * d.N + o] = sum;
     }
   }
 }
 
-// y[m, n] = sum over splits of partial[s, m, n], in split order.
+// y[m, n] = act(sum over splits of partial[s, m, n], in split order, + bias[n]); mn = M * N.
 template <typename T>
-__device__ void int4_reduce(const float* __restrict__ partial, T* __restrict__ y, int64_t mn, int splits) {
+__device__ void int4_reduce(const float* __restrict__ partial, T* __restrict__ y, int64_t mn, int splits,
+                            const T* __restrict__ bias = nullptr, int n = 1, int act = (int)tg::Act::Identity) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < mn; i += (int64_t)gridDim.x * blockDim.x) {
     float s = 0.0f;
     for (int p = 0; p < splits; ++p) s += partial[p * mn + i];
-    y[i] = tg::from_float<T>(s);
+    y[i] = tg::from_float<T>(bias_act(s, bias, (int)(i % n), act));
   }
 }
 
@@ -387,8 +390,9 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
 #define INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, SYM, SNAME)                                    \
   extern "C" __global__ void __launch_bounds__(GEMM_MAX_THREADS, 1)                                             \
       int4_gemm_##TNAME##_##VNAME##_##SNAME(const T* x, const uint32_t* packed, const __half* scales,          \
-                                            const __half* zeros, T* y, float* partial, GemmDims d) {          \
-    int4_gemm_small_m<T, NT, ROWS16, SYM, DEPTH, XS>(x, packed, scales, zeros, y, partial, d);                 \
+                                            const __half* zeros, T* y, float* partial, GemmDims d,            \
+                                            const T* bias, int act) {                                          \
+    int4_gemm_small_m<T, NT, ROWS16, SYM, DEPTH, XS>(x, packed, scales, zeros, y, partial, d, bias, act);      \
   }
 #define INT4_GEMM_VARIANT(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME)                                              \
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, true, sym)                                           \
@@ -397,8 +401,9 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, true, n2m8x)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, false, n2m8)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 4, true, 4, false, n4m16)                                                        \
-  extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits) {        \
-    int4_reduce<T>(partial, y, mn, splits);                                                                    \
+  extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits,          \
+                                                 const T* bias, int n, int act) {                              \
+    int4_reduce<T>(partial, y, mn, splits, bias, n, act);                                                      \
   }                                                                                                            \
   extern "C" __global__ void int4_dequant_##TNAME(const uint32_t* packed, const __half* scales,               \
                                                   const __half* zeros, T* out, GemmDims d) {                   \

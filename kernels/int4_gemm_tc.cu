@@ -82,7 +82,9 @@ __device__ __forceinline__ void int4_gemm_tc(const T* __restrict__ x,           
                                              const __half* __restrict__ zeros,     // [K/G, N] or null
                                              T* __restrict__ y,                    // [M, N] (one split)
                                              float* __restrict__ partial,          // [splits, M, N] (several)
-                                             TcDims d) {
+                                             TcDims d,
+                                             const T* __restrict__ bias = nullptr,  // [N] or null
+                                             int act = (int)tg::Act::Identity) {
   using T2 = typename Pair<T>::type;
   constexpr int THREADS = WM * WN * tg::WARP_SIZE;
   constexpr int WTM = BM / WM, WTN = BN / WN;  // warp tile
@@ -262,7 +264,7 @@ __device__ __forceinline__ void int4_gemm_tc(const T* __restrict__ x,           
         if (gridDim.z > 1) {
           partial[(int64_t)blockIdx.z * d.M * d.N + o] = acc[p][tb][r];
         } else {
-          y[o] = tg::from_float<T>(acc[p][tb][r]);
+          y[o] = tg::from_float<T>(tg::int4::bias_act(acc[p][tb][r], bias, col, act));
         }
       }
     }
@@ -278,8 +280,8 @@ __device__ __forceinline__ void int4_gemm_tc(const T* __restrict__ x,           
   extern "C" __global__ void __launch_bounds__(WM * WN * 32, 1)                                                 \
       int4_gemm_tc_##TNAME##_m##BM##n##BN##w##WM##x##WN##s##ST##_##SNAME(                                       \
           const T* x, const uint32_t* packed, const __half* scales, const __half* zeros, T* y, float* partial,   \
-          TcDims d) {                                                                                           \
-    tg::int4_tc::int4_gemm_tc<T, BM, BN, WM, WN, ST, SYM>(x, packed, scales, zeros, y, partial, d);             \
+          TcDims d, const T* bias, int act) {                                                                   \
+    tg::int4_tc::int4_gemm_tc<T, BM, BN, WM, WN, ST, SYM>(x, packed, scales, zeros, y, partial, d, bias, act);  \
   }
 #define INT4_TC_VARIANT(T, TNAME, BM, BN, WM, WN, ST)                                                           \
   INT4_TC_ENTRY(T, TNAME, BM, BN, WM, WN, ST, true, sym)                                                        \

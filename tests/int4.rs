@@ -3,8 +3,10 @@ mod common;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use common::{devices, err_text, randn, FLOAT_DTYPES};
 use tiny_gemm::quant::{
-    int4_matmul, load_int4, save_int4, Int4Config, Int4Linear, Int4Weight, QuantReport, SUPPORTED_GROUP_SIZES,
+    int4_linear, int4_matmul, load_int4, save_int4, Int4Config, Int4Linear, Int4Weight, QuantReport,
+    SUPPORTED_GROUP_SIZES,
 };
+use tiny_gemm::Activation;
 
 fn configs() -> Vec<Int4Config> {
     SUPPORTED_GROUP_SIZES
@@ -454,6 +456,155 @@ fn cpu_time_per_call() -> Result<()> {
         run("int4", &|| int4_matmul(&x, &q))?;
         run("q4_0", &|| q40.forward(&x))?;
         run("f32 matmul", &|| x.matmul(&w.t()?))?;
+    }
+    Ok(())
+}
+
+/// Asserts `y == act(x · dequantize(q)ᵀ + bias)` (f64 sums; the activation of the f64
+/// pre-activation evaluated in f32) within `tolerance`'s bounds: the pre-activation's bound times
+/// the activations' largest slope (< 1.2), plus one output rounding.
+fn assert_linear_matches_f64(
+    x: &Tensor,
+    q: &Int4Weight,
+    bias: Option<&Tensor>,
+    act: Activation,
+    y: &Tensor,
+    what: &str,
+) -> Result<()> {
+    let (n, k) = (q.out_features(), q.in_features());
+    let m = x.elem_count() / k;
+    assert_eq!(y.elem_count(), m * n, "{what}: output size");
+    let (xv, wv, sv, yv) = (to_vec64(x), to_vec64(&q.dequantize()?), element_scales(q), to_vec64(y));
+    let bv = bias.map(to_vec64);
+    let (c_acc, c_out) = tolerance(x.device(), x.dtype());
+    for mi in 0..m {
+        for ni in 0..n {
+            let (mut pre, mut size) = (bv.as_ref().map_or(0.0, |b| b[ni]), 0f64);
+            for ki in 0..k {
+                let (a, b) = (xv[mi * k + ki], wv[ni * k + ki]);
+                pre += a * b;
+                size += a.abs() * (b.abs() + 16.0 * sv[ni * k + ki]);
+            }
+            let want = act.apply_f32(pre as f32) as f64;
+            let got = yv[mi * n + ni];
+            let tol = 1.2 * (c_acc * size + 1e-6 * pre.abs()) + c_out * want.abs() + 1e-6;
+            assert!((got - want).abs() <= tol, "{what} at ({mi}, {ni}): got {got}, want {want}, tol {tol}");
+        }
+    }
+    Ok(())
+}
+
+/// `int4_linear(x, q, bias, act)` against `int4_matmul` + the stock bias/activation composition
+/// (`reference::bias_act`) and against f64.
+fn check_linear(dev: &Device, m: usize, n: usize, k: usize, cfg: Int4Config, dtype: DType) -> Result<()> {
+    let w = (randn(&[n, k], DType::F32, dev)? * 0.05)?;
+    let q = Int4Weight::quantize(&w, cfg)?;
+    let x = randn(&[m, k], dtype, dev)?;
+    let b = randn(&[n], dtype, dev)?;
+    let plain = int4_matmul(&x, &q)?;
+    for (i, act) in Activation::ALL.into_iter().enumerate() {
+        for bias in [None, Some(&b)] {
+            if (i + m) % 2 == 1 && bias.is_none() && act != Activation::Identity {
+                continue; // every activation with a bias; without one, half of them per M
+            }
+            let what = format!("{dev:?} {dtype:?} {cfg:?} M={m} N={n} K={k} {act} bias={}", bias.is_some());
+            let y = int4_linear(&x, &q, bias, act)?;
+            assert_eq!((y.dims(), y.dtype()), (&[m, n][..], dtype), "{what}");
+            assert!(y.device().same_device(dev));
+            // the composition rounds the matmul output once more: twice the one-rounding tolerance
+            let (atol, rtol) = common::tolerance(dtype);
+            let want = tiny_gemm::reference::bias_act(&plain, bias, act)?;
+            common::assert_close(&y, &want, (4.0 * atol, 2.0 * rtol), &format!("{what} vs composition"));
+            assert_linear_matches_f64(&x, &q, bias, act, &y, &what)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_bias_act_matches_composition_and_f64() -> Result<()> {
+    for dev in devices() {
+        for dtype in FLOAT_DTYPES {
+            for (i, m) in [1, 7, 16, 17, 64, 300].into_iter().enumerate() {
+                let symmetric = i % 2 == 0;
+                check_linear(&dev, m, 40, 256, Int4Config { group_size: 64, symmetric }, dtype)?;
+                check_linear(&dev, m, 24, 128, Int4Config { group_size: 32, symmetric: !symmetric }, dtype)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Long K and few columns: the CUDA kernels split K and `int4_reduce` runs the epilogue.
+#[test]
+fn linear_bias_act_split_k() -> Result<()> {
+    for dev in devices() {
+        for dtype in FLOAT_DTYPES {
+            for m in [1, 9, 17, 40] {
+                let cfg = Int4Config { group_size: 128, symmetric: m % 2 == 0 };
+                let w = (randn(&[24, 4096], DType::F32, &dev)? * 0.02)?;
+                let q = Int4Weight::quantize(&w, cfg)?;
+                let (x, b) = (randn(&[m, 4096], dtype, &dev)?, randn(&[24], dtype, &dev)?);
+                let what = format!("{dev:?} {dtype:?} {cfg:?} M={m} split-K");
+                let y = int4_linear(&x, &q, Some(&b), Activation::GeluTanh)?;
+                assert_linear_matches_f64(&x, &q, Some(&b), Activation::GeluTanh, &y, &what)?;
+                let y = int4_linear(&x, &q, None, Activation::Silu)?;
+                assert_linear_matches_f64(&x, &q, None, Activation::Silu, &y, &what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_forward_act_and_bias_dtype_cast() -> Result<()> {
+    for dev in devices() {
+        let w = (randn(&[32, 128], DType::F32, &dev)? * 0.1)?;
+        let b = randn(&[32], DType::F32, &dev)?;
+        let layer = Int4Linear::new(Int4Weight::quantize(&w, Int4Config::default())?, Some(b.clone()))?;
+        let x = randn(&[5, 128], DType::F16, &dev)?;
+        // the f32 bias is cast to the activations' f16 once
+        let b16 = b.to_dtype(DType::F16)?;
+        let want = int4_linear(&x, layer.weight(), Some(&b16), Activation::Relu)?;
+        let got = layer.forward_act(&x, Activation::Relu)?;
+        common::assert_close(&got, &want, (0.0, 0.0), "forward_act");
+        let got = layer.forward(&x)?;
+        common::assert_close(
+            &got,
+            &int4_linear(&x, layer.weight(), Some(&b16), Activation::Identity)?,
+            (0.0, 0.0),
+            "forward",
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_bad_bias_is_an_error() -> Result<()> {
+    for dev in devices() {
+        let q = Int4Weight::quantize(&randn(&[8, 128], DType::F32, &dev)?, Int4Config::default())?;
+        let x = randn(&[2, 128], DType::F32, &dev)?;
+        for shape in [&[7][..], &[9], &[1, 8], &[8, 1]] {
+            let msg =
+                err_text(int4_linear(&x, &q, Some(&Tensor::zeros(shape, DType::F32, &dev)?), Activation::Identity));
+            assert!(msg.contains("bias has shape") && msg.contains("[8]"), "{msg}");
+        }
+        for dtype in [DType::F16, DType::BF16, DType::F64, DType::U32] {
+            let msg = err_text(int4_linear(&x, &q, Some(&Tensor::zeros(8, dtype, &dev)?), Activation::Gelu));
+            assert!(msg.contains("bias dtype"), "{msg}");
+        }
+        let msg = err_text(int4_linear(&x.to_dtype(DType::U32)?, &q, None, Activation::Relu));
+        assert!(msg.contains("int4_linear"), "{msg}");
+        let msg = err_text(int4_linear(&Tensor::zeros((2, 64), DType::F32, &dev)?, &q, None, Activation::Relu));
+        assert!(msg.contains("K=128"), "{msg}");
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let gpu = common::cuda_device();
+        let q = Int4Weight::quantize(&randn(&[8, 128], DType::F32, &gpu)?, Int4Config::default())?;
+        let x = randn(&[2, 128], DType::F32, &gpu)?;
+        let msg = err_text(int4_linear(&x, &q, Some(&Tensor::zeros(8, DType::F32, &Device::Cpu)?), Activation::Silu));
+        assert!(msg.contains("bias is on") && msg.contains("Cpu"), "{msg}");
     }
     Ok(())
 }

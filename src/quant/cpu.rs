@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::format::{chunk_words, nibble_k, CHUNK_K, SUBTILE_K, SYMMETRIC_ZERO, TILE_N};
 use crate::cpu::CpuFloat;
+use crate::Activation;
 
 /// Host view of a quantized weight.
 pub(crate) struct WeightView<'a> {
@@ -122,11 +123,20 @@ impl TileScales {
 }
 
 /// `y[m, n] = Σ_k x[m, k] ŵ[n, k]`, f32 accumulation, output in `T`.
-pub(crate) fn matmul<T: CpuFloat>(x: &[T], m: usize, w: &WeightView) -> Vec<T> {
-    matmul_with(x, m, w, has_avx2_fma())
+/// `act(x · Wᵀ + bias)`, the bias (`[N]`) added and the activation applied in f32 before the
+/// output's one rounding.
+pub(crate) fn matmul<T: CpuFloat>(x: &[T], m: usize, w: &WeightView, bias: Option<&[T]>, act: Activation) -> Vec<T> {
+    matmul_with(x, m, w, has_avx2_fma(), bias, act)
 }
 
-fn matmul_with<T: CpuFloat>(x: &[T], m: usize, w: &WeightView, avx2: bool) -> Vec<T> {
+fn matmul_with<T: CpuFloat>(
+    x: &[T],
+    m: usize,
+    w: &WeightView,
+    avx2: bool,
+    bias: Option<&[T]>,
+    act: Activation,
+) -> Vec<T> {
     let (n, k) = (w.n, w.k);
     let prep = prepare(x, m, k);
     let tiles = n.div_ceil(TILE_N);
@@ -151,7 +161,8 @@ fn matmul_with<T: CpuFloat>(x: &[T], m: usize, w: &WeightView, avx2: bool) -> Ve
     let mut y = vec![T::from_f32(0.0); m * n];
     y.par_chunks_mut(n).enumerate().for_each(|(mi, y)| {
         for (row, y) in y.iter_mut().enumerate() {
-            *y = T::from_f32(out_t[row * m + mi]);
+            let b = bias.map_or(0.0, |b| b[row].to_f32());
+            *y = T::from_f32(act.apply_f32(out_t[row * m + mi] + b));
         }
     });
     y
@@ -380,8 +391,8 @@ mod tests {
             let view =
                 WeightView { packed: &h.packed, scales: &h.scales, zeros: h.zeros.as_deref(), n, k, group_size: gs };
             let deq: Vec<f32> = dequantize(&view);
-            let scalar = matmul_with(&x, m, &view, false);
-            let simd = matmul_with(&x, m, &view, has_avx2_fma());
+            let scalar = matmul_with(&x, m, &view, false, None, Activation::Identity);
+            let simd = matmul_with(&x, m, &view, has_avx2_fma(), None, Activation::Identity);
             for mi in 0..m {
                 for ni in 0..n {
                     let want: f64 = (0..k).map(|ki| x[mi * k + ki] as f64 * deq[ni * k + ki] as f64).sum();

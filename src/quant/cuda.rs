@@ -14,6 +14,7 @@ use half::f16;
 use super::format::Int4Weight;
 use super::launch::{choose_gemm_config, choose_tc_config};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
+use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
 const TC_MODULE: &str = "int4_gemm_tc";
@@ -21,6 +22,8 @@ const TC_MODULE: &str = "int4_gemm_tc";
 const DEQUANT_RUN: usize = 8;
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+/// `act_code(Activation::Identity)`: the GEMM's activation when `int4_reduce` runs the epilogue.
+const ACT_IDENTITY: i32 = 4;
 
 /// Mirrors `GemmDims` in kernels/int4_gemm.cu.
 #[repr(C)]
@@ -86,24 +89,51 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
     Ok(n)
 }
 
-pub(super) fn matmul(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+/// The `act` argument of the kernels: `tg::Act`'s numbering in kernels/common.cuh.
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::Gelu => 0,
+        Activation::GeluTanh => 1,
+        Activation::Relu => 2,
+        Activation::Silu => 3,
+        Activation::Identity => 4,
+    }
+}
+
+/// `act(x · Wᵀ + bias)` with the bias (`[N]`, x's dtype; checked by `int4_linear`) and the
+/// activation applied in the kernels' epilogue.
+pub(super) fn matmul(
+    w: &Int4Weight,
+    x: &CudaStorage,
+    l: &Layout,
+    bias: Option<(&CudaStorage, &Layout)>,
+    act: Activation,
+) -> Result<(CudaStorage, Shape)> {
     match x.dtype() {
-        DType::F32 => matmul_t::<f32>(w, x, l),
-        DType::F16 => matmul_t::<half::f16>(w, x, l),
-        DType::BF16 => matmul_t::<half::bf16>(w, x, l),
+        DType::F32 => matmul_t::<f32>(w, x, l, bias, act),
+        DType::F16 => matmul_t::<half::f16>(w, x, l, bias, act),
+        DType::BF16 => matmul_t::<half::bf16>(w, x, l, bias, act),
         dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "int4_matmul")),
     }
 }
 
-fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+fn matmul_t<T: CudaDType + DeviceRepr>(
+    w: &Int4Weight,
+    x: &CudaStorage,
+    l: &Layout,
+    bias: Option<(&CudaStorage, &Layout)>,
+    act: Activation,
+) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
+    let bias_view = bias.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
+    let (bias, act) = (bias_view.as_ref(), act_code(act));
     let (m, n, k) = (l.dims()[0], w.n, w.k);
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
     }
     match super::cuda_path(m, x.dtype()) {
         super::CudaPath::SmallM => {}
-        super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l),
+        super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
         super::CudaPath::DequantizeMatmul => {
             bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
         }
@@ -142,6 +172,14 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
             None => b.arg(&null),
         };
         b.arg(&dims);
+        // the epilogue: a null bias pointer = no bias (with K splits, int4_reduce applies it)
+        let (no_bias, bias_in_gemm) = (0u64, partial.is_none());
+        match bias {
+            Some(bias) if bias_in_gemm => b.arg(bias),
+            _ => b.arg(&no_bias),
+        };
+        let gemm_act = if bias_in_gemm { act } else { ACT_IDENTITY };
+        b.arg(&gemm_act);
         let lc = LaunchConfig {
             grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, cfg.m_blocks as u32),
             block_dim: ((cfg.warps * 32) as u32, 1, 1),
@@ -158,8 +196,15 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
         let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&reduce);
+        let (no_bias, n32) = (0u64, i32_dim(n, "N")?);
         b.arg(partial).arg(&y).arg(&mn).arg(&splits);
-        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n.
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&no_bias),
+        };
+        b.arg(&n32).arg(&act);
+        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n,
+        // the bias (if any) n.
         unsafe { b.launch(elementwise_config(m * n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
@@ -167,7 +212,13 @@ fn matmul_t<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layo
 
 /// The tensor-core GEMM (`int4_gemm_tc_*`, f16 / bf16 activations), plus `int4_reduce_*` over the
 /// f32 partials when K is split.
-fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+fn matmul_tc<T: CudaDType + DeviceRepr>(
+    w: &Int4Weight,
+    x: &CudaStorage,
+    l: &Layout,
+    bias: Option<&CudaView<T>>,
+    act: i32,
+) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let (m, n, k) = (l.dims()[0], w.n, w.k);
     let cfg = choose_tc_config(m, n, k, sm_count(dev)?);
@@ -208,6 +259,14 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Lay
             None => b.arg(&null),
         };
         b.arg(&dims);
+        // the epilogue: a null bias pointer = no bias (with K splits, int4_reduce applies it)
+        let (no_bias, bias_in_gemm) = (0u64, partial.is_none());
+        match bias {
+            Some(bias) if bias_in_gemm => b.arg(bias),
+            _ => b.arg(&no_bias),
+        };
+        let gemm_act = if bias_in_gemm { act } else { ACT_IDENTITY };
+        b.arg(&gemm_act);
         let lc = LaunchConfig {
             grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, cfg.splits as u32),
             block_dim: (cfg.variant.threads() as u32, 1, 1),
@@ -224,8 +283,15 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(w: &Int4Weight, x: &CudaStorage, l: &Lay
         let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&reduce);
+        let (no_bias, n32) = (0u64, i32_dim(n, "N")?);
         b.arg(partial).arg(&y).arg(&mn).arg(&splits);
-        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n.
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&no_bias),
+        };
+        b.arg(&n32).arg(&act);
+        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n,
+        // the bias (if any) n.
         unsafe { b.launch(elementwise_config(m * n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))

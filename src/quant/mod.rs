@@ -28,13 +28,16 @@ mod launch;
 mod report;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor, WithDType,
+};
 
 pub use format::{Int4Config, Int4Weight, FORMAT_VERSION, SUPPORTED_GROUP_SIZES};
 pub use io::{load_int4, save_int4};
 pub use report::{LayerReport, QuantReport};
 
 use crate::cpu::dispatch_float;
+use crate::Activation;
 
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
 /// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), else
@@ -80,16 +83,62 @@ pub(crate) fn cuda_path(m: usize, dtype: DType) -> CudaPath {
 /// is rounded to bf16 first in the tensor-core GEMM, M ≤ [`CUDA_TC_MAX_M`]), with f32
 /// accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
+    int4_linear_impl("int4_matmul", x, w, None, Activation::Identity)
+}
+
+/// A whole INT4 linear layer in one op: `act(x · Wᵀ + bias)` for `x` of shape `[.., K]`, an INT4
+/// weight `[N, K]` and an optional `bias` of shape `[N]` in `x`'s dtype, on `x`'s device. The
+/// bias and the activation run in f32 in the matmul's epilogue (CUDA: the kernels' output loop;
+/// CPU: the output loop), before the output's one rounding to `x`'s dtype; numerics otherwise as
+/// [`int4_matmul`]. On CUDA past the fused kernels' row limits (f32 above
+/// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`]) it is candle's matmul on the
+/// dequantized weight followed by [`bias_act`](crate::bias_act).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use tiny_gemm::quant::{int4_linear, int4_matmul, Int4Config, Int4Weight};
+/// use tiny_gemm::Activation;
+/// # fn main() -> candle_core::Result<()> {
+/// let w = Tensor::randn(0f32, 0.02, (96, 256), &Device::Cpu)?;
+/// let q = Int4Weight::quantize(&w, Int4Config::default())?;
+/// let (x, b) = (Tensor::randn(0f32, 1.0, (3, 256), &Device::Cpu)?, Tensor::randn(0f32, 1.0, 96, &Device::Cpu)?);
+/// let y = int4_linear(&x, &q, Some(&b), Activation::Relu)?;
+/// let want = int4_matmul(&x, &q)?.broadcast_add(&b)?.relu()?;
+/// assert!((y - want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+/// # Ok(()) }
+/// ```
+pub fn int4_linear(x: &Tensor, w: &Int4Weight, bias: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    int4_linear_impl("int4_linear", x, w, bias, act)
+}
+
+fn int4_linear_impl(
+    op: &'static str,
+    x: &Tensor,
+    w: &Int4Weight,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
     if !crate::cpu::is_supported_float(x.dtype()) {
-        return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), "int4_matmul"));
+        return Err(candle_core::Error::UnsupportedDTypeForOp(x.dtype(), op));
     }
     let dims = x.dims();
-    let Some((&k, lead)) = dims.split_last() else { bail!("int4_matmul: x must have at least one dim, got a scalar") };
+    let Some((&k, lead)) = dims.split_last() else { bail!("{op}: x must have at least one dim, got a scalar") };
     if k != w.k {
-        bail!("int4_matmul: x has shape {dims:?}, its last dim {k} must equal the weight's K={}", w.k);
+        bail!("{op}: x has shape {dims:?}, its last dim {k} must equal the weight's K={}", w.k);
     }
     if !x.device().same_device(w.device()) {
-        bail!("int4_matmul: x is on {:?} but the weight is on {:?}", x.device().location(), w.device().location());
+        bail!("{op}: x is on {:?} but the weight is on {:?}", x.device().location(), w.device().location());
+    }
+    if let Some(b) = bias {
+        if b.dims() != [w.n] {
+            bail!("{op}: bias has shape {:?}, expected [{}] (the weight's N)", b.dims(), w.n);
+        }
+        if b.dtype() != x.dtype() {
+            bail!("{op}: bias dtype {:?} differs from x dtype {:?}", b.dtype(), x.dtype());
+        }
+        if !b.device().same_device(x.device()) {
+            bail!("{op}: bias is on {:?} but x is on {:?}", b.device().location(), x.device().location());
+        }
     }
     let m: usize = lead.iter().product();
     let mut out_dims = lead.to_vec();
@@ -101,10 +150,19 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     if x2.device().is_cuda() && x2.layout().start_offset() % 8 != 0 {
         x2 = x2.force_contiguous()?; // a fresh buffer: the kernel's vector loads want an aligned start
     }
+    let op = Int4MatMul { w: w.clone(), act };
     let y = if x.device().is_cuda() && cuda_path(m, x.dtype()) == CudaPath::DequantizeMatmul {
-        x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?
+        let y = x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?;
+        if bias.is_none() && act == Activation::Identity {
+            y
+        } else {
+            crate::bias_act(&y, bias, act)?
+        }
     } else {
-        x2.apply_op1_no_bwd(&Int4MatMul { w: w.clone() })?
+        match bias {
+            None => x2.apply_op1_no_bwd(&op)?,
+            Some(b) => x2.apply_op2_no_bwd(&b.contiguous()?, &op)?,
+        }
     };
     y.reshape(out_dims)
 }
@@ -139,14 +197,22 @@ fn with_host_view<R>(w: &Int4Weight, f: impl FnOnce(&cpu::WeightView) -> Result<
     f(&view)
 }
 
+/// `act(x · Wᵀ (+ bias))`: op1 without a bias, op2 with one (`[N]`, x's dtype).
 struct Int4MatMul {
     w: Int4Weight,
+    act: Activation,
 }
 
-fn matmul_cpu_t<T: crate::cpu::CpuFloat>(w: &Int4Weight, s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
-    let x = crate::cpu::contiguous::<T>(s, l)?;
-    let m = l.dims()[0];
-    with_host_view(w, |v| Ok(T::to_cpu_storage_owned(cpu::matmul(x, m, v))))
+fn matmul_cpu_t<T: crate::cpu::CpuFloat>(
+    w: &Int4Weight,
+    act: Activation,
+    x: (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<CpuStorage> {
+    let m = x.1.dims()[0];
+    let x = crate::cpu::contiguous::<T>(x.0, x.1)?;
+    let bias = bias.map(|(s, l)| crate::cpu::contiguous::<T>(s, l)).transpose()?;
+    with_host_view(w, |v| Ok(T::to_cpu_storage_owned(cpu::matmul(x, m, v, bias, act))))
 }
 
 impl CustomOp1 for Int4MatMul {
@@ -155,13 +221,36 @@ impl CustomOp1 for Int4MatMul {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch_float!(s.dtype(), "int4_matmul", matmul_cpu_t(&self.w, s, l))?;
+        let out = dispatch_float!(s.dtype(), "int4_matmul", matmul_cpu_t(&self.w, self.act, (s, l), None))?;
         Ok((out, Shape::from((l.dims()[0], self.w.n))))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::matmul(&self.w, s, l)
+        cuda::matmul(&self.w, s, l, None, self.act)
+    }
+}
+
+impl CustomOp2 for Int4MatMul {
+    fn name(&self) -> &'static str {
+        "int4_linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out =
+            dispatch_float!(s1.dtype(), "int4_linear", matmul_cpu_t(&self.w, self.act, (s1, l1), Some((s2, l2))))?;
+        Ok((out, Shape::from((l1.dims()[0], self.w.n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::matmul(&self.w, s1, l1, Some((s2, l2)), self.act)
     }
 }
 
@@ -228,13 +317,19 @@ impl Int4Linear {
     }
 }
 
+impl Int4Linear {
+    /// `act(x · Wᵀ + b)` in one op ([`int4_linear`]); the bias is cast to `x`'s dtype if it
+    /// differs (a no-op when it matches).
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let bias = self.bias.as_ref().map(|b| b.to_dtype(x.dtype())).transpose()?;
+        int4_linear(x, &self.weight, bias.as_ref(), act)
+    }
+}
+
 impl Module for Int4Linear {
+    /// `x · Wᵀ + b` in one op ([`int4_linear`] with the bias in the matmul's epilogue).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = int4_matmul(x, &self.weight)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
-            None => Ok(y),
-        }
+        self.forward_act(x, Activation::Identity)
     }
 }
 

@@ -114,12 +114,15 @@ impl LinearLayer for Int4Layer {
 pub fn make_linear(mode: Mode, w: Tensor, b: Option<Tensor>) -> Result<Box<dyn LinearLayer>> {
     match mode {
         Mode::Stock | Mode::Fused | Mode::Train { .. } => Ok(Box::new(StockLinear { w, b })),
-        Mode::Int4 { group_size } => {
-            let cfg = crate::quant::Int4Config { group_size, symmetric: false };
-            let weight = crate::quant::Int4Weight::quantize(&w.t()?.contiguous()?, cfg)?;
-            Ok(Box::new(Int4Layer { inner: crate::quant::Int4Linear::new(weight, b)? }))
-        }
+        Mode::Int4 { group_size } => Ok(Box::new(Int4Layer { inner: int4_linear(group_size, w, b)? })),
     }
+}
+
+/// The INT4 mode's layer (asymmetric, groups of `group_size`) from a `[in, out]` weight.
+fn int4_linear(group_size: usize, w: Tensor, b: Option<Tensor>) -> Result<crate::quant::Int4Linear> {
+    let cfg = crate::quant::Int4Config { group_size, symmetric: false };
+    let weight = crate::quant::Int4Weight::quantize(&w.t()?.contiguous()?, cfg)?;
+    crate::quant::Int4Linear::new(weight, b)
 }
 
 /// GPT-2's MLP: `proj(gelu_tanh(x·W_fc + b_fc))`.
@@ -148,23 +151,21 @@ impl MlpLayer for StockMlp {
     }
 }
 
-/// Linear (INT4), then [`bias_act`](crate::bias_act) for the bias + GELU in one pass, then the
-/// projection: the INT4 mode's MLP.
-struct BiasActMlp {
-    /// the fc layer without its bias
-    fc: Box<dyn LinearLayer>,
-    fc_b: Tensor,
-    proj: Box<dyn LinearLayer>,
+/// The INT4 mode's MLP: two ops, each an [`int4_linear`](crate::quant::int4_linear) with its
+/// bias (and, for fc, the GELU-tanh) in the matmul's epilogue.
+struct Int4Mlp {
+    fc: crate::quant::Int4Linear,
+    proj: crate::quant::Int4Linear,
 }
 
-impl MlpLayer for BiasActMlp {
+impl MlpLayer for Int4Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = crate::bias_act(&self.fc.forward(x)?, Some(&self.fc_b), Activation::GeluTanh)?;
-        self.proj.forward(&h)
+        let h = self.fc.forward_act(x, Activation::GeluTanh)?;
+        self.proj.forward_act(&h, Activation::Identity)
     }
 
     fn weight_bytes(&self) -> usize {
-        self.fc.weight_bytes() + bytes(&self.fc_b) + self.proj.weight_bytes()
+        [&self.fc, &self.proj].iter().map(|l| l.weight().size_in_bytes() + l.bias().map_or(0, bytes)).sum()
     }
 }
 
@@ -197,10 +198,9 @@ pub fn make_mlp(mode: Mode, fc: (Tensor, Tensor), proj: (Tensor, Tensor)) -> Res
             let mlp = crate::FusedMlp::from_seed(&fc.0, Some(&fc.1), &proj.0, Some(&proj.1), Activation::GeluTanh)?;
             Ok(Box::new(FusedMlpLayer { mlp, weight_bytes }))
         }
-        Mode::Int4 { .. } => Ok(Box::new(BiasActMlp {
-            fc: make_linear(mode, fc.0, None)?,
-            fc_b: fc.1,
-            proj: make_linear(mode, proj.0, Some(proj.1))?,
+        Mode::Int4 { group_size } => Ok(Box::new(Int4Mlp {
+            fc: int4_linear(group_size, fc.0, Some(fc.1))?,
+            proj: int4_linear(group_size, proj.0, Some(proj.1))?,
         })),
     }
 }
