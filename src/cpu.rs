@@ -52,3 +52,8 @@ pub(crate) use dispatch_float;
 pub(crate) fn is_supported_float(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
+
+/// Whether `dtype` is a 2-byte float (f16, bf16): what the CUDA tensor-core kernels take.
+pub(crate) fn is_half_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}

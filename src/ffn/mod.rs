@@ -49,7 +49,7 @@ use candle_core::{
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu::{dispatch_float, is_supported_float, CpuFloat};
+use crate::cpu::{dispatch_float, is_half_float, is_supported_float, CpuFloat};
 use crate::{bias_act, Activation};
 
 /// Largest token count M for which the CPU runs our fused kernel; above it candle's blocked
@@ -141,8 +141,7 @@ pub const GPU_COOP_SMALL_WEIGHTS: usize = 1 << 20;
 /// Whether the cooperative FFN can run: CUDA, f16/bf16, plain (not gated), both weights stored
 /// `[out, in]`, 16-byte aligned loads, 1..=[`GPU_COOP_MAX_M`] tokens.
 fn coop_feasible(cuda: bool, dtype: DType, m: usize, gated: bool, out_in: bool, aligned: bool) -> bool {
-    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
-    cuda && tensor_core_dtype && !gated && out_in && aligned && (1..=GPU_COOP_MAX_M).contains(&m)
+    cuda && is_half_float(dtype) && !gated && out_in && aligned && (1..=GPU_COOP_MAX_M).contains(&m)
 }
 
 /// Largest token count the CUDA one-launch FFN takes (2 token tiles of 8), when forced.
@@ -161,15 +160,13 @@ pub const GPU_ONE_LAUNCH_MAX_WEIGHTS: usize = 1 << 20;
 /// Whether the one-launch kernel can run: CUDA, f16/bf16, both weights stored `[out, in]`, 16-byte
 /// aligned loads (D and H multiples of 8, tensor offsets too), 1..=[`GPU_ONE_LAUNCH_MAX_M`] tokens.
 fn one_launch_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool, aligned: bool) -> bool {
-    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
-    cuda && tensor_core_dtype && out_in && aligned && (1..=GPU_ONE_LAUNCH_MAX_M).contains(&m)
+    cuda && is_half_float(dtype) && out_in && aligned && (1..=GPU_ONE_LAUNCH_MAX_M).contains(&m)
 }
 
 /// Whether the two-launch FFN can run: CUDA, f16/bf16, both weights stored `[out, in]`,
 /// 1..=[`GPU_SMALL_M_MAX`] tokens (the small-M projection's range; any alignment).
 fn two_launches_feasible(cuda: bool, dtype: DType, m: usize, out_in: bool) -> bool {
-    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
-    cuda && tensor_core_dtype && out_in && (1..=GPU_SMALL_M_MAX).contains(&m)
+    cuda && is_half_float(dtype) && out_in && (1..=GPU_SMALL_M_MAX).contains(&m)
 }
 
 /// The kernel for an FFN `[m, d] · [d, h1] · [h, o]` (`h1 = 2h` when gated): a pure function of the
@@ -194,10 +191,10 @@ pub fn choose_kernel(
     aligned: bool,
     cublaslt: bool,
 ) -> FfnKernel {
-    let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && d.saturating_mul(h1) <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
+    let dh = d.saturating_mul(h1);
+    let small = m <= GPU_ONE_LAUNCH_AUTO_MAX_M && dh <= GPU_ONE_LAUNCH_MAX_WEIGHTS;
     let h = if gated { h1 / 2 } else { h1 };
     let small_m = |k, n, gated| choose_path(cuda, dtype, m, k, n, gated, out_in, cublaslt) == FfnPath::CudaSmallM;
-    let dh = d.saturating_mul(h1);
     let coop = if dh <= GPU_COOP_SMALL_WEIGHTS || dh > GPU_COOP_MAX_WEIGHTS {
         m <= GPU_COOP_MAX_M
     } else {
@@ -368,7 +365,7 @@ pub fn choose_path(
     if !cuda {
         return if m <= CPU_FUSED_MAX_M { FfnPath::CpuFused } else { FfnPath::MatmulEpilogue };
     }
-    let tensor_core_dtype = matches!(dtype, DType::F16 | DType::BF16);
+    let tensor_core_dtype = is_half_float(dtype);
     let wide = k.saturating_mul(n) > GPU_WIDE_TILE_MAX_WEIGHTS;
     let max_m = if !wide { GPU_SMALL_M_MAX } else { 16 };
     if tensor_core_dtype && gated && wide && cublaslt {

@@ -36,7 +36,7 @@ pub use format::{Int4Config, Int4Weight, FORMAT_VERSION, SUPPORTED_GROUP_SIZES};
 pub use io::{load_int4, save_int4};
 pub use report::{LayerReport, QuantReport};
 
-use crate::cpu::dispatch_float;
+use crate::cpu::{dispatch_float, is_half_float};
 use crate::Activation;
 
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
@@ -65,7 +65,7 @@ pub(crate) enum CudaPath {
 pub(crate) fn cuda_path(m: usize, dtype: DType) -> CudaPath {
     if m <= CUDA_FUSED_MAX_M {
         CudaPath::SmallM
-    } else if m <= CUDA_TC_MAX_M && matches!(dtype, DType::F16 | DType::BF16) {
+    } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
         CudaPath::TensorCore
     } else {
         CudaPath::DequantizeMatmul
