@@ -49,7 +49,7 @@ struct CoopParams {
 constexpr int COOP_WARPS = 8;                      // mirrors COOP_WARPS in src/ffn/cuda.rs
 constexpr int COOP_THREADS = COOP_WARPS * tg::WARP_SIZE;
 constexpr int COOP_MIN_BLOCKS = 2;                 // per SM, for __launch_bounds__ (<= 128 registers)
-constexpr int COOP_PRE = 4;                        // phase 2: 32-wide chunks per warp per load batch
+constexpr int COOP_PRE = 4;                        // phase 2: chunks per warp per W2 load batch (mirrored in Rust)
 constexpr int COOP_STRIDE = ROWS + 4;              // +4: the lanes' accumulator stores hit distinct banks
 
 // acc ([row g / g + 8] x [tokens 2t, 2t + 1] of each token tile) into red[warp], then (after a
@@ -67,7 +67,9 @@ __device__ __forceinline__ void stash(float (&red)[COOP_WARPS][TOKENS * NT][COOP
   }
 }
 
-template <typename T, tg::Act A, int NT>
+// PRE: phase 2's 32-wide chunks per warp per W2 load batch; U1 / P1: phase 1's chunks per step and
+// software pipelining (`stream_k`'s UNROLL / PIPE).
+template <typename T, tg::Act A, int NT, int PRE = COOP_PRE, int U1 = unroll<false, NT>(), bool P1 = false>
 __device__ void ffn_coop(const CoopParams& p) {
   constexpr int TOK = TOKENS * NT;
   __shared__ float red[COOP_WARPS][TOK][COOP_STRIDE];
@@ -100,10 +102,10 @@ __device__ void ffn_coop(const CoopParams& p) {
     kw0 = s * p.k_per_split + warp * kpw2;
     kw1 = min(ks1, kw0 + kpw2);
   };
-  uint4 wa[COOP_PRE], wb[COOP_PRE];
+  uint4 wa[PRE], wb[PRE];
   auto load_w2 = [&](int kb) {
 #pragma unroll
-    for (int c = 0; c < COOP_PRE; ++c) {
+    for (int c = 0; c < PRE; ++c) {
       const int k = kb + c * CHUNK_K + t * VEC;
       wa[c] = load8<T, true, true>(row0, k, kw1);
       wb[c] = load8<T, true, true>(row1, k, kw1);
@@ -131,7 +133,7 @@ __device__ void ffn_coop(const CoopParams& p) {
       const T* w_rows[2] = {w1 + (int64_t)min(rg * ROWS + g, p.h - 1) * p.d,
                             w1 + (int64_t)min(rg * ROWS + g + 8, p.h - 1) * p.d};
       float acc[1][NT][4] = {};
-      stream_k<T, false, NT, true>(acc, w_rows, x_rows, k0, k1);
+      stream_k<T, false, NT, true, U1, P1>(acc, w_rows, x_rows, k0, k1);
       stash<NT>(red, acc[0], warp, g, t);
       __syncthreads();
       for (int i = threadIdx.x; i < ROWS * TOK; i += COOP_THREADS) {
@@ -155,21 +157,21 @@ __device__ void ffn_coop(const CoopParams& p) {
     const int rg = unit / p.splits;
     locate(unit);
     float acc[NT][4] = {};
-    for (int kb = kw0; kb < kw1; kb += COOP_PRE * CHUNK_K) {  // warp-uniform
+    for (int kb = kw0; kb < kw1; kb += PRE * CHUNK_K) {  // warp-uniform
       if (!have) load_w2(kb);
       have = false;
-      uint4 hb[NT][COOP_PRE];
+      uint4 hb[NT][PRE];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const T* hrow = hid + (int64_t)min(nt * TOKENS + g, p.m - 1) * p.h;
 #pragma unroll
-        for (int c = 0; c < COOP_PRE; ++c) {
+        for (int c = 0; c < PRE; ++c) {
           const int k = kb + c * CHUNK_K + t * VEC;
           hb[nt][c] = k < kw1 ? __ldcg(reinterpret_cast<const uint4*>(hrow + k)) : make_uint4(0, 0, 0, 0);
         }
       }
 #pragma unroll
-      for (int c = 0; c < COOP_PRE; ++c) {
+      for (int c = 0; c < PRE; ++c) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_chunk<T>(acc[nt], wa[c], wb[c], hb[nt][c]);
       }

@@ -8,7 +8,11 @@
 //   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o ffn_timing scripts/ffn_kernel_timing.cu && ./ffn_timing
 // `./ffn_timing ncu` launches each timed kernel once (for `ncu --metrics gpu__time_duration.sum`);
 // `./ffn_timing small` checks everything but times only the small shapes (cooperative FFN vs the
-// one-launch kernel and the two projections).
+// one-launch kernel and the two projections). `./ffn_timing r4` (round 4, benchmarks/ffn.md): the
+// cooperative FFN's variants x grid x phase-2 K splits, each checked first; `r4ncu` launches the
+// same configs 3 times each for `ncu --metrics gpu__time_duration.sum --cache-control none
+// --clock-control none`.
+// Link flags on the build machine's pip CUDA: add -L$CUDA_ROOT/lib.
 #define FFN_NO_ENTRIES
 #include "ffn.cu"
 #include "ffn_fused.cu"
@@ -37,10 +41,20 @@ template <int NT>
 __global__ void __launch_bounds__(ffn::FusedTraits<false, NT>::THREADS) kfused(const ffn::FusedParams p) {
   ffn::ffn_fused<__half, tg::Act::Gelu, false, NT>(p);
 }
-template <int NT>
+template <int NT, int PRE = ffn::COOP_PRE, int U1 = ffn::unroll<false, NT>(), bool P1 = false>
 __global__ void __launch_bounds__(ffn::COOP_THREADS, ffn::COOP_MIN_BLOCKS) kcoop(const ffn::CoopParams p) {
-  ffn::ffn_coop<__half, tg::Act::Gelu, NT>(p);
+  ffn::ffn_coop<__half, tg::Act::Gelu, NT, PRE, U1, P1>(p);
 }
+typedef void (*KCoop)(const ffn::CoopParams);
+// Round 4 variants of the cooperative FFN: phase-2 batch PRE, phase-1 UNROLL / PIPE.
+struct CoopVar { const char* name; KCoop f1, f2; };  // f1: NT = 1 (M <= 8), f2: NT = 2
+static CoopVar CVARS[] = {
+  {"crate", kcoop<1>, kcoop<2>},
+  {"pre8", kcoop<1, 8>, kcoop<2, 8>},
+  {"p1pipe", kcoop<1, 4, 4, true>, kcoop<2, 4, 2, true>},
+  {"u1x4", kcoop<1, 4, 8, false>, kcoop<2, 4, 4, false>},
+  {"pre8u1x4", kcoop<1, 8, 8, false>, kcoop<2, 8, 4, false>},
+};
 __global__ void kact(__half* h, int64_t n) { ffn::act_inplace<__half, tg::Act::Gelu>(h, n); }
 __global__ void kgate(const __half* h, __half* y, int64_t m, int64_t n) { ffn::gate_act<__half, tg::Act::Silu, true>(h, y, m, n); }
 __global__ void kbias_act(const __half* x, const __half* b, __half* y, int64_t n, int64_t c) { bias_act<__half, tg::Act::Gelu>(x, b, y, n, c); }
@@ -171,20 +185,22 @@ struct Coop {
   __half* hidden;
 };
 static ffn::CoopParams coop_params(const Coop& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
-                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks) {
+                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits = 0) {
   const int groups = (o + 15) / 16;
-  const int max_splits = std::max(((h + 31) / 32) / 8, 1);
-  const int want = std::min(std::max(blocks / groups, 1), max_splits);
+  // one split while a warp's share of H is <= 12 (one token tile) / 8 (two) chunks, as the crate
+  const int chunks_per_warp = ((h + 31) / 32 + 7) / 8;
+  const int max_splits = chunks_per_warp <= (m <= 8 ? 12 : 8) ? 1 : std::max(((h + 31) / 32) / 8, 1);
+  int want = std::min(std::max(blocks / groups, 1), max_splits);
+  if (force_splits) want = std::min(force_splits, std::max(((h + 31) / 32) / 8, 1));
   const int kps = std::max(((h + want - 1) / want + 31) / 32, 1) * 32;
   const int splits = std::max((h + kps - 1) / kps, 1);
   return ffn::CoopParams{x, w1, b1, w2, b2, y, sc.hidden, sc.partial, sc.tickets, m, d, h, o, splits, kps};
 }
-static void launch_coop(const ffn::CoopParams& p, int blocks) {
+static void launch_coop(const ffn::CoopParams& p, int blocks, const CoopVar& v = CVARS[0]) {
   void* args[] = {(void*)&p};
-  if (p.m <= 8) CK(cudaLaunchCooperativeKernel((const void*)kcoop<1>, blocks, ffn::COOP_THREADS, args, 0, 0));
-  else CK(cudaLaunchCooperativeKernel((const void*)kcoop<2>, blocks, ffn::COOP_THREADS, args, 0, 0));
+  CK(cudaLaunchCooperativeKernel((const void*)(p.m <= 8 ? v.f1 : v.f2), blocks, ffn::COOP_THREADS, args, 0, 0));
 }
-static bool check_coop(const Coop& sc, int blocks) {
+static bool check_coop(const Coop& sc, int blocks, const CoopVar& v = CVARS[0], int force_splits = 0) {
   std::mt19937 rng(std::random_device{}());
   bool ok = true;
   int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {9, 72, 136}, {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}};
@@ -212,7 +228,7 @@ static bool check_coop(const Coop& sc, int blocks) {
     std::vector<__half> first;
     for (int rep = 0; rep < 3; ++rep) {
       CK(cudaMemset(y, 0xff, (size_t)m * o * 2));
-      launch_coop(coop_params(sc, x, w1, b1, w2, b2, y, m, d, h, o, blocks), blocks);
+      launch_coop(coop_params(sc, x, w1, b1, w2, b2, y, m, d, h, o, blocks, force_splits), blocks, v);
       CK(cudaDeviceSynchronize());
       std::vector<__half> hy((size_t)m * o);
       CK(cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost));
@@ -221,13 +237,13 @@ static bool check_coop(const Coop& sc, int blocks) {
         double e = fabs(__half2float(hy[i]) - ref[i]) / (8e-3 + 8e-3 * fabs(ref[i]));
         if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
       }
-      if (worst > 1.0) { printf("CHECK FAIL coop G=%d m=%d d=%d h=%d worst/tol=%.3f\n", blocks, m, d, h, worst); ok = false; }
+      if (worst > 1.0) { printf("CHECK FAIL coop %s splits=%d G=%d m=%d d=%d h=%d worst/tol=%.3f\n", v.name, force_splits, blocks, m, d, h, worst); ok = false; }
       if (rep == 0) first = hy;
       else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL coop G=%d m=%d d=%d h=%d not repeatable\n", blocks, m, d, h); ok = false; }
     }
     cudaFree(x); cudaFree(w1); cudaFree(b1); cudaFree(w2); cudaFree(b2); cudaFree(y);
   }
-  printf("coop checks (G=%d): %s\n", blocks, ok ? "ok" : "FAILED");
+  printf("coop checks %s splits=%d (G=%d): %s\n", v.name, force_splits, blocks, ok ? "ok" : "FAILED");
   return ok;
 }
 
@@ -247,9 +263,105 @@ template <typename F> static double time_us(F f, int iters) {
   return ms * 1000.0 / iters;
 }
 
+// Round 4: the cooperative FFN's variants (CVARS) x grid (1 / 2 blocks per SM) x phase-2 splits
+// (0 = as choose_coop_config picks), every variant first checked on 8 shapes x 3 split choices at
+// both grids; then kernel times (back-to-back, L2-warm small shapes; 4096x11008 from HBM).
+// ncu: each config launched 3 times untimed; read gpu__time_duration of the third.
+static int round4(bool ncu) {
+  NCU = ncu;
+  for (auto& v : CVARS) {
+    cudaFuncAttributes a1, a2;
+    CK(cudaFuncGetAttributes(&a1, v.f1)); CK(cudaFuncGetAttributes(&a2, v.f2));
+    int o1 = 0, o2 = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o1, v.f1, ffn::COOP_THREADS, 0));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o2, v.f2, ffn::COOP_THREADS, 0));
+    printf("coop var %-9s nt1 regs %3d local %zu blocks/SM %d | nt2 regs %3d local %zu blocks/SM %d\n", v.name, a1.numRegs,
+           a1.localSizeBytes, o1, a2.numRegs, a2.localSizeBytes, o2);
+  }
+  Coop sc;
+  CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
+  CK(cudaMalloc(&sc.hidden, 1 << 20));
+  if (!ncu) {
+    bool ok = true;
+    for (auto& v : CVARS)
+      for (int bps : {1, 2})
+        for (int fs : {0, 1, 3}) ok = check_coop(sc, bps * g_sms, v, fs) && ok;
+    if (!ok) { printf("round4 checks FAILED\n"); return 1; }
+  }
+  std::mt19937 rng(1);
+  const int D = 4096, H = 11008, MMAX = 16;
+  __half *x, *w1, *b1, *w2, *b2, *y;
+  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
+  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2));
+  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
+  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  auto timed = [&](auto f, int iters) {
+    if (ncu) { for (int i = 0; i < 3; ++i) f(); CK(cudaDeviceSynchronize()); return 0.0; }
+    return time_us(f, iters);
+  };
+  {
+    int arg = 0;
+    void* args[] = {(void*)&arg};
+    for (int bps : {1, 2}) {
+      const int blocks = bps * g_sms;
+      double tb = timed([&] { CK(cudaLaunchCooperativeKernel((const void*)kbarrier, blocks, ffn::COOP_THREADS, args, 0, 0)); }, 200);
+      printf("r4 floor G=%d cooperative + one grid sync %.2f us\n", blocks, tb);
+    }
+  }
+  for (auto [d, hd] : {std::pair<int, int>{512, 2048}, {768, 3072}}) {
+    for (int m : {1, 4, 16}) {
+      for (auto& v : CVARS) {
+        if (!strcmp(v.name, "p1pipe") || !strcmp(v.name, "u1x4")) continue;  // phase-1 variants: the big shape
+        for (int bps : {1, 2}) {
+          for (int fs : {0, 1, 2, 4, 8}) {
+            const int blocks = bps * g_sms;
+            ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, d, hd, d, blocks, fs);
+            if (fs && cp.splits != fs) continue;
+            double tc = timed([&] { launch_coop(cp, blocks, v); }, 200);
+            printf("r4 %dx%d m=%-2d coop %-9s G=%d splits=%d%s (x %d) %.2f us\n", d, hd, m, v.name, blocks, cp.splits,
+                   fs ? "" : "(auto)", cp.k_per_split, tc);
+          }
+        }
+      }
+      // the two-launch path as the crate configures it
+      Cfg c1 = choose(m, hd, d, m <= 8 ? 1 : 2, 0), c2 = choose(m, d, hd, m <= 8 ? 1 : 2, 0);
+      Var& v = m <= 8 ? VARS[2] : VARS[7];  // pipe4 / nt2pipe2, as ffn::pipe() and unroll() pick
+      double tp = timed([&] { launch(v.f, c1, x, w1, b1, sc.hidden, m, hd, d); launch(v.f_id, c2, sc.hidden, w2, b2, y, m, d, hd); }, 200);
+      printf("r4 %dx%d m=%-2d two_proj %s %.2f us\n", d, hd, m, v.name, tp);
+    }
+  }
+  __half* hid;
+  CK(cudaMalloc(&hid, MMAX * H * 2));
+  for (int m : {1, 4, 16}) {
+    for (auto& v : CVARS) {
+      const int blocks = 2 * g_sms;
+      sc.hidden = hid;
+      ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, blocks);
+      double tc = timed([&] { launch_coop(cp, blocks, v); }, 40);
+      printf("r4 4096x11008 m=%-2d coop %-9s G=%d splits=%d %.2f us = %.2f TB/s\n", m, v.name, blocks, cp.splits, tc,
+             2.0 * H * D * 2 / tc / 1e6);
+    }
+  }
+  // the large-M erf-GELU activation pass, 512 x 11008, in place
+  {
+    const int64_t n = 512LL * 11008;
+    __half* a;
+    CK(cudaMalloc(&a, n * 2)); CK(cudaMemset(a, 0, n * 2));
+    int vb = (int)((n / 8 + 255) / 256);
+    double ti = timed([&] { kact<<<vb, 256>>>(a, n); }, 50);
+    printf("r4 act pass 512x11008 in place %.2f us\n", ti);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // a run cut by `timeout` keeps the lines printed so far
   NCU = argc > 1 && !strcmp(argv[1], "ncu");
   const bool SMALL = argc > 1 && !strcmp(argv[1], "small");
+  // r4: round-4 sweeps (cooperative FFN variants x grid x phase-2 splits); r4ncu: the same configs
+  // launched 3 times each, untimed, for `ncu --metrics gpu__time_duration.sum --cache-control none`
+  const bool R4NCU = argc > 1 && !strcmp(argv[1], "r4ncu");
+  const bool R4 = R4NCU || (argc > 1 && !strcmp(argv[1], "r4"));
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   g_sms = prop.multiProcessorCount;
@@ -262,6 +374,7 @@ int main(int argc, char** argv) {
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ4, v.f, 128, 4 * v.nt * 8 * 20 * 4));
     printf("var %-9s regs %3d  blocks/SM: %d (8 warps) %d (4 warps)\n", v.name, at.numRegs, occ8, occ4);
   }
+  if (R4) return round4(R4NCU);
   if (!NCU && !check_variants()) return 1;
   int occ_coop1 = 0, occ_coop2 = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_coop1, kcoop<1>, ffn::COOP_THREADS, 0));

@@ -553,14 +553,32 @@ pub(crate) struct CoopConfig {
     pub partial_len: usize,
 }
 
+/// Phase 2 of the cooperative FFN keeps one K split (no cross-block reduction) while a warp's share
+/// of the whole H is at most this many 32-wide chunks (3 / 2 load batches), by token tiles
+/// (`[nt = 1, nt = 2]`). A split
+/// reduction (partials, fence, ticket, reload) costs more than the extra W2 load batches of
+/// [`COOP_PRE`] chunks up to there. H100 kernel time (ncu, f16, benchmarks/ffn.md round 4): 512x2048
+/// (8 chunks) 6.85 µs at one split vs 7.71 at the 4 splits of the grid rule (M = 1), 7.97 vs 8.26
+/// (M = 16); 768x3072 (12 chunks) 9.41 vs 9.57 (5 splits, M = 1), 9.54 vs 9.79 (M = 4), but 11.14 vs
+/// 10.78 at M = 16, hence 8 for two token tiles.
+const COOP_ONE_SPLIT_MAX_CHUNKS: [usize; 2] = [3 * COOP_PRE, 2 * COOP_PRE];
+/// W2 chunks per warp per load batch in phase 2; mirrors `ffn::COOP_PRE`.
+const COOP_PRE: usize = 4;
+
 /// The cooperative launch for `m` tokens, hidden size `h`, output size `o` on a grid of `blocks`
 /// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 splits H so the `groups * splits` units
-/// cover the grid, with at least one 32-wide chunk per warp and split.
+/// cover the grid, with at least one 32-wide chunk per warp and split, except where one split
+/// leaves each warp at most [`COOP_ONE_SPLIT_MAX_CHUNKS`] chunks.
 pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) -> CoopConfig {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     let blocks = blocks.max(1);
     let groups = o.div_ceil(ROWS).max(1);
-    let max_splits = (h.div_ceil(CHUNK_K) / COOP_WARPS).max(1);
+    let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
+    let max_splits = if chunks_per_warp <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1] {
+        1
+    } else {
+        (h.div_ceil(CHUNK_K) / COOP_WARPS).max(1)
+    };
     let want = (blocks / groups).clamp(1, max_splits);
     let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let splits = h.div_ceil(k_per_split).max(1);
@@ -906,9 +924,17 @@ mod tests {
             let want_partial = if c.splits > 1 { c.groups * c.splits * m * ROWS } else { 0 };
             assert_eq!(c.partial_len, want_partial);
         }
-        // the seed's shape on an H100: 32 output groups x 8 splits of 256 = 256 units of 264 blocks
-        let c = choose_coop_config(1, 2048, 512, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (32, 8, 256));
+        // the seed's shape on an H100 (8 chunks per warp): one split, no cross-block reduction
+        let c = choose_coop_config(1, 2048, 512, H100_SMS);
+        assert_eq!((c.groups, c.splits, c.k_per_split, c.partial_len), (32, 1, 2048, 0));
+        assert_eq!(choose_coop_config(16, 2048, 512, H100_SMS).splits, 1);
+        // 768x3072 (12 chunks per warp): one split for one token tile, the grid rule for two
+        assert_eq!(choose_coop_config(4, 3072, 768, grid).splits, 1);
+        let c = choose_coop_config(16, 3072, 768, grid);
+        assert_eq!((c.groups, c.splits, c.k_per_split), (48, 5, 640));
+        // 1024x4096 (16 chunks per warp): 64 output groups x 4 splits of 1024 = 256 units of 264 blocks
+        let c = choose_coop_config(1, 4096, 1024, grid);
+        assert_eq!((c.groups, c.splits, c.k_per_split), (64, 4, 1024));
         // a wide output: one split per group, blocks loop over groups
         assert_eq!(choose_coop_config(1, 2048, 8192, grid).splits, 1);
         assert_eq!(COOP_MAX_M, 16);
