@@ -6,12 +6,12 @@ use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
-use super::{weight_layout, Epilogue, WeightLayout};
+use super::{weight_layout, Epilogue, FfnKernel, WeightLayout};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx};
 use crate::Activation;
 
@@ -25,6 +25,8 @@ const CHUNK_K: usize = 32;
 const MAX_WARPS: usize = 8;
 /// Token tiles compiled (`_nt1`, `_nt2`, `_nt4`): up to 8, 16 or 32 tokens.
 const TOKEN_TILES: [usize; 3] = [1, 2, 4];
+/// Largest M the small-M projection takes.
+const SMALL_M_MAX: usize = TOKEN_TILES[TOKEN_TILES.len() - 1] * TOKENS;
 /// Resident warps per SM the grid aims for: enough loads in flight to cover HBM latency.
 const TARGET_WARPS_PER_SM: usize = 32;
 
@@ -186,7 +188,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
     if weight_layout(w.1) != Some(WeightLayout::OutIn) {
         bail!("fused_ffn: the CUDA small-M kernel needs [out, in] weights, got strides {:?}", w.1.stride());
     }
-    if m > TOKEN_TILES[TOKEN_TILES.len() - 1] * TOKENS || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+    if m > SMALL_M_MAX || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
         bail!("fused_ffn: [{m}, {k}] x [{k}, {n2}] is outside the CUDA small-M kernel's range");
     }
     let xs = contiguous_view::<T>(x.0, x.1)?;
@@ -209,6 +211,157 @@ fn fwd_t<T: CudaDType + DeviceRepr>(epi: Epilogue, x: Arg, w: Arg, b: Option<Arg
         unsafe { launch_proj(dev, x.0.dtype(), epi, ptrs, m, n, k, aligned) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The operands of a whole-FFN op ([`whole_fwd`]): `x [m, d]` contiguous, `w1` a logical `[d, h1]`
+/// and `w2` a logical `[h, o]` weight, both stored `[out, in]` (`h1 = 2h` when gated), checked
+/// against the kernel's range and sliced once, whichever kernel runs.
+struct WholeArgs<'a, T> {
+    dev: &'a candle_core::CudaDevice,
+    dtype: DType,
+    epi: Epilogue,
+    m: usize,
+    d: usize,
+    h: usize,
+    o: usize,
+    /// Element offsets of x, w1 and w2 in their storages (16-byte loads need multiples of 8).
+    offsets: [usize; 3],
+    x: CudaView<'a, T>,
+    w1: CudaView<'a, T>,
+    b1: Option<CudaView<'a, T>>,
+    w2: CudaView<'a, T>,
+    b2: Option<CudaView<'a, T>>,
+}
+
+/// Device pointers of a whole-FFN launch: x `[m, d]`, w1 `[h1, d]`, b1 `[h1]`, w2 `[o, h]`, b2 `[o]`
+/// (biases 0 when absent), y `[m, o]`, valid until the launch completes in stream order.
+#[derive(Debug, Clone, Copy)]
+struct WholePtrs {
+    x: u64,
+    w1: u64,
+    b1: u64,
+    w2: u64,
+    b2: u64,
+    y: u64,
+}
+
+impl<'a, T: CudaDType + DeviceRepr> WholeArgs<'a, T> {
+    /// Checks the operands against what `kernel` takes (the caller, [`super::choose_kernel`] or a
+    /// forced kernel's feasibility check, already did; this guards the launch) and slices them.
+    fn new(
+        kernel: FfnKernel,
+        epi: Epilogue,
+        x: Arg<'a>,
+        w1: Arg<'a>,
+        b1: Option<Arg<'a>>,
+        w2: Arg<'a>,
+        b2: Option<Arg<'a>>,
+    ) -> Result<Self> {
+        let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
+        let h1 = w1.1.dims()[1];
+        let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
+        let offsets = [x.1.start_offset(), w1.1.start_offset(), w2.1.start_offset()];
+        // name, most tokens, needs 16-byte aligned loads, takes gated FFNs
+        let (name, max_m, needs_aligned, gated_ok) = match kernel {
+            FfnKernel::OneLaunch => ("one-launch kernel", FUSED_MAX_M, true, true),
+            FfnKernel::TwoLaunches => ("two-launch FFN", SMALL_M_MAX, false, true),
+            FfnKernel::Cooperative => ("cooperative FFN", COOP_MAX_M, true, false),
+            FfnKernel::TwoProjections => bail!("fused_ffn: two projections do not run as one CUDA op"),
+        };
+        let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
+        let aligned = d % 8 == 0 && h % 8 == 0 && offsets.iter().all(|v| v % 8 == 0);
+        if !out_in(w1.1)
+            || !out_in(w2.1)
+            || (needs_aligned && !aligned)
+            || m == 0
+            || m > max_m
+            || (epi.gated() && !gated_ok)
+            || h1 != if epi.gated() { 2 * h } else { h }
+        {
+            bail!(
+                "fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}, gated: {}) is outside the \
+                 {name}'s range",
+                w1.1.stride(),
+                w2.1.stride(),
+                epi.gated()
+            );
+        }
+        // the cooperative FFN also indexes its [m, h] hidden scratch in i32
+        let hidden = if kernel == FfnKernel::Cooperative { m * h } else { 0 };
+        if [m, d, h1, o, hidden].iter().any(|&v| v > i32::MAX as usize) {
+            bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] exceeds the {name}'s i32 indexing");
+        }
+        Ok(Self {
+            dev: x.0.device(),
+            dtype: x.0.dtype(),
+            epi,
+            m,
+            d,
+            h,
+            o,
+            offsets,
+            x: contiguous_view::<T>(x.0, x.1)?,
+            w1: w1.0.as_cuda_slice::<T>()?.slice(offsets[1]..offsets[1] + d * h1),
+            b1: b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?,
+            w2: w2.0.as_cuda_slice::<T>()?.slice(offsets[2]..offsets[2] + h * o),
+            b2: b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?,
+        })
+    }
+
+    /// Runs `launch` with the operands' and `y`'s device pointers; their guards (which order the
+    /// launch after the operands' producers on the stream) outlive it.
+    fn with_ptrs(&self, y: &mut CudaSlice<T>, launch: impl FnOnce(WholePtrs) -> Result<()>) -> Result<()> {
+        let stream = self.dev.cuda_stream();
+        let (x, _x_guard) = self.x.device_ptr(&stream);
+        let (w1, _w1_guard) = self.w1.device_ptr(&stream);
+        let (w2, _w2_guard) = self.w2.device_ptr(&stream);
+        let b1 = self.b1.as_ref().map(|b| b.device_ptr(&stream));
+        let b2 = self.b2.as_ref().map(|b| b.device_ptr(&stream));
+        let (y, _y_guard) = y.device_ptr_mut(&stream);
+        let (b1, b2) = (b1.as_ref().map_or(0, |(p, _)| *p), b2.as_ref().map_or(0, |(p, _)| *p));
+        launch(WholePtrs { x, w1, b1, w2, b2, y })
+    }
+}
+
+/// `y = act(x·W1 + b1)·W2 + b2` (or the gated form) as one candle op on a whole-FFN `kernel`
+/// ([`FfnKernel::OneLaunch`], [`FfnKernel::TwoLaunches`] or [`FfnKernel::Cooperative`]); shapes as
+/// [`WholeArgs`] (the caller, [`super::choose_kernel`], checked dtype, layouts, alignment and M).
+pub(super) fn whole_fwd(
+    kernel: FfnKernel,
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    match x.0.dtype() {
+        DType::F16 => whole_fwd_t::<half::f16>(kernel, epi, x, w1, b1, w2, b2),
+        DType::BF16 => whole_fwd_t::<half::bf16>(kernel, epi, x, w1, b1, w2, b2),
+        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA whole-FFN kernels)")),
+    }
+}
+
+fn whole_fwd_t<T: CudaDType + DeviceRepr>(
+    kernel: FfnKernel,
+    epi: Epilogue,
+    x: Arg,
+    w1: Arg,
+    b1: Option<Arg>,
+    w2: Arg,
+    b2: Option<Arg>,
+) -> Result<CudaStorage> {
+    let a = WholeArgs::<T>::new(kernel, epi, x, w1, b1, w2, b2)?;
+    let mut y = alloc_output::<T>(a.dev, a.m * a.o)?;
+    if a.o > 0 {
+        match kernel {
+            FfnKernel::OneLaunch => one_launch(&a, &mut y)?,
+            FfnKernel::TwoLaunches => two_launches(&a, &mut y)?,
+            FfnKernel::Cooperative => cooperative(&a, &mut y)?,
+            FfnKernel::TwoProjections => {} // refused by `WholeArgs::new`
+        }
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, a.dev.clone()))
 }
 
 /// Hidden units per block of the one-launch kernel; mirrors `FusedTraits::HIDDEN_CHUNK`.
@@ -301,67 +454,17 @@ impl Scratch {
     }
 }
 
-/// `y = act(x·W1 + b1)·W2 + b2` (or the gated form) in one launch. `x [m, d]` contiguous, `w1` a
-/// logical `[d, h1]` and `w2` a logical `[h, o]` weight, both stored `[out, in]`; the caller
-/// ([`super::choose_kernel`]) checked dtype, layouts, alignment and `m <= FUSED_MAX_M`.
-pub(super) fn ffn_fwd(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    match x.0.dtype() {
-        DType::F16 => ffn_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
-        DType::BF16 => ffn_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
-        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA one-launch kernel)")),
-    }
-}
-
-fn ffn_fwd_t<T: CudaDType + DeviceRepr>(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    let dev = x.0.device();
-    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
-    let h1 = w1.1.dims()[1];
-    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
-    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
-    let aligned = [d, h, x.1.start_offset(), w1.1.start_offset(), w2.1.start_offset()].iter().all(|v| v % 8 == 0);
-    if !out_in(w1.1)
-        || !out_in(w2.1)
-        || !aligned
-        || m == 0
-        || m > FUSED_MAX_M
-        || h1 != if epi.gated() { 2 * h } else { h }
-    {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}) is outside the one-launch kernel's range", w1.1.stride(), w2.1.stride());
-    }
-    if [m, d, h1, o].iter().any(|&v| v > i32::MAX as usize) {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] exceeds the one-launch kernel's i32 indexing");
-    }
-    let xs = contiguous_view::<T>(x.0, x.1)?;
-    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h1);
-    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
-    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let mut y = alloc_output::<T>(dev, m * o)?;
-    if o == 0 {
-        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
-    }
-    let cfg = choose_fused_config(m, h, o);
-    let key = ("ffn_fused", x.0.dtype(), epi.act(), epi.gated(), cfg.nt, true);
-    let func = entry(dev, "ffn_fused", ptx::FFN_FUSED, key, || {
+/// The one-launch FFN (`kernels/ffn_fused.cu`): each block 64 hidden units for all tokens, then
+/// their share of every output; the last block of each output tile sums the partials.
+fn one_launch<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    let cfg = choose_fused_config(a.m, a.h, a.o);
+    let key = ("ffn_fused", a.dtype, a.epi.act(), a.epi.gated(), cfg.nt, true);
+    let func = entry(a.dev, "ffn_fused", ptx::FFN_FUSED, key, || {
         Ok(format!(
             "ffn_fused_{}_{}_{}_nt{}",
-            dtype_suffix(x.0.dtype(), "fused_ffn")?,
-            epi.act().name(),
-            if epi.gated() { "gated" } else { "plain" },
+            dtype_suffix(a.dtype, "fused_ffn")?,
+            a.epi.act().name(),
+            if a.epi.gated() { "gated" } else { "plain" },
             cfg.nt
         ))
     })?;
@@ -369,46 +472,39 @@ fn ffn_fwd_t<T: CudaDType + DeviceRepr>(
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<Scratch>>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.
     let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    let scratch = Scratch::ensure(scratch.entry(dev.id()).or_default(), dev, cfg.groups, cfg.partial_len)?;
-    let stream = dev.cuda_stream();
-    {
-        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
-        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
-        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
-        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
-        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
-        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+    let scratch = Scratch::ensure(scratch.entry(a.dev.id()).or_default(), a.dev, cfg.groups, cfg.partial_len)?;
+    a.with_ptrs(y, |p| {
         let params = FusedParams {
-            x: x_ptr,
-            w1: w1_ptr,
-            b1: b1_dev.as_ref().map_or(0, |(p, _)| *p),
-            w2: w2_ptr,
-            b2: b2_dev.as_ref().map_or(0, |(p, _)| *p),
-            y: y_ptr,
+            x: p.x,
+            w1: p.w1,
+            b1: p.b1,
+            w2: p.w2,
+            b2: p.b2,
+            y: p.y,
             partial: scratch.partial_ptr,
             tickets: scratch.tickets_ptr,
-            m: m as i32,
-            d: d as i32,
-            h: h as i32,
-            o: o as i32,
+            m: a.m as i32,
+            d: a.d as i32,
+            h: a.h as i32,
+            o: a.o as i32,
         };
         let launch = LaunchConfig {
             grid_dim: (cfg.blocks as u32, 1, 1),
             block_dim: ((FUSED_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let stream = a.dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
         builder.arg(&params);
-        // SAFETY: `FusedParams` mirrors `ffn::FusedParams`; x, w1, b1, w2, b2 and y hold the [m, d],
-        // [h1, d], [h1], [o, h], [o] and [m, o] elements the kernel reads and writes; the scratch
-        // holds >= `groups` zeroed tickets and `partial_len` floats and stays cached (the lock is
-        // held) until the launch is queued; the guards outlive the launch.
+        // SAFETY: `FusedParams` mirrors `ffn::FusedParams`; the pointers hold the elements of
+        // `WholePtrs`' contract; the scratch holds >= `groups` zeroed tickets and `partial_len` floats
+        // and stays cached (the lock is held) until the launch is queued.
         unsafe { builder.launch(launch) }.w()?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok(())
+    })
 }
 
-/// Per-device scratch for the hidden activations of [`ffn_two_fwd`], grown on demand and reused (a
+/// Per-device scratch for the hidden activations of [`two_launches`], grown on demand and reused (a
 /// call then allocates only its output). A replaced buffer is freed in stream order after the
 /// launches that used it.
 struct HiddenScratch {
@@ -416,90 +512,38 @@ struct HiddenScratch {
     ptr: u64,
 }
 
-/// `y = act(x·W1 + b1)·W2 + b2` (or the gated form) as two launches of the small-M projection from
-/// one op: the hidden activations go to a cached per-device scratch instead of a fresh tensor, which
-/// saves a candle op (its allocation, events and dispatch) per call. `x [m, d]` contiguous, `w1` a
-/// logical `[d, h1]` and `w2` a logical `[h, o]` weight, both stored `[out, in]`; the caller
-/// ([`super::choose_kernel`]) checked dtype, layouts and `1 <= m <= 32`.
-pub(super) fn ffn_two_fwd(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    match x.0.dtype() {
-        DType::F16 => ffn_two_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
-        DType::BF16 => ffn_two_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
-        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA two-launch FFN)")),
-    }
-}
-
-fn ffn_two_fwd_t<T: CudaDType + DeviceRepr>(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    let dev = x.0.device();
-    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
-    let h1 = w1.1.dims()[1];
-    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
-    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
-    let max_m = TOKEN_TILES[TOKEN_TILES.len() - 1] * TOKENS;
-    if !out_in(w1.1) || !out_in(w2.1) || m == 0 || m > max_m || h1 != if epi.gated() { 2 * h } else { h } {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}) is outside the two-launch FFN's range", w1.1.stride(), w2.1.stride());
-    }
-    if [m, d, h1, o].iter().any(|&v| v > i32::MAX as usize) {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] exceeds the small-M kernel's i32 indexing");
-    }
-    let xs = contiguous_view::<T>(x.0, x.1)?;
-    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h1);
-    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
-    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let mut y = alloc_output::<T>(dev, m * o)?;
-    if o == 0 {
-        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
-    }
-    let aligned1 = d % 8 == 0 && x.1.start_offset() % 8 == 0 && w1.1.start_offset() % 8 == 0;
-    let aligned2 = h % 8 == 0 && w2.1.start_offset() % 8 == 0; // the scratch is 256-byte aligned
-    let hidden_bytes = (m * h).max(1) * std::mem::size_of::<T>();
+/// The two-launch FFN: both small-M projections (`kernels/ffn.cu`) from one op, the hidden
+/// activations in a cached per-device scratch instead of a fresh tensor, which saves a candle op
+/// (its allocation, events and dispatch) per call.
+fn two_launches<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    let aligned1 = a.d % 8 == 0 && a.offsets[0] % 8 == 0 && a.offsets[1] % 8 == 0;
+    let aligned2 = a.h % 8 == 0 && a.offsets[2] % 8 == 0; // the scratch is 256-byte aligned
+    let hidden_bytes = (a.m * a.h).max(1) * std::mem::size_of::<T>();
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, HiddenScratch>>> = OnceLock::new();
     // Held through both launches: launches on this device's stream share the scratch in stream order.
     let mut cache = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    let stream = dev.cuda_stream();
-    if !cache.get(&dev.id()).is_some_and(|s| s.buf.len() >= hidden_bytes) {
+    let stream = a.dev.cuda_stream();
+    if !cache.get(&a.dev.id()).is_some_and(|s| s.buf.len() >= hidden_bytes) {
         // SAFETY: the first launch writes every hidden element the second reads.
         let buf = unsafe { stream.alloc::<u8>(hidden_bytes.next_power_of_two()) }.w()?;
         let ptr = buf.device_ptr(&stream).0;
-        cache.insert(dev.id(), HiddenScratch { buf, ptr });
+        cache.insert(a.dev.id(), HiddenScratch { buf, ptr });
     }
-    let hidden = cache.get(&dev.id()).expect("inserted above").ptr;
-    {
-        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
-        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
-        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
-        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
-        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
-        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
-        let up = ProjPtrs { x: x_ptr, w: w1_ptr, bias: b1_dev.as_ref().map_or(0, |(p, _)| *p), y: hidden };
-        let down = ProjPtrs { x: hidden, w: w2_ptr, bias: b2_dev.as_ref().map_or(0, |(p, _)| *p), y: y_ptr };
+    let hidden = cache.get(&a.dev.id()).expect("inserted above").ptr;
+    a.with_ptrs(y, |p| {
+        let up = ProjPtrs { x: p.x, w: p.w1, bias: p.b1, y: hidden };
+        let down = ProjPtrs { x: hidden, w: p.w2, bias: p.b2, y: p.y };
         let identity = Epilogue::Act(Activation::Identity);
-        // SAFETY: x [m, d], w1 [h1, d], b1 [h1], w2 [o, h], b2 [o], y [m, o] and the scratch's m·h
-        // hidden elements (>= hidden_bytes) are valid; the scratch stays cached (the lock is held)
-        // until both launches are queued, and later users of it run after them in stream order; the
-        // guards outlive the launches.
+        // SAFETY: the pointers hold the elements of `WholePtrs`' contract and the scratch m·h hidden
+        // elements (>= hidden_bytes); the scratch stays cached (the lock is held) until both launches
+        // are queued, and later users of it run after them in stream order.
         unsafe {
-            launch_proj(dev, x.0.dtype(), epi, up, m, h, d, aligned1)?;
-            launch_proj(dev, x.0.dtype(), identity, down, m, o, h, aligned2)?;
+            launch_proj(a.dev, a.dtype, a.epi, up, a.m, a.h, a.d, aligned1)?;
+            launch_proj(a.dev, a.dtype, identity, down, a.m, a.o, a.h, aligned2)?;
         }
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok(())
+    })
 }
 
 /// Warps per block of the cooperative FFN; mirrors `ffn::COOP_WARPS`.
@@ -667,96 +711,43 @@ fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaF
     Ok(n)
 }
 
-/// `y = act(x·W1 + b1)·W2 + b2` in one cooperative launch over the whole GPU
-/// (`kernels/ffn_coop.cu`): phase 1 the hidden activations (to a cached scratch), a grid barrier,
-/// phase 2 the output. `x [m, d]` contiguous, `w1` a logical `[d, h]` and `w2` a logical `[h, o]`
-/// weight, both stored `[out, in]`; the caller ([`super::choose_kernel`]) checked dtype, layouts,
-/// alignment, `!gated` and `1 <= m <= COOP_MAX_M`.
-pub(super) fn coop_fwd(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    match x.0.dtype() {
-        DType::F16 => coop_fwd_t::<half::f16>(epi, x, w1, b1, w2, b2),
-        DType::BF16 => coop_fwd_t::<half::bf16>(epi, x, w1, b1, w2, b2),
-        dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_ffn (CUDA cooperative FFN)")),
-    }
-}
-
-fn coop_fwd_t<T: CudaDType + DeviceRepr>(
-    epi: Epilogue,
-    x: Arg,
-    w1: Arg,
-    b1: Option<Arg>,
-    w2: Arg,
-    b2: Option<Arg>,
-) -> Result<CudaStorage> {
-    let dev = x.0.device();
-    let (m, d) = (x.1.dims()[0], x.1.dims()[1]);
-    let h1 = w1.1.dims()[1];
-    let (h, o) = (w2.1.dims()[0], w2.1.dims()[1]);
-    let out_in = |l: &Layout| weight_layout(l) == Some(WeightLayout::OutIn);
-    let aligned = [d, h, x.1.start_offset(), w1.1.start_offset(), w2.1.start_offset()].iter().all(|v| v % 8 == 0);
-    if !out_in(w1.1) || !out_in(w2.1) || !aligned || m == 0 || m > COOP_MAX_M || epi.gated() || h1 != h {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h1}] x [{h}, {o}] (strides {:?}, {:?}, gated: {}) is outside the cooperative FFN's range", w1.1.stride(), w2.1.stride(), epi.gated());
-    }
-    if [m, d, h, o].iter().any(|&v| v > i32::MAX as usize) || m * h > i32::MAX as usize {
-        bail!("fused_ffn: [{m}, {d}] x [{d}, {h}] x [{h}, {o}] exceeds the cooperative FFN's i32 indexing");
-    }
-    let xs = contiguous_view::<T>(x.0, x.1)?;
-    let w1s = w1.0.as_cuda_slice::<T>()?.slice(w1.1.start_offset()..w1.1.start_offset() + d * h);
-    let w2s = w2.0.as_cuda_slice::<T>()?.slice(w2.1.start_offset()..w2.1.start_offset() + h * o);
-    let b1s = b1.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let b2s = b2.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let mut y = alloc_output::<T>(dev, m * o)?;
-    if o == 0 {
-        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
-    }
-    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
-    let key = ("ffn_coop", x.0.dtype(), epi.act(), false, nt, true);
-    let func = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
-        Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(x.0.dtype(), "fused_ffn")?, epi.act().name()))
+/// The cooperative FFN (`kernels/ffn_coop.cu`): one cooperative launch over the whole GPU, phase 1
+/// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output.
+fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| a.m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let key = ("ffn_coop", a.dtype, a.epi.act(), false, nt, true);
+    let func = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
+        Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
     })?;
-    let sms = sm_count(dev)?;
-    let per_sm = choose_coop_blocks_per_sm(h, sms, coop_blocks_per_sm(dev, key, &func)?);
+    let sms = sm_count(a.dev)?;
+    let per_sm = choose_coop_blocks_per_sm(a.h, sms, coop_blocks_per_sm(a.dev, key, &func)?);
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_config(m, h, o, per_sm * sms);
+    let cfg = choose_coop_config(a.m, a.h, a.o, per_sm * sms);
     debug_assert_eq!(cfg.nt, nt);
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.
     let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    let hidden_bytes = m * h * std::mem::size_of::<T>();
-    let scratch =
-        CoopScratch::ensure(scratch.entry(dev.id()).or_default(), dev, hidden_bytes, cfg.partial_len, cfg.groups)?;
-    let stream = dev.cuda_stream();
-    {
-        let (x_ptr, _x_guard) = xs.device_ptr(&stream);
-        let (w1_ptr, _w1_guard) = w1s.device_ptr(&stream);
-        let (w2_ptr, _w2_guard) = w2s.device_ptr(&stream);
-        let b1_dev = b1s.as_ref().map(|b| b.device_ptr(&stream));
-        let b2_dev = b2s.as_ref().map(|b| b.device_ptr(&stream));
-        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+    let hidden_bytes = a.m * a.h * std::mem::size_of::<T>();
+    let slot = scratch.entry(a.dev.id()).or_default();
+    let scratch = CoopScratch::ensure(slot, a.dev, hidden_bytes, cfg.partial_len, cfg.groups)?;
+    a.with_ptrs(y, |p| {
         let params = CoopParams {
-            x: x_ptr,
-            w1: w1_ptr,
-            b1: b1_dev.as_ref().map_or(0, |(p, _)| *p),
-            w2: w2_ptr,
-            b2: b2_dev.as_ref().map_or(0, |(p, _)| *p),
-            y: y_ptr,
+            x: p.x,
+            w1: p.w1,
+            b1: p.b1,
+            w2: p.w2,
+            b2: p.b2,
+            y: p.y,
             hidden: scratch.hidden_ptr,
             partial: scratch.partial_ptr,
             tickets: scratch.tickets_ptr,
-            m: m as i32,
-            d: d as i32,
-            h: h as i32,
-            o: o as i32,
+            m: a.m as i32,
+            d: a.d as i32,
+            h: a.h as i32,
+            o: a.o as i32,
             splits: cfg.splits as i32,
             k_per_split: cfg.k_per_split as i32,
         };
@@ -765,17 +756,17 @@ fn coop_fwd_t<T: CudaDType + DeviceRepr>(
             block_dim: ((COOP_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let stream = a.dev.cuda_stream();
         let mut builder = stream.launch_builder(&func);
         builder.arg(&params);
-        // SAFETY: `CoopParams` mirrors `ffn::CoopParams`; x, w1, b1, w2, b2 and y hold the [m, d],
-        // [h, d], [h], [o, h], [o] and [m, o] elements the kernel reads and writes; the scratch holds
-        // m·h hidden elements, `partial_len` floats and >= `groups` zeroed tickets and stays cached
-        // (the lock is held) until the launch is queued; the grid is at most the co-resident block
-        // count (occupancy x SMs; the driver refuses a cooperative launch beyond it); the guards
-        // outlive the launch.
+        // SAFETY: `CoopParams` mirrors `ffn::CoopParams`; the pointers hold the elements of
+        // `WholePtrs`' contract; the scratch holds m·h hidden elements, `partial_len` floats and >=
+        // `groups` zeroed tickets and stays cached (the lock is held) until the launch is queued; the
+        // grid is at most the co-resident block count (occupancy x SMs; the driver refuses a
+        // cooperative launch beyond it).
         unsafe { builder.launch_cooperative(launch) }.w()?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        Ok(())
+    })
 }
 
 /// Threads per block of the activation pass (`ffn_act_*`, `ffn_gate_*`).

@@ -823,11 +823,7 @@ impl CustomOp1 for FfnOp {
         let b1 = b1.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
         let b2 = b2.as_ref().map(|(b, bl)| Ok::<_, candle_core::Error>((gpu(b)?, *bl))).transpose()?;
         let (w1, w2) = ((gpu(&w1)?, w1l), (gpu(&w2)?, w2l));
-        let out = match self.kernel {
-            FfnKernel::TwoLaunches => cuda::ffn_two_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
-            FfnKernel::Cooperative => cuda::coop_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
-            _ => cuda::ffn_fwd(self.epi, (s, l), w1, b1, w2, b2)?,
-        };
+        let out = cuda::whole_fwd(self.kernel, self.epi, (s, l), w1, b1, w2, b2)?;
         Ok((out, Shape::from((l.dims()[0], w2l.dims()[1]))))
     }
 }
