@@ -63,6 +63,19 @@ impl Weights {
         let (w1_oi, w2_oi) = (w1.t()?.contiguous()?.t()?, w2.t()?.contiguous()?.t()?);
         Ok(Self { w1, b1, w2, b2, w1_oi, w2_oi })
     }
+
+    /// The f64 reference FFN on `x` (computed on x's device), with or without the biases.
+    fn want64(&self, x: &Tensor, act: Activation, bias: bool) -> Result<Tensor> {
+        let b = |b: &Tensor| if bias { to64(b).map(Some) } else { Ok(None) };
+        reference::ffn(&to64(x)?, &to64(&self.w1)?, b(&self.b1)?.as_ref(), &to64(&self.w2)?, b(&self.b2)?.as_ref(), act)
+    }
+
+    /// A [`FusedMlp`] over these weights stored `[out, in]` (what the CUDA kernels stream).
+    #[cfg(feature = "cuda")]
+    fn mlp(&self, act: Activation, bias: bool) -> Result<FusedMlp> {
+        let b = |b: &Tensor| bias.then(|| b.clone());
+        FusedMlp::new(self.w1_oi.t()?, b(&self.b1), self.w2_oi.t()?, b(&self.b2), act)
+    }
 }
 
 /// fused_ffn on `dev` vs the f64 reference (computed on `dev`) and vs stock candle.
@@ -74,14 +87,7 @@ fn check(dev: &Device, w: &Weights, m: usize, act: Activation, bias: bool, out_i
     let got = fused_ffn(&x, w1, b1, w2, b2, act)?;
     assert_eq!(got.dtype(), dtype);
     assert!(got.device().same_device(dev));
-    let want64 = reference::ffn(
-        &to64(&x)?,
-        &to64(&w.w1)?,
-        b1.map(to64).transpose()?.as_ref(),
-        &to64(&w.w2)?,
-        b2.map(to64).transpose()?.as_ref(),
-        act,
-    )?;
+    let want64 = w.want64(&x, act, bias)?;
     let what = format!("{dev:?} m={m} {:?} {dtype:?} {act} bias={bias} out_in={out_in}", w.w1.dims());
     assert_close(&got, &want64, ffn_tolerance(dtype), &format!("{what} vs f64"));
     let stock = reference::ffn(&x, &w.w1, b1, &w.w2, b2, act)?;
@@ -378,25 +384,15 @@ fn check_one_launch(d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Re
 fn check_forced(kernel: FfnKernel, d: usize, h: usize, ms: &[usize], acts: &[Activation]) -> Result<()> {
     let dev = common::cuda_device();
     let one = Some(kernel);
-    let o64 = |t: &Option<Tensor>| t.as_ref().map(to64).transpose();
     for dtype in [DType::F16, DType::BF16] {
+        let w = Weights::new(d, h, dtype, &dev)?;
         for &act in acts {
             let bias = act != Activation::Relu;
-            let (w1, w2) = (weight(h, d, dtype, &dev)?, weight(d, h, dtype, &dev)?); // [out, in]
-            let (b1, b2) = (randn(&[h], dtype, &dev)?, randn(&[d], dtype, &dev)?);
-            let (b1, b2) = if bias { (Some(b1), Some(b2)) } else { (None, None) };
-            let mlp = FusedMlp::new(w1.clone(), b1.clone(), w2.clone(), b2.clone(), act)?;
+            let mlp = w.mlp(act, bias)?;
             for &m in ms {
                 let x = randn(&[m, d], dtype, &dev)?;
                 let got = mlp.forward_with(&x, one)?;
-                let want = reference::ffn(
-                    &to64(&x)?,
-                    &to64(&w1.t()?)?,
-                    o64(&b1)?.as_ref(),
-                    &to64(&w2.t()?)?,
-                    o64(&b2)?.as_ref(),
-                    act,
-                )?;
+                let want = w.want64(&x, act, bias)?;
                 let what = format!("{kernel:?} {d}x{h} {dtype:?} {act} bias={bias} m={m}");
                 assert_close(&got, &want, ffn_tolerance(dtype), &format!("{what} vs f64"));
                 let two = mlp.forward_with(&x, Some(FfnKernel::TwoProjections))?;
@@ -418,7 +414,6 @@ fn check_forced(kernel: FfnKernel, d: usize, h: usize, ms: &[usize], acts: &[Act
 fn two_launch_ffn_matches_two_projections() -> Result<()> {
     let dev = common::cuda_device();
     let (two_launches, two_ops) = (Some(FfnKernel::TwoLaunches), Some(FfnKernel::TwoProjections));
-    let o64 = |t: &Option<Tensor>| t.as_ref().map(to64).transpose();
     let same = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
         let diff = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0, "{what}: two launches differ from two projections");
@@ -426,23 +421,14 @@ fn two_launch_ffn_matches_two_projections() -> Result<()> {
     };
     for dtype in [DType::F16, DType::BF16] {
         for (d, h) in [(100, 300), (72, 136), (512, 2048)] {
+            let w = Weights::new(d, h, dtype, &dev)?;
             for act in Activation::ALL {
                 let bias = act != Activation::Relu;
-                let (w1, w2) = (weight(h, d, dtype, &dev)?, weight(d, h, dtype, &dev)?); // [out, in]
-                let (b1, b2) = (randn(&[h], dtype, &dev)?, randn(&[d], dtype, &dev)?);
-                let (b1, b2) = if bias { (Some(b1), Some(b2)) } else { (None, None) };
-                let mlp = FusedMlp::new(w1.clone(), b1.clone(), w2.clone(), b2.clone(), act)?;
+                let mlp = w.mlp(act, bias)?;
                 for m in [1, 7, 16, 32] {
                     let x = randn(&[m, d], dtype, &dev)?;
                     let got = mlp.forward_with(&x, two_launches)?;
-                    let want = reference::ffn(
-                        &to64(&x)?,
-                        &to64(&w1.t()?)?,
-                        o64(&b1)?.as_ref(),
-                        &to64(&w2.t()?)?,
-                        o64(&b2)?.as_ref(),
-                        act,
-                    )?;
+                    let want = w.want64(&x, act, bias)?;
                     let what = format!("two launches {d}x{h} {dtype:?} {act} bias={bias} m={m}");
                     assert_close(&got, &want, ffn_tolerance(dtype), &format!("{what} vs f64"));
                     same(&got, &mlp.forward_with(&x, two_ops)?, &what)?;
