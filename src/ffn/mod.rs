@@ -20,8 +20,8 @@
 //! [`GPU_COOP_MAX_M`], except M <= [`GPU_COOP_AUTO_MAX_M`] for D·H between
 //! [`GPU_COOP_SMALL_WEIGHTS`] and [`GPU_COOP_MAX_WEIGHTS`]) runs a co-resident grid over every
 //! SM: all blocks compute hidden rows, a grid-wide barrier, then all blocks a share of the output
-//! (split over H, partials summed in a fixed order by the last block of each output tile:
-//! deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
+//! (split over H where a warp's share of H is large, partials summed in a fixed order by the
+//! last block of each output tile: deterministic). The older one-launch kernel (`kernels/ffn_fused.cu`, [`FfnKernel::OneLaunch`],
 //! forced only) gives each block 64 hidden units, which leaves most SMs idle on small layers.
 //! Elsewhere, where both projections take the small-M kernel, they run as two launches from one
 //! op ([`FfnKernel::TwoLaunches`]): the hidden activations go to a cached per-device scratch, which
