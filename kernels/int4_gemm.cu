@@ -49,6 +49,13 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
+// Asks the copy engine to bring `bytes` (a multiple of 16, 16-byte aligned) of global memory into
+// L2 (sm_90): no registers, no shared memory, nothing to wait for.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
+#endif
+}
 
 // x[row, k .. k + 8) as eight MMA operands (four pairs); k is a multiple of 8.
 template <typename T> __device__ __forceinline__ uint4 load_x8(const T* p) {
@@ -75,6 +82,32 @@ constexpr int X_PAD = 32;
 constexpr int STAGE_TILE_BYTES = tg::WARP_SIZE * (int)sizeof(LaneChunk);  // one tile of one ring stage
 template <int NT, int DEPTH> __host__ __device__ constexpr int ring_bytes(int warps) {
   return warps * DEPTH * NT * STAGE_TILE_BYTES;
+}
+
+// Block-wide staging of `total` items: each thread loads up to B items (load(e) -> V) before it
+// stores them (store(e, v)), so their global latencies overlap.
+template <int B, typename V, typename Load, typename Store>
+__device__ __forceinline__ void stage_batched(int total, Load load, Store store) {
+  for (int e0 = threadIdx.x; e0 < total; e0 += B * blockDim.x) {
+    V v[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      if (e0 + b * (int)blockDim.x < total) v[b] = load(e0 + b * blockDim.x);
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      if (e0 + b * (int)blockDim.x < total) store(e0 + b * blockDim.x, v[b]);
+    }
+  }
+}
+// Eight f16 of a and eight of b -> (a0, b0, a1, b1, a2, b2, a3, b3) and (a4, b4, .. a7, b7).
+__device__ __forceinline__ uint4 interleave_lo(const uint4& a, const uint4& b) {
+  return make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632), __byte_perm(a.y, b.y, 0x5410),
+                    __byte_perm(a.y, b.y, 0x7632));
+}
+__device__ __forceinline__ uint4 interleave_hi(const uint4& a, const uint4& b) {
+  return make_uint4(__byte_perm(a.z, b.z, 0x5410), __byte_perm(a.z, b.z, 0x7632), __byte_perm(a.w, b.w, 0x5410),
+                    __byte_perm(a.w, b.w, 0x7632));
 }
 
 // One lane's share of a warp: NT tiles of 8 output rows (NT / 2 MMA A operands), activation rows
@@ -218,7 +251,7 @@ __device__ __forceinline__ void stream_chunks(W& wt, const uint32_t* (&ip)[NT], 
   }
 }
 
-template <typename T, int NT, bool ROWS16, bool SYM, int DEPTH, bool XS>
+template <typename T, int NT, bool ROWS16, bool SYM, int DEPTH, bool XS, bool PREF = false>
 __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K]
                                   const uint32_t* __restrict__ packed,  // [ceil(N/8), K]
                                   const __half* __restrict__ scales,    // [K/G, N]
@@ -270,6 +303,13 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   const unsigned char* lane_ring = smem + (warp * DEPTH * NT * tg::WARP_SIZE + lane) * (int)sizeof(LaneChunk);
   const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(lane_ring));
 
+  // PREF: the warp's full chunks past the ring's first DEPTH - 1 go to L2 at once (lane i: tile i;
+  // a tile's chunks are contiguous), so the ring's refills hit L2 instead of waiting on HBM
+  if (PREF && lane < NT && wb + DEPTH - 1 < full_end) {
+    const uint32_t* t = packed + (int64_t)min(tile0 + lane, n_tiles - 1) * d.K + (int64_t)(wb + DEPTH - 1) * CHUNK_K;
+    prefetch_l2_bulk(t, (uint32_t)(full_end - wb - DEPTH + 1) * CHUNK_K * 4);
+  }
+
   // Prologue: DEPTH - 1 chunks in flight while the block stages its activations and scales.
 #pragma unroll
   for (int s = 0; s < DEPTH - 1; ++s) {
@@ -282,18 +322,61 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
     }
     cp_async_commit();
   }
+  // Stage the activations (XS) and the scales (zeros): each thread issues a batch of loads before
+  // its first store (a load -> store loop waits one global latency per item, behind the weight
+  // requests just issued)
   const int runs = k_len / LANE_K, rows_here = min(m_here, x_rows);
-  for (int e = threadIdx.x; XS && e < rows_here * runs; e += blockDim.x) {
-    const int r = e / runs, k = (e % runs) * LANE_K;
-    *reinterpret_cast<uint4*>(s_x + r * x_stride + k) = load_x8(x + (int64_t)(m0 + r) * d.K + k_base + k);
+  if (XS) {
+    stage_batched<4, uint4>(
+        rows_here * runs,
+        [&](int e) { return load_x8(x + (int64_t)(m0 + e / runs) * d.K + k_base + (e % runs) * LANE_K); },
+        [&](int e, const uint4& v) { *reinterpret_cast<uint4*>(s_x + (e / runs) * x_stride + (e % runs) * LANE_K) = v; });
   }
   // scales (zeros) of column tile0 * 8 + 8i + r -> [group][i / 2][r][i % 2]
-  for (int e = threadIdx.x; e < n_groups * NT * TILE_N; e += blockDim.x) {
-    const int q = e % (NT * TILE_N), i = q / TILE_N, r = q % TILE_N, n = tile0 * TILE_N + q;
-    const int64_t si = (int64_t)(grp0 + e / (NT * TILE_N)) * d.N + n;
-    const int o = e - q + (i / 2) * 2 * TILE_N + 2 * r + i % 2;
-    s_scale[o] = n < d.N ? scales[si] : __float2half(0.0f);
-    if (!SYM) s_zero[o] = n < d.N ? zeros[si] : __float2half(0.0f);
+  const bool vec_scales = d.N % TILE_N == 0 && (reinterpret_cast<uintptr_t>(scales) % 16 == 0) &&
+                          (SYM || reinterpret_cast<uintptr_t>(zeros) % 16 == 0);
+  if (vec_scales) {
+    // whole tiles: one 16-byte load per tile, group (and zeros); item = (group, tile pair)
+    struct PairScales { uint4 s[2], z[2]; };
+    stage_batched<2, PairScales>(
+        n_groups * NP,
+        [&](int e) {
+          PairScales v;
+          const int64_t row = (int64_t)(grp0 + e / NP) * d.N;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int tile = tile0 + 2 * (e % NP) + h;
+            const bool in = tile < n_tiles;
+            v.s[h] = in ? __ldg(reinterpret_cast<const uint4*>(scales + row + tile * TILE_N)) : make_uint4(0, 0, 0, 0);
+            if (!SYM) v.z[h] = in ? __ldg(reinterpret_cast<const uint4*>(zeros + row + tile * TILE_N)) : make_uint4(0, 0, 0, 0);
+          }
+          return v;
+        },
+        [&](int e, const PairScales& v) {
+          // row r of the pair: tile 2p's half r low, tile 2p + 1's high
+          const int o = (e / NP) * NT * TILE_N + (e % NP) * 2 * TILE_N;
+          *reinterpret_cast<uint4*>(s_scale + o) = interleave_lo(v.s[0], v.s[1]);
+          *reinterpret_cast<uint4*>(s_scale + o + TILE_N) = interleave_hi(v.s[0], v.s[1]);
+          if (!SYM) {
+            *reinterpret_cast<uint4*>(s_zero + o) = interleave_lo(v.z[0], v.z[1]);
+            *reinterpret_cast<uint4*>(s_zero + o + TILE_N) = interleave_hi(v.z[0], v.z[1]);
+          }
+        });
+  } else {
+    stage_batched<8, __half2>(
+        n_groups * NT * TILE_N,
+        [&](int e) {
+          const int q = e % (NT * TILE_N), n = tile0 * TILE_N + q;
+          const int64_t si = (int64_t)(grp0 + e / (NT * TILE_N)) * d.N + n;
+          const __half zero = __float2half(0.0f);
+          return __halves2half2(n < d.N ? scales[si] : zero, !SYM && n < d.N ? zeros[si] : zero);
+        },
+        [&](int e, const __half2& v) {
+          const int q = e % (NT * TILE_N), i = q / TILE_N, r = q % TILE_N;
+          const int o = e - q + (i / 2) * 2 * TILE_N + 2 * r + i % 2;
+          s_scale[o] = __low2half(v);
+          if (!SYM) s_zero[o] = __high2half(v);
+        });
   }
   __syncthreads();
 
@@ -342,14 +425,17 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   }
 }
 
-// y[m, n] = act(sum over splits of partial[s, m, n], in split order, + bias[n]); mn = M * N.
-template <typename T>
+// y[m, n] = ACT(sum over splits of partial[s, m, n], in split order, + bias[n]); mn = M * N. The
+// activation is a template parameter (one entry per activation): a run-time switch per element
+// measured ~0.5-0.9 µs more at M=64 (H100, harness, round 4).
+template <typename T, tg::Act ACT = tg::Act::Identity>
 __device__ void int4_reduce(const float* __restrict__ partial, T* __restrict__ y, int64_t mn, int splits,
-                            const T* __restrict__ bias = nullptr, int n = 1, int act = (int)tg::Act::Identity) {
+                            const T* __restrict__ bias = nullptr, int n = 1) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < mn; i += (int64_t)gridDim.x * blockDim.x) {
     float s = 0.0f;
     for (int p = 0; p < splits; ++p) s += partial[p * mn + i];
-    y[i] = tg::from_float<T>(bias_act(s, bias, (int)(i % n), act));
+    if (bias != nullptr) s += tg::to_float<T>(bias[i % n]);
+    y[i] = tg::from_float<T>(tg::activate<ACT>(s));
   }
 }
 
@@ -381,7 +467,7 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
   }
 }
 
-// Entry points: int4_gemm_<dtype>_<variant>_<sym|asym>, int4_reduce_<dtype>, int4_dequant_<dtype>.
+// Entry points: int4_gemm_<dtype>_<variant>_<sym|asym>, int4_reduce_<dtype>_<act>, int4_dequant_<dtype>.
 // Variant n<NT>m<8|16>[x]: NT tiles per block (A fragments reused NT times), 8 or 16 activation
 // rows per 16-row block, x: activations staged in shared memory per block (else read from global
 // memory per word). Ring depth 4 for all: 8 and 16 measured no faster (H100, harness, M=1..16).
@@ -397,14 +483,21 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
 #define INT4_GEMM_VARIANT(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME)                                              \
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, true, sym)                                           \
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, false, asym)
+// int4_reduce_<dtype>_<act>: the activation names of `act_name` in src/quant/cuda.rs.
+#define INT4_REDUCE_ENTRY(T, TNAME, ACT, ANAME)                                                                \
+  extern "C" __global__ void int4_reduce_##TNAME##_##ANAME(const float* partial, T* y, int64_t mn, int splits, \
+                                                           const T* bias, int n) {                             \
+    int4_reduce<T, tg::Act::ACT>(partial, y, mn, splits, bias, n);                                             \
+  }
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, true, n2m8x)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, false, n2m8)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 4, true, 4, false, n4m16)                                                        \
-  extern "C" __global__ void int4_reduce_##TNAME(const float* partial, T* y, int64_t mn, int splits,          \
-                                                 const T* bias, int n, int act) {                              \
-    int4_reduce<T>(partial, y, mn, splits, bias, n, act);                                                      \
-  }                                                                                                            \
+  INT4_REDUCE_ENTRY(T, TNAME, Gelu, gelu)                                                                      \
+  INT4_REDUCE_ENTRY(T, TNAME, GeluTanh, gelu_tanh)                                                             \
+  INT4_REDUCE_ENTRY(T, TNAME, Relu, relu)                                                                      \
+  INT4_REDUCE_ENTRY(T, TNAME, Silu, silu)                                                                      \
+  INT4_REDUCE_ENTRY(T, TNAME, Identity, identity)                                                              \
   extern "C" __global__ void int4_dequant_##TNAME(const uint32_t* packed, const __half* scales,               \
                                                   const __half* zeros, T* out, GemmDims d) {                   \
     int4_dequant<T>(packed, scales, zeros, out, d);                                                            \

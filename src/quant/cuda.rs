@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 use half::f16;
@@ -100,6 +100,17 @@ fn act_code(act: Activation) -> i32 {
     }
 }
 
+/// The activation's name in the `int4_reduce_<dtype>_<act>` entries (a template parameter there).
+fn act_name(act: Activation) -> &'static str {
+    match act {
+        Activation::Gelu => "gelu",
+        Activation::GeluTanh => "gelu_tanh",
+        Activation::Relu => "relu",
+        Activation::Silu => "silu",
+        Activation::Identity => "identity",
+    }
+}
+
 /// `act(x · Wᵀ + bias)` with the bias (`[N]`, x's dtype; checked by `int4_linear`) and the
 /// activation applied in the kernels' epilogue.
 pub(super) fn matmul(
@@ -126,7 +137,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let bias_view = bias.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
-    let (bias, act) = (bias_view.as_ref(), act_code(act));
+    let bias = bias_view.as_ref();
     let (m, n, k) = (l.dims()[0], w.n, w.k);
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
@@ -178,7 +189,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
             Some(bias) if bias_in_gemm => b.arg(bias),
             _ => b.arg(&no_bias),
         };
-        let gemm_act = if bias_in_gemm { act } else { ACT_IDENTITY };
+        let gemm_act = if bias_in_gemm { act_code(act) } else { ACT_IDENTITY };
         b.arg(&gemm_act);
         let lc = LaunchConfig {
             grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, cfg.m_blocks as u32),
@@ -192,20 +203,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
         Ok(())
     })?;
     if let Some(partial) = &partial {
-        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
-        let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&reduce);
-        let (no_bias, n32) = (0u64, i32_dim(n, "N")?);
-        b.arg(partial).arg(&y).arg(&mn).arg(&splits);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&no_bias),
-        };
-        b.arg(&n32).arg(&act);
-        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n,
-        // the bias (if any) n.
-        unsafe { b.launch(elementwise_config(m * n)) }.w()?;
+        reduce::<T>(dev, sfx, partial, &y, (m, n, cfg.splits), bias, act)?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
 }
@@ -217,7 +215,7 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
     x: &CudaStorage,
     l: &Layout,
     bias: Option<&CudaView<T>>,
-    act: i32,
+    act: Activation,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let (m, n, k) = (l.dims()[0], w.n, w.k);
@@ -265,7 +263,7 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
             Some(bias) if bias_in_gemm => b.arg(bias),
             _ => b.arg(&no_bias),
         };
-        let gemm_act = if bias_in_gemm { act } else { ACT_IDENTITY };
+        let gemm_act = if bias_in_gemm { act_code(act) } else { ACT_IDENTITY };
         b.arg(&gemm_act);
         let lc = LaunchConfig {
             grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, cfg.splits as u32),
@@ -279,22 +277,36 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
         Ok(())
     })?;
     if let Some(partial) = &partial {
-        let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}"))?;
-        let (mn, splits) = ((m * n) as i64, cfg.splits as i32);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&reduce);
-        let (no_bias, n32) = (0u64, i32_dim(n, "N")?);
-        b.arg(partial).arg(&y).arg(&mn).arg(&splits);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&no_bias),
-        };
-        b.arg(&n32).arg(&act);
-        // SAFETY: matches `int4_reduce_<T>`; `partial` holds splits * m * n floats, `y` m * n,
-        // the bias (if any) n.
-        unsafe { b.launch(elementwise_config(m * n)) }.w()?;
+        reduce::<T>(dev, sfx, partial, &y, (m, n, cfg.splits), bias, act)?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+}
+
+/// `int4_reduce_<sfx>_<act>` (`sfx`: T's dtype suffix): `y = act(sum of the f32 partials [splits, m, n] in split order + bias)`.
+fn reduce<T: CudaDType + DeviceRepr>(
+    dev: &CudaDevice,
+    sfx: &str,
+    partial: &CudaSlice<f32>,
+    y: &CudaSlice<T>,
+    (m, n, splits): (usize, usize, usize),
+    bias: Option<&CudaView<T>>,
+    act: Activation,
+) -> Result<()> {
+    let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}_{}", act_name(act)))?;
+    let (mn, splits) = ((m * n) as i64, splits as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&reduce);
+    let (no_bias, n32) = (0u64, i32_dim(n, "N")?);
+    b.arg(partial).arg(y).arg(&mn).arg(&splits);
+    match bias {
+        Some(bias) => b.arg(bias),
+        None => b.arg(&no_bias),
+    };
+    b.arg(&n32);
+    // SAFETY: matches `int4_reduce_<T>_<act>`; `partial` holds splits * m * n floats, `y` m * n,
+    // the bias (if any) n.
+    unsafe { b.launch(elementwise_config(m * n)) }.w()?;
+    Ok(())
 }
 
 pub(super) fn dequantize(w: &Int4Weight, dtype: DType) -> Result<(CudaStorage, Shape)> {
