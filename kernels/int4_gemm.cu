@@ -49,13 +49,7 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
-// Asks the copy engine to bring `bytes` (a multiple of 16, 16-byte aligned) of global memory into
-// L2 (sm_90): no registers, no shared memory, nothing to wait for.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
-#endif
-}
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
 // x[row, k .. k + 8) as eight MMA operands (four pairs); k is a multiple of 8.
 template <typename T> __device__ __forceinline__ uint4 load_x8(const T* p) {
@@ -73,8 +67,8 @@ template <typename T> __device__ __forceinline__ uint4 load_x8(const T* p) {
 //   the warps' cp.async rings [warps][DEPTH][NT][32 lanes] of 16-byte lane chunks,
 //   (XS) the split's activations [min(M, 8 | 16) rows][chunks_per_split * 128 + X_PAD] in the MMA
 //   type, staged once per block (the B fragments then come from shared memory),
-//   the block's scales (and zeros) [groups of the split][NT / 2 tile pairs][8 rows g][2 tiles] in
-//   f16 (a lane reads its pair's two as one half2).
+//   the block's scales (and zeros) [groups of the split][NT tiles][8 rows g] in f16 (a tile's 8
+//   rows of a group are 16 contiguous bytes, in global memory too).
 // The rings are reused for the warps' partial sums [warps][NT / 2 * TG * 4][32] at the end.
 // X_PAD: 64 bytes shift row g by 16 banks, so a warp's 16-byte B-fragment reads (8 rows x 64
 // bytes) take the minimum 4 wavefronts.
@@ -100,16 +94,6 @@ __device__ __forceinline__ void stage_batched(int total, Load load, Store store)
     }
   }
 }
-// Eight f16 of a and eight of b -> (a0, b0, a1, b1, a2, b2, a3, b3) and (a4, b4, .. a7, b7).
-__device__ __forceinline__ uint4 interleave_lo(const uint4& a, const uint4& b) {
-  return make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632), __byte_perm(a.y, b.y, 0x5410),
-                    __byte_perm(a.y, b.y, 0x7632));
-}
-__device__ __forceinline__ uint4 interleave_hi(const uint4& a, const uint4& b) {
-  return make_uint4(__byte_perm(a.z, b.z, 0x5410), __byte_perm(a.z, b.z, 0x7632), __byte_perm(a.w, b.w, 0x5410),
-                    __byte_perm(a.w, b.w, 0x7632));
-}
-
 // One lane's share of a warp: NT tiles of 8 output rows (NT / 2 MMA A operands), activation rows
 // g (B-fragment column g) and (ROWS16) g + 8. Per group of G k the MMAs accumulate
 // (q - z) . x exactly into `grp`; closing the group adds grp * s(row) to `acc`, so each scale is
@@ -129,8 +113,8 @@ template <typename T, int NT, bool ROWS16, bool SYM, bool XS> struct WarpTiles {
   const Op* xs1;
   const T* xg0;               // !XS: in x
   const T* xg1;
-  const __half2* s_scale;     // [groups][NP][8] in shared memory, group 0 = the split's first
-  const __half2* s_zero;
+  const __half* s_scale;      // [groups][NT][8] in shared memory, group 0 = the split's first
+  const __half* s_zero;
   int g, grp0;
 
   __device__ __forceinline__ WordDequant<Op> dequant(int i) const { return SYM ? WordDequant<Op>::symmetric() : dq[i]; }
@@ -143,9 +127,9 @@ template <typename T, int NT, bool ROWS16, bool SYM, bool XS> struct WarpTiles {
 #pragma unroll
         for (int r = 0; r < 4; ++r) grp[p][h][r] = 0.0f;
       if (!SYM) {
-        const __half2 z = s_zero[(gl * NP + p) * TILE_N + g];
-        dq[2 * p] = WordDequant<Op>::zero_point(__low2half2(z));
-        dq[2 * p + 1] = WordDequant<Op>::zero_point(__high2half2(z));
+        const __half* z = s_zero + (gl * NT + 2 * p) * TILE_N + g;
+        dq[2 * p] = WordDequant<Op>::zero_point(__half2half2(z[0]));
+        dq[2 * p + 1] = WordDequant<Op>::zero_point(__half2half2(z[TILE_N]));
       }
     }
   }
@@ -184,7 +168,8 @@ template <typename T, int NT, bool ROWS16, bool SYM, bool XS> struct WarpTiles {
   __device__ __forceinline__ void close_group(int gl) {
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
-      const float2 s = __half22float2(s_scale[(gl * NP + p) * TILE_N + g]);
+      const __half* sp = s_scale + (gl * NT + 2 * p) * TILE_N + g;
+      const float2 s = make_float2(__half2float(sp[0]), __half2float(sp[TILE_N]));
 #pragma unroll
       for (int h = 0; h < TG; ++h)
 #pragma unroll
@@ -251,7 +236,7 @@ __device__ __forceinline__ void stream_chunks(W& wt, const uint32_t* (&ip)[NT], 
   }
 }
 
-template <typename T, int NT, bool ROWS16, bool SYM, int DEPTH, bool XS, bool PREF = false>
+template <typename T, int NT, bool ROWS16, bool SYM, int DEPTH, bool XS>
 __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K]
                                   const uint32_t* __restrict__ packed,  // [ceil(N/8), K]
                                   const __half* __restrict__ scales,    // [K/G, N]
@@ -303,14 +288,36 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   const unsigned char* lane_ring = smem + (warp * DEPTH * NT * tg::WARP_SIZE + lane) * (int)sizeof(LaneChunk);
   const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(lane_ring));
 
-  // PREF: the warp's full chunks past the ring's first DEPTH - 1 go to L2 at once (lane i: tile i;
-  // a tile's chunks are contiguous), so the ring's refills hit L2 instead of waiting on HBM
-  if (PREF && lane < NT && wb + DEPTH - 1 < full_end) {
-    const uint32_t* t = packed + (int64_t)min(tile0 + lane, n_tiles - 1) * d.K + (int64_t)(wb + DEPTH - 1) * CHUNK_K;
-    prefetch_l2_bulk(t, (uint32_t)(full_end - wb - DEPTH + 1) * CHUNK_K * 4);
+  // Prologue: the block's activations (XS; f16 / bf16: 16-byte copies) and scales (zeros; whole
+  // tiles of 8 rows when N % 8 == 0 and aligned: one 16-byte copy per tile and group) as the first
+  // cp.async group, then DEPTH - 1 chunks of weights, so nothing waits on a load before the block
+  // barrier. (Round 3 staged them with a load -> store loop: one global latency per item, behind
+  // the weight requests.)
+  const int runs = k_len / LANE_K, rows_here = min(m_here, x_rows);
+  constexpr bool X_ASYNC = sizeof(T) == 2;
+  if (XS && X_ASYNC) {
+    for (int r = 0; r < rows_here; ++r) {
+      const T* xr = x + (int64_t)(m0 + r) * d.K + k_base;
+      for (int e = threadIdx.x; e < runs; e += blockDim.x) cp_async16(smem_u32(s_x + r * x_stride + e * LANE_K), xr + e * LANE_K);
+    }
   }
-
-  // Prologue: DEPTH - 1 chunks in flight while the block stages its activations and scales.
+  const bool vec_scales = d.N % TILE_N == 0 && reinterpret_cast<uintptr_t>(scales) % 16 == 0 &&
+                          (SYM || reinterpret_cast<uintptr_t>(zeros) % 16 == 0);
+  if (vec_scales) {
+    // item e = (group, tile i) -> [group][i][8 rows]
+    for (int e = threadIdx.x; e < n_groups * NT; e += blockDim.x) {
+      const int tile = tile0 + e % NT;
+      const int64_t si = (int64_t)(grp0 + e / NT) * d.N + (int64_t)tile * TILE_N;
+      if (tile < n_tiles) {
+        cp_async16(smem_u32(s_scale + e * TILE_N), scales + si);
+        if (!SYM) cp_async16(smem_u32(s_zero + e * TILE_N), zeros + si);
+      } else {
+        *reinterpret_cast<uint4*>(s_scale + e * TILE_N) = make_uint4(0u, 0u, 0u, 0u);
+        if (!SYM) *reinterpret_cast<uint4*>(s_zero + e * TILE_N) = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  }
+  cp_async_commit();
 #pragma unroll
   for (int s = 0; s < DEPTH - 1; ++s) {
     if (wb + s < full_end) {
@@ -322,62 +329,33 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
     }
     cp_async_commit();
   }
-  // Stage the activations (XS) and the scales (zeros): each thread issues a batch of loads before
-  // its first store (a load -> store loop waits one global latency per item, behind the weight
-  // requests just issued)
-  const int runs = k_len / LANE_K, rows_here = min(m_here, x_rows);
-  if (XS) {
-    stage_batched<4, uint4>(
-        rows_here * runs,
-        [&](int e) { return load_x8(x + (int64_t)(m0 + e / runs) * d.K + k_base + (e % runs) * LANE_K); },
-        [&](int e, const uint4& v) { *reinterpret_cast<uint4*>(s_x + (e / runs) * x_stride + (e % runs) * LANE_K) = v; });
+  // The rest through registers, each thread's loads batched before its stores: f32 activations
+  // (rounded to the MMA type) and scales of other N.
+  if (XS && !X_ASYNC) {
+    for (int r = 0; r < rows_here; ++r) {
+      const T* xr = x + (int64_t)(m0 + r) * d.K + k_base;
+      Op* sr = s_x + r * x_stride;
+      stage_batched<4, uint4>(
+          runs, [&](int e) { return load_x8(xr + e * LANE_K); },
+          [&](int e, const uint4& v) { *reinterpret_cast<uint4*>(sr + e * LANE_K) = v; });
+    }
   }
-  // scales (zeros) of column tile0 * 8 + 8i + r -> [group][i / 2][r][i % 2]
-  const bool vec_scales = d.N % TILE_N == 0 && (reinterpret_cast<uintptr_t>(scales) % 16 == 0) &&
-                          (SYM || reinterpret_cast<uintptr_t>(zeros) % 16 == 0);
-  if (vec_scales) {
-    // whole tiles: one 16-byte load per tile, group (and zeros); item = (group, tile pair)
-    struct PairScales { uint4 s[2], z[2]; };
-    stage_batched<2, PairScales>(
-        n_groups * NP,
-        [&](int e) {
-          PairScales v;
-          const int64_t row = (int64_t)(grp0 + e / NP) * d.N;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int tile = tile0 + 2 * (e % NP) + h;
-            const bool in = tile < n_tiles;
-            v.s[h] = in ? __ldg(reinterpret_cast<const uint4*>(scales + row + tile * TILE_N)) : make_uint4(0, 0, 0, 0);
-            if (!SYM) v.z[h] = in ? __ldg(reinterpret_cast<const uint4*>(zeros + row + tile * TILE_N)) : make_uint4(0, 0, 0, 0);
-          }
-          return v;
-        },
-        [&](int e, const PairScales& v) {
-          // row r of the pair: tile 2p's half r low, tile 2p + 1's high
-          const int o = (e / NP) * NT * TILE_N + (e % NP) * 2 * TILE_N;
-          *reinterpret_cast<uint4*>(s_scale + o) = interleave_lo(v.s[0], v.s[1]);
-          *reinterpret_cast<uint4*>(s_scale + o + TILE_N) = interleave_hi(v.s[0], v.s[1]);
-          if (!SYM) {
-            *reinterpret_cast<uint4*>(s_zero + o) = interleave_lo(v.z[0], v.z[1]);
-            *reinterpret_cast<uint4*>(s_zero + o + TILE_N) = interleave_hi(v.z[0], v.z[1]);
-          }
-        });
-  } else {
+  if (!vec_scales) {
+    // item e = (group, tile i, row r) -> [group][i][r]: column tile0 * 8 + e % (NT * 8)
     stage_batched<8, __half2>(
         n_groups * NT * TILE_N,
         [&](int e) {
-          const int q = e % (NT * TILE_N), n = tile0 * TILE_N + q;
+          const int n = tile0 * TILE_N + e % (NT * TILE_N);
           const int64_t si = (int64_t)(grp0 + e / (NT * TILE_N)) * d.N + n;
           const __half zero = __float2half(0.0f);
           return __halves2half2(n < d.N ? scales[si] : zero, !SYM && n < d.N ? zeros[si] : zero);
         },
         [&](int e, const __half2& v) {
-          const int q = e % (NT * TILE_N), i = q / TILE_N, r = q % TILE_N;
-          const int o = e - q + (i / 2) * 2 * TILE_N + 2 * r + i % 2;
-          s_scale[o] = __low2half(v);
-          if (!SYM) s_zero[o] = __high2half(v);
+          s_scale[e] = __low2half(v);
+          if (!SYM) s_zero[e] = __high2half(v);
         });
   }
+  cp_async_wait<DEPTH - 1>();  // this thread's activation / scale copies (the oldest group)
   __syncthreads();
 
   W wt;
@@ -391,8 +369,8 @@ __device__ void int4_gemm_small_m(const T* __restrict__ x,              // [M, K
   wt.xs1 = s_x + r1 * x_stride + kw - k_base;
   wt.xg0 = x + (int64_t)(m0 + r0) * d.K + kw;
   wt.xg1 = x + (int64_t)(m0 + r1) * d.K + kw;
-  wt.s_scale = reinterpret_cast<const __half2*>(s_scale);
-  wt.s_zero = reinterpret_cast<const __half2*>(s_zero);
+  wt.s_scale = s_scale;
+  wt.s_zero = s_zero;
   wt.grp0 = grp0;
 
   switch (spg) {
@@ -468,9 +446,10 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
 }
 
 // Entry points: int4_gemm_<dtype>_<variant>_<sym|asym>, int4_reduce_<dtype>_<act>, int4_dequant_<dtype>.
-// Variant n<NT>m<8|16>[x]: NT tiles per block (A fragments reused NT times), 8 or 16 activation
-// rows per 16-row block, x: activations staged in shared memory per block (else read from global
-// memory per word). Ring depth 4 for all: 8 and 16 measured no faster (H100, harness, M=1..16).
+// Variant n<NT>m<8|16>: NT tiles per block (A fragments reused NT times), 8 or 16 activation rows
+// per 16-row block, x read from global memory per word (XS = true, x staged in shared memory per
+// block, is harness-only since round 4: 8 KB of x per block's 32 KB of weight, slower once the
+// weight sits in L2). Ring depth 4 for all: 8 (and 16 in round 1) measured slower (H100, harness).
 // Mirrors `GemmVariant` in src/quant/launch.rs.
 constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
 #define INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, SYM, SNAME)                                    \
@@ -490,7 +469,6 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
     int4_reduce<T, tg::Act::ACT>(partial, y, mn, splits, bias, n);                                             \
   }
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
-  INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, true, n2m8x)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, false, n2m8)                                                        \
   INT4_GEMM_VARIANT(T, TNAME, 4, true, 4, false, n4m16)                                                        \
   INT4_REDUCE_ENTRY(T, TNAME, Gelu, gelu)                                                                      \

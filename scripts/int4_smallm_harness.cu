@@ -1,10 +1,11 @@
-// Round-4 exploration of the small-M INT4 kernel (benchmarks/int4.md, round 4): kernel-only time
-// of int4_gemm_small_m variants (ring depth, warps, L2 bulk prefetch `PREF`), a pure streaming
-// floor (same grid, loads only) and an empty-kernel launch floor, plus the M=64 tensor-core path
-// with the split-K reduce before / after the bias-activation epilogue. Every gemm variant is first
-// checked against an f64 CPU reference (format v2, symmetric, G = 32 / 64 / 128, K with a tail
-// chunk, N odd, 1 and 3 K splits). Build (no GPU needed):
-//   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o int4_smallm scripts/int4_smallm_harness.cu
+// Round-4 harness of the small-M INT4 kernel (benchmarks/int4.md, round 4): kernel-only time of
+// int4_gemm_small_m variants (ring depth, warps), a pure streaming floor (the same grid, loads
+// only) and an empty-kernel launch floor, plus the M=64 tensor-core path with the split-K reduce
+// before / after the bias-activation epilogue. Every gemm variant is first checked against an f64
+// CPU reference (format v2, symmetric, G = 32 / 64 / 128, K with a tail chunk, N odd and N % 8 == 0,
+// 1 and 3 K splits). Build (no GPU needed; -DMAIN_KERNELS -I<main's kernels>: the same program
+// on main's kernels, for a same-run comparison):
+//   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -L$CUDA_ROOT/lib -o int4_smallm scripts/int4_smallm_harness.cu
 #define INT4_TC_NO_ENTRIES
 #include "int4_gemm_tc.cu"
 #include "int4_gemm.cu"
@@ -17,9 +18,9 @@
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
 
-template <int NT, bool R16, int D, bool XS, bool PREF>
+template <int NT, bool R16, int D, bool XS>
 __global__ void __launch_bounds__(256, 1) kgemm(const __half* x, const uint32_t* p, const __half* s, const __half* z, __half* y, float* part, GemmDims d) {
-  int4_gemm_small_m<__half, NT, R16, true, D, XS, PREF>(x, p, s, z, y, part, d);
+  int4_gemm_small_m<__half, NT, R16, true, D, XS>(x, p, s, z, y, part, d);
 }
 __global__ void kreduce(const float* part, __half* y, int64_t mn, int splits) { int4_reduce<__half>(part, y, mn, splits); }
 // the reduce before the bias / activation epilogue (main 4c4d9ac^)
@@ -31,7 +32,11 @@ __global__ void kreduce_old(const float* __restrict__ partial, __half* __restric
   }
 }
 __global__ void kreduce_act(const float* part, __half* y, int64_t mn, int splits, const __half* bias, int n) {
+#ifdef MAIN_KERNELS
+  int4_reduce<__half>(part, y, mn, splits, bias, n, (int)tg::Act::Identity);
+#else
   int4_reduce<__half, tg::Act::Identity>(part, y, mn, splits, bias, n);
+#endif
 }
 template <bool ACT>
 __global__ void __launch_bounds__(128, 1) ktc(const __half* x, const uint32_t* p, const __half* s, const __half* z, __half* y, float* part, TcDims d) {
@@ -62,21 +67,13 @@ __global__ void __launch_bounds__(128) kstream(const uint32_t* __restrict__ p, i
 typedef void (*KFn)(const __half*, const uint32_t*, const __half*, const __half*, __half*, float*, GemmDims);
 struct Var { const char* name; KFn f; int nt, rows16, depth, xs; };
 static Var VARS[] = {
-  {"n2m8x", kgemm<2, false, 4, true, false>, 2, 0, 4, 1},      // 0 crate, M<=2
-  {"n2m8x.pf", kgemm<2, false, 4, true, true>, 2, 0, 4, 1},    // 1
-  {"n2m8x.d8", kgemm<2, false, 8, true, false>, 2, 0, 8, 1},   // 2
-  {"n2m8", kgemm<2, false, 4, false, false>, 2, 0, 4, 0},      // 3 crate, M 3..8
-  {"n2m8.pf", kgemm<2, false, 4, false, true>, 2, 0, 4, 0},    // 4
-  {"n2m8.d8", kgemm<2, false, 8, false, false>, 2, 0, 8, 0},   // 5
-  {"n2m8.d8pf", kgemm<2, false, 8, false, true>, 2, 0, 8, 0},  // 6
-  {"n4m8x.pf", kgemm<4, false, 4, true, true>, 4, 0, 4, 1},    // 7
-  {"n4m16", kgemm<4, true, 4, false, false>, 4, 1, 4, 0},      // 8 crate, M 9..16
-  {"n4m16.pf", kgemm<4, true, 4, false, true>, 4, 1, 4, 0},    // 9
-  {"n4m16.d8", kgemm<4, true, 8, false, false>, 4, 1, 8, 0},   // 10
-  {"n2m16", kgemm<2, true, 4, false, false>, 2, 1, 4, 0},      // 11
-  {"n2m16.pf", kgemm<2, true, 4, false, true>, 2, 1, 4, 0},    // 12
-  {"n2m16.d8pf", kgemm<2, true, 8, false, true>, 2, 1, 8, 0},  // 13
-  {"n4m16.d8pf", kgemm<4, true, 8, false, true>, 4, 1, 8, 0},  // 14
+  {"n2m8x", kgemm<2, false, 4, true>, 2, 0, 4, 1},   // crate: M <= 2
+  {"n2m8", kgemm<2, false, 4, false>, 2, 0, 4, 0},   // crate: M 3..8
+  {"n4m16", kgemm<4, true, 4, false>, 4, 1, 4, 0},   // crate: M 9..16
+  {"n2m8x.d2", kgemm<2, false, 2, true>, 2, 0, 2, 1},
+  {"n2m8.d2", kgemm<2, false, 2, false>, 2, 0, 2, 0},
+  {"n2m16", kgemm<2, true, 4, false>, 2, 1, 4, 0},
+  {"n4m16.d2", kgemm<4, true, 2, false>, 4, 1, 2, 0},
 };
 constexpr int NV = sizeof(VARS) / sizeof(VARS[0]);
 
@@ -173,10 +170,15 @@ int main() {
   printf("device %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   for (auto& v : VARS) CK(cudaFuncSetAttribute(v.f, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
   for (auto& v : VARS) { cudaFuncAttributes fa; CK(cudaFuncGetAttributes(&fa, v.f)); printf("%-11s regs %d\n", v.name, fa.numRegs); }
+#ifdef MAIN_KERNELS
+  printf("kernels: main (round 3)\n");
+#else
+  printf("kernels: round 4\n");
+#endif
   int bad = 0;
   struct GK { int G, K; };
   for (GK gk : {GK{32, 4096 + 32 * 3}, GK{64, 4096 + 64}, GK{128, 4096 + 128}, GK{128, 1024}})
-  for (int N : {100, 24})
+  for (int N : {100, 24, 136})
   for (int M : {1, 5, 16}) {
     Prob P; make(P, M, N, gk.K, gk.G, 1);
     for (auto& v : VARS) {
@@ -215,14 +217,14 @@ int main() {
     }
     cudaFree(out);
   }
-  for (int M : {1, 2, 4, 8, 16}) {
+  for (int M : {1, 2, 4, 16}) {
     Prob P; make(P, M, 11008, 4096, 128, 4);
     printf("--- M=%d N=11008 K=4096 (us/launch, rot4 | same)\n", M);
     for (int rep = 0; rep < 2; ++rep)
     for (int vi = 0; vi < NV; ++vi) {
       const Var& v = VARS[vi];
       if (!v.rows16 && M > 8) continue;
-      if (v.rows16 && M < 8) continue;
+      if (v.rows16 && M < 16) continue;
       if (v.xs && M > 2) continue;
       for (int w : {2, 4}) {
         float t4 = timeit(P, v, w, 4), t1 = timeit(P, v, w, 1);

@@ -164,7 +164,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
     let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name()))?;
-    let smem = cfg.smem_bytes(m, w.cfg.group_size, w.cfg.symmetric);
+    let smem = cfg.smem_bytes(w.cfg.group_size, w.cfg.symmetric);
     if smem > DEFAULT_SMEM_LIMIT {
         gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
     }

@@ -12,20 +12,13 @@ const TARGET_WARPS_PER_SM: usize = 8;
 const MAX_CHUNKS_PER_SPLIT: usize = 64;
 /// Bytes of one lane's 16-byte chunk load times a warp: one ring stage of one tile.
 const STAGE_BYTES: usize = 16 * 32;
-/// Shared memory for a block's staged activations at most: more rows per block mean shorter K
-/// splits.
-const MAX_X_BYTES: usize = 64 * 1024;
-/// Padding of a staged activation row, in elements (`X_PAD` in kernels/int4_gemm.cu).
-const X_PAD: usize = 32;
 
 /// The `int4_gemm_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
 /// kernels/int4_gemm.cu): tiles of 8 output rows per block, activation rows per 16-row block
 /// (8: rows g + 8 of the A fragment are known zero), activations staged in shared memory or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GemmVariant {
-    /// Two tiles, up to 8 rows, x staged in shared memory.
-    N2M8X,
-    /// Two tiles, up to 8 rows, x read from global memory.
+    /// Two tiles, up to 8 rows, x read from global memory (through L1).
     N2M8,
     /// Four tiles, up to 16 rows, x read from global memory.
     N4M16,
@@ -34,7 +27,6 @@ pub(crate) enum GemmVariant {
 impl GemmVariant {
     pub fn name(self) -> &'static str {
         match self {
-            Self::N2M8X => "n2m8x",
             Self::N2M8 => "n2m8",
             Self::N4M16 => "n4m16",
         }
@@ -42,24 +34,21 @@ impl GemmVariant {
     /// Tiles of 8 output rows per block (`NT`).
     pub fn tiles(self) -> usize {
         match self {
-            Self::N2M8X | Self::N2M8 => 2,
+            Self::N2M8 => 2,
             Self::N4M16 => 4,
         }
     }
     /// Activation rows per 16-row block the variant reads.
+    #[cfg(test)]
     pub fn rows(self) -> usize {
         match self {
-            Self::N2M8X | Self::N2M8 => 8,
+            Self::N2M8 => 8,
             Self::N4M16 => 16,
         }
     }
     /// cp.async ring stages per warp (`DEPTH`).
     pub fn depth(self) -> usize {
         4
-    }
-    /// Whether a block stages its activations in shared memory (`XS`).
-    pub fn stages_x(self) -> bool {
-        self == Self::N2M8X
     }
 }
 
@@ -78,50 +67,34 @@ pub(crate) struct GemmConfig {
 }
 
 impl GemmConfig {
-    /// Dynamic shared memory of one block for `m` activation rows (mirrors the layout in
-    /// kernels/int4_gemm.cu): the warps' rings, the split's activations (2-byte MMA operands),
-    /// then the scales (and zeros) of the split's groups for the block's columns.
-    pub fn smem_bytes(&self, m: usize, group_size: usize, symmetric: bool) -> usize {
+    /// Dynamic shared memory of one block (mirrors the layout in kernels/int4_gemm.cu; the entry
+    /// points do not stage x, `XS = false`): the warps' rings, then the scales (and zeros) of the
+    /// split's groups for the block's columns.
+    pub fn smem_bytes(&self, group_size: usize, symmetric: bool) -> usize {
         let nt = self.variant.tiles();
         let ring = self.warps * self.variant.depth() * nt * STAGE_BYTES;
-        let x = if self.variant.stages_x() {
-            x_rows(m, self.variant) * (self.chunks_per_split * CHUNK_K + X_PAD) * 2
-        } else {
-            0
-        };
         let groups = self.chunks_per_split * CHUNK_K / SUBTILE_K / (group_size / SUBTILE_K);
-        ring + x + groups * nt * TILE_N * 2 * if symmetric { 1 } else { 2 }
+        ring + groups * nt * TILE_N * 2 * if symmetric { 1 } else { 2 }
     }
 }
 
-/// Activation rows a block stages.
-fn x_rows(m: usize, variant: GemmVariant) -> usize {
-    m.min(variant.rows())
-}
-
-/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM, the
-/// round-2 kernel): staging x in shared memory wins at M <= 2 (M=1: 13.4 against 14.6) but its
-/// shared memory cuts the resident blocks as rows grow (M=4: 21.7 against 15.3); four tiles with
-/// 16 rows match two at M=16 (16.55 against 16.56). Four tiles with 8 rows (not an entry point
-/// yet) measured faster at M=4..8 (M=8: 14.8 against 15.8).
+/// Variant by activation rows. Harness (H100, K=4096 -> N=11008, kernel µs, weight from HBM |
+/// partly L2-resident, round 4's first run, before the prologue fix): x read through L1 (`n2m8`)
+/// ties with x staged in shared memory per block (`n2m8x`, 8 KB of x per 32 KB of weight) at M=1
+/// from HBM (13.5 | 13.4) and wins once the weight sits in L2 (10.1-10.3 against 10.7-10.9; M=2:
+/// 10.2 against 11.5), so n2m8 serves M <= 8; four tiles with 16 rows beat two at M=16 (16.3 |
+/// 13.4 against 17.1 | 15.1 with 2 warps, 22.0 | 19.2 with 4). Ring depth 8 and an L2 bulk
+/// prefetch of each warp's chunks were slower at every M (M=1 n2m8: 15.5-15.7 | 11.3-11.5 and
+/// 16.1-16.3 | 10.3-10.5).
 pub(crate) fn choose_gemm_config(m: usize, n: usize, k: usize, sm_count: usize) -> GemmConfig {
-    let variant = match m {
-        0..=2 => GemmVariant::N2M8X,
-        3..=8 => GemmVariant::N2M8,
-        _ => GemmVariant::N4M16,
-    };
+    let variant = if m <= 8 { GemmVariant::N2M8 } else { GemmVariant::N4M16 };
     let warps = 4;
     let m_blocks = m.div_ceil(16).max(1);
     let blocks_x = n.div_ceil(TILE_N).div_ceil(variant.tiles());
     let n_chunks = k.div_ceil(CHUNK_K);
     let blocks = blocks_x * m_blocks;
     let wanted = (sm_count.max(1) * TARGET_WARPS_PER_SM).div_ceil(blocks * warps).clamp(1, (n_chunks / warps).max(1));
-    let max_chunks = if variant.stages_x() {
-        MAX_CHUNKS_PER_SPLIT.min(MAX_X_BYTES / (x_rows(m, variant) * CHUNK_K * 2)).max(1)
-    } else {
-        MAX_CHUNKS_PER_SPLIT
-    };
-    let splits = wanted.max(n_chunks.div_ceil(max_chunks));
+    let splits = wanted.max(n_chunks.div_ceil(MAX_CHUNKS_PER_SPLIT));
     let chunks_per_split = n_chunks.div_ceil(splits);
     GemmConfig { variant, warps, m_blocks, blocks_x, splits: n_chunks.div_ceil(chunks_per_split), chunks_per_split }
 }
@@ -229,7 +202,7 @@ mod tests {
         // K=4096 -> N=11008, 132 SMs: 688 blocks of two tiles fill the GPU without a K split
         let c = choose_gemm_config(1, 11008, 4096, 132);
         let want = GemmConfig {
-            variant: GemmVariant::N2M8X,
+            variant: GemmVariant::N2M8,
             warps: 4,
             m_blocks: 1,
             blocks_x: 688,
@@ -261,7 +234,7 @@ mod tests {
                     assert!(c.m_blocks * 16 >= m && (c.m_blocks - 1) * 16 < m);
                     assert!(m <= 16 * (c.m_blocks - 1) + c.variant.rows(), "rows of the last block: {c:?}");
                     // what an H100 block can opt in to
-                    assert!(c.smem_bytes(m, 32, false) <= 227 * 1024, "{c:?}");
+                    assert!(c.smem_bytes(32, false) <= 227 * 1024, "{c:?}");
                 }
             }
         }
@@ -270,12 +243,12 @@ mod tests {
     #[test]
     fn shared_memory_of_the_llama_shape() {
         let c = choose_gemm_config(1, 11008, 4096, 132);
-        // 4 warps x 4 stages x 2 tiles x 512 B + one row of 4096 + 32 activations
-        // + 32 groups x 16 columns x 2 B (scales, and zeros when asymmetric)
-        assert_eq!(c.smem_bytes(1, 128, true), 16384 + 8256 + 1024);
-        assert_eq!(c.smem_bytes(1, 128, false), 16384 + 8256 + 2048);
+        // 4 warps x 4 stages x 2 tiles x 512 B + 32 groups x 16 columns x 2 B (scales, and zeros
+        // when asymmetric)
+        assert_eq!(c.smem_bytes(128, true), 16384 + 1024);
+        assert_eq!(c.smem_bytes(128, false), 16384 + 2048);
         let c = choose_gemm_config(16, 11008, 4096, 132);
-        assert_eq!(c.smem_bytes(16, 128, true), 32768 + 2048);
+        assert_eq!(c.smem_bytes(128, true), 32768 + 2048);
     }
 
     #[test]
