@@ -469,8 +469,8 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
     int4_reduce<T, tg::Act::ACT>(partial, y, mn, splits, bias, n);                                             \
   }
 #define INT4_ENTRIES(T, TNAME)                                                                                 \
-  INT4_GEMM_VARIANT(T, TNAME, 2, false, 4, false, n2m8)                                                        \
-  INT4_GEMM_VARIANT(T, TNAME, 4, true, 4, false, n4m16)                                                        \
+  INT4_GEMM_VARIANT(T, TNAME, 2, false, 2, false, n2m8)                                                        \
+  INT4_GEMM_VARIANT(T, TNAME, 4, true, 2, false, n4m16)                                                        \
   INT4_REDUCE_ENTRY(T, TNAME, Gelu, gelu)                                                                      \
   INT4_REDUCE_ENTRY(T, TNAME, GeluTanh, gelu_tanh)                                                             \
   INT4_REDUCE_ENTRY(T, TNAME, Relu, relu)                                                                      \
