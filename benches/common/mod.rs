@@ -5,13 +5,33 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Result};
 
-/// The devices to bench on: the CPU, plus the first GPU in a `cuda` build (which must have one).
+/// The devices to bench on: the CPU, plus the first GPU in a `cuda` build (which must have one),
+/// already busy for a while ([`spin_up`]).
 pub fn devices() -> Vec<(&'static str, Device)> {
     vec![
         ("cpu", Device::Cpu),
         #[cfg(feature = "cuda")]
-        ("cuda", Device::new_cuda(0).expect("built with `cuda` but no usable CUDA GPU")),
+        ("cuda", {
+            let dev = Device::new_cuda(0).expect("built with `cuda` but no usable CUDA GPU");
+            spin_up(&dev).expect("GPU spin-up failed");
+            dev
+        }),
     ]
+}
+
+/// Keeps the GPU busy with matmuls for half a second, so the first case a bench process times
+/// does not meet an idle GPU still raising its clocks (H100 runs measured the first case of some
+/// processes at up to 2x its later time, whatever the case, criterion's warm-up included).
+pub fn spin_up(dev: &Device) -> Result<()> {
+    let a = candle_core::Tensor::ones((2048, 2048), candle_core::DType::F16, dev)?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        for _ in 0..16 {
+            std::hint::black_box(a.matmul(&a)?);
+        }
+        dev.synchronize()?;
+    }
+    Ok(())
 }
 
 /// Times `iters` back-to-back calls with one synchronize at the end (GPU work is asynchronous),
