@@ -8,6 +8,7 @@ static_assert(sizeof(tg::attn::Params) == 192, "Params mirrors AttnParams in src
 
 using tg::attn::Params;
 using tg::attn90::Sm90Traits;
+using tg::attn90::WsTraits;
 
 #define ATTN_SM90(T, TNAME, HD, WGS, BN, ST, OV)                                                  \
   extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, OV>::THREADS, 1)       \
@@ -22,3 +23,11 @@ using tg::attn90::Sm90Traits;
 
 ATTN_SM90_ALL(__half, f16)
 ATTN_SM90_ALL(__nv_bfloat16, bf16)
+
+// Warp-specialized instances: attn_ws_<dtype>_d<HD>_c<consumer warpgroups>_n<BN>_s<STAGES>_p<PINGPONG>_k<KSPLIT>
+//   (_r1: a producer warpgroup giving registers to the consumers; _r0: a producer warp)
+#define ATTN_WS(T, TNAME, HD, CWG, BN, ST, PP, KS, R)                                                              \
+  extern "C" __global__ void __launch_bounds__(WsTraits<HD, CWG, BN, ST, PP, KS, R>::THREADS, 1)                    \
+      attn_ws_##TNAME##_d##HD##_c##CWG##_n##BN##_s##ST##_p##PP##_k##KS##_r##R(const __grid_constant__ Params p) { \
+    tg::attn90::attn_prefill_ws<T, HD, CWG, BN, ST, PP, KS, R>(p);                                                 \
+  }
