@@ -69,6 +69,46 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T* g, int64_t stride
   }
 }
 
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (no pending-count
+// increment: the barrier's expected count includes this arrival).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// load_tile for NT threads numbered `i` (0 .. NT - 1).
+template <int ROWS, int HD, int NT, typename T>
+__device__ __forceinline__ void load_tile_by(int i, uint32_t s, const T* g, int64_t stride, int rows) {
+  constexpr int VECS = HD / 8;
+#pragma unroll
+  for (int idx = i; idx < ROWS * VECS; idx += NT) {
+    const int r = idx / VECS, c = idx % VECS;
+    const bool in = r < rows;
+    cp_async16(s + (c / 8) * (ROWS * 128) + swizzled(r, c % 8), in ? g + r * stride + c * 8 : g, in ? 16 : 0);
+  }
+}
+
 // 2^x on the SFU (subnormal results flushed to 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -267,9 +307,31 @@ __device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa
   for (int k = 0; k < BN / 16; ++k) Wgmma<T, HD>::rs_bt(o, pa[k], make_desc(sV + k * 16 * 128, BN * 128, 1024), 1);
 }
 
+// Which (batch x head, query block) this block owns. Grid: x = B x Hq, y = query blocks. Causal
+// grids walk the query blocks backwards so the longest walks start first. GROUP_MB > 0: the grid
+// is taken in groups of heads whose K and V fit in GROUP_MB megabytes (so the K/V tiles the
+// resident blocks stream stay in L2), heads fastest and longest walks first within a group;
+// GROUP_MB = 0, or all heads in one group, is the plain order (head fastest).
+template <int GROUP_MB>
+__device__ __forceinline__ void block_coords(const Params& p, int& bh, int& q_block) {
+  int y = blockIdx.y;
+  bh = blockIdx.x;
+  if constexpr (GROUP_MB > 0) {
+    const int n_bh = gridDim.x, n_qb = gridDim.y;
+    const int64_t kv_bytes = int64_t(4) * p.nk * p.d;  // K and V of one head, 16-bit elements
+    const int g = int(min(int64_t(n_bh), max(int64_t(1), (int64_t(GROUP_MB) << 20) / kv_bytes)));
+    const int64_t lin = int64_t(blockIdx.y) * n_bh + blockIdx.x, per_group = int64_t(g) * n_qb;
+    const int g0 = int(lin / per_group) * g, gs = min(g, n_bh - g0);
+    const int r = int(lin % per_group);
+    y = r / gs;
+    bh = g0 + r % gs;
+  }
+  q_block = p.causal ? gridDim.y - 1 - y : y;
+}
+
 // Grid: x = B x Hq (head fastest), y = query blocks, walked backwards when causal so the longest
 // walks start first.
-template <typename T, int HD, int WGS, int BN, int STAGES, bool OVERLAP>
+template <typename T, int HD, int WGS, int BN, int STAGES, bool OVERLAP, int GROUP_MB = 0>
 __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
   using Tr = Sm90Traits<HD, WGS, BN, STAGES, OVERLAP>;
   constexpr int BM = Tr::BM, THREADS = Tr::THREADS, AHEAD = Tr::AHEAD;
@@ -278,8 +340,9 @@ __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
   const uint32_t sKV = sQ + Tr::Q_BYTES;
 
   const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32 % 4, lane = tid % 32, quad = lane % 4;
-  const int h = blockIdx.x % p.hq, b = blockIdx.x / p.hq;
-  const int q_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  int bh, q_block;
+  block_coords<GROUP_MB>(p, bh, q_block);
+  const int h = bh % p.hq, b = bh / p.hq;
   const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
   const int hk = h / (p.hq / p.hkv);
   const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
@@ -409,6 +472,172 @@ __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
 }
 
 
+// ---- in-block key split ------------------------------------------------------------------------
+// Two warpgroups on the same 64 query rows, each walking half of the key tiles (warpgroup w takes
+// tiles w, w + 2, ...) through its own STAGES-deep cp.async ring, loaded by its own 128 threads and
+// published with a per-warpgroup named barrier (no block barrier per tile: the warpgroups drift
+// freely); the same overlapped step as attn_prefill_sm90. At the end warpgroup 1 hands (m, l, O) to
+// its twin thread of warpgroup 0 through shared memory, which merges and stores. Halves the longest
+// walk of a block for grids too small to fill the GPU.
+template <int HD, int BN, int STAGES> struct KsTraits {
+  static constexpr int BM = 64;
+  static constexpr int THREADS = 256;
+  static constexpr int Q_BYTES = BM * HD * 2;
+  static constexpr int KV_BYTES = BN * HD * 2;
+  static constexpr int STAGE_BYTES = 2 * KV_BYTES;
+  static constexpr int RING_BYTES = STAGES * STAGE_BYTES;  // one warpgroup's ring
+  static constexpr int RED_BYTES = (HD / 2 + 4) * 128 * 4;  // warpgroup 1's m, l and O, in its ring
+  static constexpr int SMEM_BYTES = Q_BYTES + 2 * RING_BYTES + 1024;
+  static_assert(RED_BYTES <= RING_BYTES, "the merge's partials fit in a ring");
+  static constexpr int AHEAD = STAGES - 2;  // overlapped: V of tile i - 1 stays one more step
+  static_assert(HD == 64 || HD == 128, "head dims 64 and 128");
+  static_assert(BN % 16 == 0 && BN <= 256, "wgmma N");
+  static_assert(AHEAD >= 1, "one tile loads while one is used");
+  static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
+};
+
+template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0>
+__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
+  using Tr = KsTraits<HD, BN, STAGES>;
+  constexpr int BM = Tr::BM, AHEAD = Tr::AHEAD;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, wg = tid / 128, t128 = tid % 128, warp = t128 / 32, lane = tid % 32, quad = lane % 4;
+  const uint32_t sRing = sQ + Tr::Q_BYTES + wg * Tr::RING_BYTES;
+  // the merge's partials: warpgroup 1's ring, once its walk is over
+  float* red = reinterpret_cast<float*>(smem_raw + (sQ - smem_u32(smem_raw)) + Tr::Q_BYTES + Tr::RING_BYTES);
+
+  int bh, q_block;
+  block_coords<GROUP_MB>(p, bh, q_block);
+  const int h = bh % p.hq, b = bh / p.hq;
+  const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
+  const int hk = h / (p.hq / p.hkv);
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+  const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
+  const int n_tiles = tg::ceil_div(key_end, BN);
+  const int my_n = n_tiles > wg ? (n_tiles - wg + 1) / 2 : 0;  // my tiles: wg + 2 i, i < my_n
+
+  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last).
+  auto load_kv = [&](int i) {
+    if (i < my_n) {
+      const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+      const int k0 = (wg + 2 * i) * BN, keys = min(BN, p.nk - k0);
+      load_tile_by<BN, HD, 128>(t128, sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys);
+      load_tile_by<BN, HD, 128>(t128, sK + Tr::KV_BYTES, vg + int64_t(k0) * p.v_sn, p.v_sn, keys);
+    }
+    cp_async_commit();
+  };
+  auto need_mask = [&](int t) {
+    const int k0 = t * BN;
+    return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
+  };
+  load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+#pragma unroll
+  for (int i = 0; i < AHEAD; ++i) load_kv(i);
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  const int row0 = q0 + warp * 16 + lane / 4;
+  const int rowi[2] = {row0, row0 + 8};
+  float s[BN / 2];
+  uint32_t pa[BN / 16][4];
+
+  // my first tile (and Q, loaded by both warpgroups): a block barrier, once
+  cp_async_wait<AHEAD - 1>();
+  fence_proxy_async();
+  __syncthreads();
+  if (my_n > 0) {
+    load_kv(AHEAD);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sRing, 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(wg), wg * BN, rowi, quad);
+    pack_p<T, BN>(pa, s);
+    for (int i = 1; i < my_n; ++i) {
+      // my tile i landed; my warpgroup is past tile i - 2's P·V
+      cp_async_wait<AHEAD - 1>();
+      fence_proxy_async();
+      named_sync(1 + wg, 128);
+      load_kv(i + AHEAD);  // into the stage of my tile i - 2
+      const int t = wg + 2 * i;
+      const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+      const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
+      fence_regs(o);
+      wgmma_fence();
+      issue_qk<T, HD, BM, BN>(s, sQ, sK, 0);
+      wgmma_commit();
+      issue_pv<T, HD, BN>(o, pa, sV_prev);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(s);
+      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+      wgmma_wait<0>();
+      fence_regs(o);
+      rescale<HD>(o, alpha);
+      pack_p<T, BN>(pa, s);
+    }
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv<T, HD, BN>(o, pa, sRing + ((my_n - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+  cp_async_wait<0>();
+
+  // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0, through its own ring (its
+  // copies have landed, its tensor-core reads are done: wait above, then a barrier of its warps)
+  if (wg == 1) {
+    fence_proxy_async();
+    named_sync(2, 128);
+    red[0 * 128 + t128] = m[0];
+    red[1 * 128 + t128] = m[1];
+    red[2 * 128 + t128] = l[0];
+    red[3 * 128 + t128] = l[1];
+#pragma unroll
+    for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
+  }
+  __syncthreads();
+  if (wg == 1) return;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
+    const float mn = fmaxf(m[hf], m1);
+    const float ref = mn == -INFINITY ? 0.0f : mn;
+    const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
+    l[hf] = l[hf] * a0 + l1 * a1;
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) {
+      o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
+      o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
+    }
+  }
+
+  // epilogue: finish the row sums over the quad, normalize, store
+  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = l[hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key gives 0
+    const int i = rowi[hf];
+    if (i < p.nq) {
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(og + int64_t(i) * HD + 8 * j + 2 * quad) =
+            pack2<T>(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
 // ---- warp-specialized variant ----------------------------------------------------------------
 // FlashAttention-3's structure with cp.async instead of TMA: one producer warp (the last warp)
 // streams Q and the K/V tiles into a ring of STAGES shared-memory stages; each K and each V tile
@@ -444,46 +673,6 @@ template <int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool 
   static_assert(!REGS || PRODUCER_REGS * 128 + CONSUMER_REGS * CONSUMERS <= 65536, "register file");
   static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
 };
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Arrives on `bar` once every cp.async this thread issued so far has landed (no pending-count
-// increment: the barrier's expected count includes this arrival).
-__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void named_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// load_tile for NT threads numbered `i` (0 .. NT - 1).
-template <int ROWS, int HD, int NT, typename T>
-__device__ __forceinline__ void load_tile_by(int i, uint32_t s, const T* g, int64_t stride, int rows) {
-  constexpr int VECS = HD / 8;
-#pragma unroll
-  for (int idx = i; idx < ROWS * VECS; idx += NT) {
-    const int r = idx / VECS, c = idx % VECS;
-    const bool in = r < rows;
-    cp_async16(s + (c / 8) * (ROWS * 128) + swizzled(r, c % 8), in ? g + r * stride + c * 8 : g, in ? 16 : 0);
-  }
-}
 
 template <bool B> struct Flag {
   static constexpr bool value = B;

@@ -34,6 +34,15 @@
   ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 1, 0)     \
   ATTN_WS(T, TNAME, 64, 2, 128, 6, 0, 1, 0)     \
   ATTN_WS(T, TNAME, 64, 2, 64, 6, 0, 1, 0)
+#define ATTN_ROUND4(T, TNAME)                  \
+  ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)       \
+  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 8)   \
+  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 32)  \
+  ATTN_SM90G(T, TNAME, 64, 1, 128, 3, 1, 16)   \
+  ATTN_SM90KS(T, TNAME, 64, 64, 3)             \
+  ATTN_SM90KS(T, TNAME, 64, 64, 4)
+ATTN_ROUND4(__half, f16)
+ATTN_ROUND4(__nv_bfloat16, bf16)
 ATTN_WS_EXTRA(__half, f16)
 ATTN_WS_EXTRA(__nv_bfloat16, bf16)
 
@@ -53,10 +62,12 @@ struct Variant {
   KernelFn f16, bf16;
   int d, wgs, bn, stages, overlap;
   int ws = 0, pp = 0, ks = 0, regs = 0;  // warp-specialized kernel: consumer warpgroups = wgs
-  int bm() const { return ws && ks ? 64 : 64 * wgs; }
+  int cks = 0;                           // attn_prefill_sm90_ks (wgs = 2: two rings)
+  int bm() const { return (ws && ks) || cks ? 64 : 64 * wgs; }
   int threads() const { return ws ? 128 * wgs + (regs ? 128 : 32) : 128 * wgs; }
   int smem() const {
-    return (d * 2) * bm() + stages * 2 * bn * d * 2 + (ws && ks ? (d / 2 + 4) * 128 * 4 : 0) + 1024;
+    return (d * 2) * bm() + (cks ? 2 : 1) * stages * 2 * bn * d * 2 + (ws && ks ? (d / 2 + 4) * 128 * 4 : 0) +
+           1024;
   }
 };
 
@@ -67,15 +78,24 @@ struct Variant {
   {"ws_d" #D "_c" #C "_n" #N "_s" #S "_p" #P "_k" #K "_r" #R,                                        \
    attn_ws_f16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K##_r##R,                                        \
    attn_ws_bf16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K##_r##R, D, C, N, S, 1, 1, P, K, R}
+#define VG(D, W, N, S, O, G)                                                                              \
+  {"sm90_d" #D "_w" #W "_n" #N "_s" #S "_o" #O "_g" #G, attn_sm90_f16_d##D##_w##W##_n##N##_s##S##_o##O##_g##G, \
+   attn_sm90_bf16_d##D##_w##W##_n##N##_s##S##_o##O##_g##G, D, W, N, S, O}
+#define VK(D, N, S)                                                                                          \
+  {"sm90ks_d" #D "_n" #N "_s" #S, attn_sm90ks_f16_d##D##_n##N##_s##S, attn_sm90ks_bf16_d##D##_n##N##_s##S, D, 2, \
+   N, S, 1, 0, 0, 0, 0, 1}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
-    V(64, 1, 128, 3, 1),       V(64, 1, 64, 3, 0),        V(128, 2, 128, 3, 1),
+    V(64, 1, 128, 3, 1),       V(64, 1, 64, 3, 0),        VK(64, 128, 3),            VG(128, 2, 128, 3, 1, 16),
+    // round 3's D = 128 instance (plain block order), then the others
+    V(128, 2, 128, 3, 1),      VG(128, 2, 128, 3, 1, 8),  VG(128, 2, 128, 3, 1, 32), VG(64, 1, 128, 3, 1, 16),
+    VK(64, 64, 3),             VK(64, 64, 4),
     W(128, 2, 128, 3, 0, 0, 1), W(128, 2, 128, 3, 1, 0, 1), W(128, 2, 64, 6, 1, 0, 1),
     W(64, 1, 128, 3, 0, 0, 0),  W(64, 1, 128, 4, 0, 0, 0),  W(64, 2, 128, 4, 0, 0, 0),
     W(64, 2, 128, 4, 1, 0, 0),  W(64, 2, 128, 4, 0, 1, 0),  W(64, 2, 128, 6, 0, 1, 0),
     W(64, 2, 64, 6, 0, 1, 0),
 };
-static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
+static const int FIRST_D128 = 3;  // index of the first D = 128 instance (printed on every case)
 
 struct Problem {
   int b, hq, hkv, nq, nk, d;
@@ -347,6 +367,8 @@ int main(int argc, char** argv) {
       {{1, 8, 8, 2048, 2048, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{16, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{1, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
+      {{1, 8, 8, 1024, 1024, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
+      {{2, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{4, 32, 8, 1024, 1024, 128, true, false, false}, "attn_prefill_f16_d128_w4_m2_n32_g1", 128, 128, 69632},
   };
   for (const T& t : shapes) {

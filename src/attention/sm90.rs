@@ -10,24 +10,38 @@ pub(crate) const HEAD_DIMS: [usize; 2] = [64, 128];
 /// Query rows of one warpgroup (wgmma's M).
 pub(crate) const WARPGROUP_ROWS: usize = 64;
 
-/// One instance `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>` (the
-/// `ATTN_SM90_ALL` list in kernels/attention_sm90.cu).
+/// Megabytes of K and V per group of heads in the D = 128 instance's block order (`_g16`:
+/// `block_coords` in kernels/attention_sm90.cuh).
+pub(crate) const L2_GROUP_MB: usize = 16;
+
+/// One instance (the `ATTN_SM90_ALL` list in kernels/attention_sm90.cu):
+/// `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>[_g<group_mb>]`, or with
+/// `key_split` `attn_sm90ks_<dtype>_d<HD>_n<block_n>_s<stages>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sm90Block {
-    /// Warpgroups (of 4 warps) per block, 64 query rows each.
+    /// Warpgroups (of 4 warps) per block, 64 query rows each (with `key_split`: 2, on the same 64
+    /// rows).
     pub warpgroups: usize,
     /// Keys per tile (the N of the Q·Kᵀ wgmma).
     pub block_n: usize,
-    /// Shared-memory K/V stages.
+    /// Shared-memory K/V stages (with `key_split`: per warpgroup).
     pub stages: usize,
     /// Q·Kᵀ of tile t issued with P·V of tile t - 1, the softmax overlapping the latter.
     pub overlap: bool,
+    /// The block's two warpgroups split its key tiles (even / odd) and merge at the end.
+    pub key_split: bool,
+    /// Block order in groups of heads whose K and V fit in this many MB (0: heads fastest).
+    pub group_mb: usize,
 }
 
 impl Sm90Block {
     /// Query rows per block.
     pub fn block_m(&self) -> usize {
-        self.warpgroups * WARPGROUP_ROWS
+        if self.key_split {
+            WARPGROUP_ROWS
+        } else {
+            self.warpgroups * WARPGROUP_ROWS
+        }
     }
 
     /// Threads per block.
@@ -35,16 +49,22 @@ impl Sm90Block {
         self.warpgroups * 128
     }
 
-    /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`): the Q tile, `stages` K and V tiles
-    /// (16-bit elements) and 1 KB to align the swizzle atoms.
+    /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`, `KsTraits::SMEM_BYTES`): the Q tile,
+    /// `stages` K and V tiles (per warpgroup with `key_split`; 16-bit elements) and 1 KB to align
+    /// the swizzle atoms.
     pub fn smem_bytes(&self, head_dim: usize) -> usize {
-        (self.block_m() + self.stages * 2 * self.block_n) * head_dim * 2 + 1024
+        let rings = if self.key_split { self.warpgroups } else { 1 };
+        (self.block_m() + rings * self.stages * 2 * self.block_n) * head_dim * 2 + 1024
     }
 
     /// The kernel's entry point for dtype `suffix` ("f16", "bf16").
     pub fn kernel_name(&self, suffix: &str, head_dim: usize) -> String {
+        if self.key_split {
+            return format!("attn_sm90ks_{suffix}_d{head_dim}_n{}_s{}", self.block_n, self.stages);
+        }
+        let group = if self.group_mb > 0 { format!("_g{}", self.group_mb) } else { String::new() };
         format!(
-            "attn_sm90_{suffix}_d{head_dim}_w{}_n{}_s{}_o{}",
+            "attn_sm90_{suffix}_d{head_dim}_w{}_n{}_s{}_o{}{group}",
             self.warpgroups,
             self.block_n,
             self.stages,
@@ -54,22 +74,26 @@ impl Sm90Block {
 }
 
 /// Picks the instance. Measured on an H100 (f16, causal, kernel time over back-to-back launches,
-/// scripts/attention_sm90_timing.cu):
+/// scripts/attention_sm90_timing.cu; benchmarks/attention-sm90.md):
 /// - D = 128: two warpgroups, 128-key tiles, overlapped, everywhere measured ([1,32,4096,128]
-///   433.8 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 149.6).
-/// - D = 64: one warpgroup. A grid of at most two blocks per SM is bound by its longest walk:
-///   128-key tiles, overlapped ([1,8,2048,64] 32.7 vs 40.3 with 64-key tiles; [1,8,512,64] 10.4);
-///   a larger grid is throughput-bound and three blocks of 64-key tiles per SM pay ([16,8,512,64]
-///   28.8 vs 35.3).
+///   433.8 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 149.6), blocks
+///   ordered in groups of heads whose K/V fit in 16 MB of L2 (round 4).
+/// - D = 64: a grid of at most one block per SM is bound by its longest walk: the in-block key
+///   split halves it (round 4). Up to two blocks per SM: one warpgroup, 128-key tiles, overlapped
+///   ([1,8,2048,64] 32.7 vs 40.3 with 64-key tiles); a larger grid is throughput-bound and three
+///   blocks of 64-key tiles per SM pay ([16,8,512,64] 28.8 vs 35.3).
 pub(crate) fn choose_block(head_dim: usize, b: usize, hq: usize, nq: usize, sm: usize) -> Sm90Block {
+    let plain = Sm90Block { warpgroups: 1, block_n: 128, stages: 3, overlap: true, key_split: false, group_mb: 0 };
     if head_dim > 64 {
-        return Sm90Block { warpgroups: 2, block_n: 128, stages: 3, overlap: true };
+        return Sm90Block { warpgroups: 2, group_mb: L2_GROUP_MB, ..plain };
     }
     let blocks = b * hq * nq.div_ceil(WARPGROUP_ROWS);
-    if blocks > 2 * sm.max(1) {
-        Sm90Block { warpgroups: 1, block_n: 64, stages: 3, overlap: false }
+    if blocks <= sm.max(1) {
+        Sm90Block { warpgroups: 2, key_split: true, ..plain }
+    } else if blocks <= 2 * sm.max(1) {
+        plain
     } else {
-        Sm90Block { warpgroups: 1, block_n: 128, stages: 3, overlap: true }
+        Sm90Block { block_n: 64, overlap: false, ..plain }
     }
 }
 
@@ -166,6 +190,7 @@ mod tests {
                 assert!(blk.stages >= if blk.overlap { 3 } else { 2 }, "{blk:?}");
                 assert_eq!(blk.block_n % 16, 0, "{blk:?}");
                 assert!(blk.warpgroups >= 1 && blk.warpgroups <= 2, "{blk:?}");
+                assert!(!blk.key_split || (blk.warpgroups == 2 && blk.overlap), "{blk:?}");
             }
         }
     }
@@ -174,10 +199,24 @@ mod tests {
     fn picks_the_measured_instances() {
         // the shapes
         let name = |d, b, hq, nq| choose_block(d, b, hq, nq, H100_SMS).kernel_name("f16", d);
-        assert_eq!(name(128, 1, 32, 4096), "attn_sm90_f16_d128_w2_n128_s3_o1");
+        assert_eq!(name(128, 1, 32, 4096), "attn_sm90_f16_d128_w2_n128_s3_o1_g16");
         assert_eq!(name(64, 1, 8, 2048), "attn_sm90_f16_d64_w1_n128_s3_o1");
         assert_eq!(name(64, 16, 8, 512), "attn_sm90_f16_d64_w1_n64_s3_o0");
-        assert_eq!(name(64, 1, 8, 512), "attn_sm90_f16_d64_w1_n128_s3_o1");
+        assert_eq!(name(64, 1, 8, 512), "attn_sm90ks_f16_d64_n128_s3");
+        // one block per SM at most: the key split; 64 rows a block either way
+        assert_eq!(name(64, 1, 8, 1024), "attn_sm90ks_f16_d64_n128_s3");
+        assert_eq!(name(64, 1, 8, 1025), "attn_sm90_f16_d64_w1_n128_s3_o1");
+        assert_eq!(choose_block(64, 1, 8, 512, H100_SMS).block_m(), 64);
+    }
+
+    #[test]
+    fn shared_memory_mirrors_the_kernels() {
+        // Sm90Traits / KsTraits::SMEM_BYTES
+        let ks = choose_block(64, 1, 8, 512, H100_SMS);
+        assert_eq!(ks.smem_bytes(64), 64 * 64 * 2 + 2 * 3 * 2 * 128 * 64 * 2 + 1024);
+        let d128 = choose_block(128, 1, 32, 4096, H100_SMS);
+        assert_eq!(d128.smem_bytes(128), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
+        assert_eq!((ks.threads(), d128.threads()), (256, 256));
     }
 
     #[test]
