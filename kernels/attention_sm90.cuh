@@ -96,6 +96,13 @@ __device__ __forceinline__ void named_sync(int id, int count) {
 __device__ __forceinline__ void named_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
+// Named barrier ID (an immediate) of COUNT threads.
+template <int ID, int COUNT> __device__ __forceinline__ void named_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
+}
+template <int ID, int COUNT> __device__ __forceinline__ void named_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
+}
 
 // load_tile for NT threads numbered `i` (0 .. NT - 1).
 template <int ROWS, int HD, int NT, typename T>
@@ -563,7 +570,8 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
       // my tile i landed; my warpgroup is past tile i - 2's P·V
       cp_async_wait<AHEAD - 1>();
       fence_proxy_async();
-      named_sync(1 + wg, 128);
+      if (wg == 0) named_sync<1, 128>();  // a barrier of my warpgroup
+      else named_sync<2, 128>();
       load_kv(i + AHEAD);  // into the stage of my tile i - 2
       const int t = wg + 2 * i;
       const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
@@ -592,19 +600,21 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   cp_async_wait<0>();
 
   // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0, through its own ring (its
-  // copies have landed, its tensor-core reads are done: wait above, then a barrier of its warps)
+  // copies have landed, its tensor-core reads are done: wait above, then a barrier of its warps),
+  // published with named barrier 3 (warpgroup 1 arrives, warpgroup 0 waits)
   if (wg == 1) {
     fence_proxy_async();
-    named_sync(2, 128);
+    named_sync<2, 128>();
     red[0 * 128 + t128] = m[0];
     red[1 * 128 + t128] = m[1];
     red[2 * 128 + t128] = l[0];
     red[3 * 128 + t128] = l[1];
 #pragma unroll
     for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
+    named_arrive<3, 256>();
+    return;
   }
-  __syncthreads();
-  if (wg == 1) return;
+  named_sync<3, 256>();
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
