@@ -601,9 +601,9 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
 
   // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0, through its own ring (its
   // copies have landed, its tensor-core reads are done: wait above, then a barrier of its warps),
-  // published with named barrier 3, which both warpgroups sync on (with warpgroup 1 only arriving,
-  // compute-sanitizer racecheck reported the handoff as a hazard; a full sync costs warpgroup 1 a
-  // wait it spends idle anyway)
+  // published with named barrier 3. Warpgroup 1 stays until warpgroup 0 has read them (a second
+  // barrier 3): with warpgroup 1 leaving right after publishing, compute-sanitizer racecheck
+  // reported the handoff as a hazard, whichever barrier published it.
   if (wg == 1) {
     fence_proxy_async();
     named_sync<2, 128>();
@@ -613,23 +613,25 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
     red[3 * 128 + t128] = l[1];
 #pragma unroll
     for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
-    named_sync<3, 256>();
-    return;
   }
   named_sync<3, 256>();
+  if (wg == 0) {
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
-    const float mn = fmaxf(m[hf], m1);
-    const float ref = mn == -INFINITY ? 0.0f : mn;
-    const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
-    l[hf] = l[hf] * a0 + l1 * a1;
+    for (int hf = 0; hf < 2; ++hf) {
+      const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
+      const float mn = fmaxf(m[hf], m1);
+      const float ref = mn == -INFINITY ? 0.0f : mn;
+      const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
+      l[hf] = l[hf] * a0 + l1 * a1;
 #pragma unroll
-    for (int j = 0; j < HD / 8; ++j) {
-      o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
-      o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
+      for (int j = 0; j < HD / 8; ++j) {
+        o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
+        o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
+      }
     }
   }
+  named_sync<3, 256>();
+  if (wg == 1) return;
 
   // epilogue: finish the row sums over the quad, normalize, store
   T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
