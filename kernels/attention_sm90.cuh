@@ -553,7 +553,7 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   float s[BN / 2];
   uint32_t pa[BN / 16][4];
 
-  // my first tile (and Q, loaded by both warpgroups): a block barrier, once
+  // my first tile (and Q, loaded by both warpgroups): a block barrier
   cp_async_wait<AHEAD - 1>();
   fence_proxy_async();
   __syncthreads();
@@ -566,30 +566,37 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
     fence_regs(s);
     softmax_tile<BN>(s, m, l, alpha, p, need_mask(wg), wg * BN, rowi, quad);
     pack_p<T, BN>(pa, s);
-    for (int i = 1; i < my_n; ++i) {
-      // my tile i landed; my warpgroup is past tile i - 2's P·V
-      cp_async_wait<AHEAD - 1>();
-      fence_proxy_async();
-      if (wg == 0) named_sync<1, 128>();  // a barrier of my warpgroup
-      else named_sync<2, 128>();
-      load_kv(i + AHEAD);  // into the stage of my tile i - 2
-      const int t = wg + 2 * i;
-      const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
-      const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
-      fence_regs(o);
-      wgmma_fence();
-      issue_qk<T, HD, BM, BN>(s, sQ, sK, 0);
-      wgmma_commit();
-      issue_pv<T, HD, BN>(o, pa, sV_prev);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_regs(s);
-      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
-      wgmma_wait<0>();
-      fence_regs(o);
-      rescale<HD>(o, alpha);
-      pack_p<T, BN>(pa, s);
-    }
+  }
+  // Block barriers only (both warpgroups walk (n_tiles + 1) / 2 steps; warpgroup 1, a tile short
+  // when n_tiles is odd, takes the last barrier without work): with a barrier per warpgroup here
+  // (named barriers 1 and 2 of 128 threads), compute-sanitizer racecheck did not order the merge
+  // below, whichever barrier published it.
+  const int steps = (n_tiles + 1) / 2;
+  for (int i = 1; i < steps; ++i) {
+    // my tile i landed; my warpgroup is past tile i - 2's P·V
+    cp_async_wait<AHEAD - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    if (i >= my_n) continue;
+    load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    const int t = wg + 2 * i;
+    const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+    const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
+    fence_regs(o);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sK, 0);
+    wgmma_commit();
+    issue_pv<T, HD, BN>(o, pa, sV_prev);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(s);
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    wgmma_wait<0>();
+    fence_regs(o);
+    rescale<HD>(o, alpha);
+    pack_p<T, BN>(pa, s);
+  }
+  if (my_n > 0) {
     fence_regs(o);
     wgmma_fence();
     issue_pv<T, HD, BN>(o, pa, sRing + ((my_n - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
@@ -599,14 +606,11 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   }
   cp_async_wait<0>();
 
-  // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0, through its own ring (its
-  // copies have landed, its tensor-core reads are done: wait above, then a barrier of its warps),
-  // published with named barrier 3. Warpgroup 1 stays until warpgroup 0 has read them (a second
-  // barrier 3): with warpgroup 1 leaving right after publishing, compute-sanitizer racecheck
-  // reported the handoff as a hazard, whichever barrier published it.
+  // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0 through its own ring, once
+  // every copy has landed and every tensor-core read of the rings is done (wait above, barrier)
+  fence_proxy_async();
+  __syncthreads();
   if (wg == 1) {
-    fence_proxy_async();
-    named_sync<2, 128>();
     red[0 * 128 + t128] = m[0];
     red[1 * 128 + t128] = m[1];
     red[2 * 128 + t128] = l[0];
@@ -614,24 +618,21 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
 #pragma unroll
     for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
   }
-  named_sync<3, 256>();
-  if (wg == 0) {
+  __syncthreads();
+  if (wg == 1) return;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
-      const float mn = fmaxf(m[hf], m1);
-      const float ref = mn == -INFINITY ? 0.0f : mn;
-      const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
-      l[hf] = l[hf] * a0 + l1 * a1;
+  for (int hf = 0; hf < 2; ++hf) {
+    const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
+    const float mn = fmaxf(m[hf], m1);
+    const float ref = mn == -INFINITY ? 0.0f : mn;
+    const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
+    l[hf] = l[hf] * a0 + l1 * a1;
 #pragma unroll
-      for (int j = 0; j < HD / 8; ++j) {
-        o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
-        o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
-      }
+    for (int j = 0; j < HD / 8; ++j) {
+      o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
+      o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
     }
   }
-  named_sync<3, 256>();
-  if (wg == 1) return;
 
   // epilogue: finish the row sums over the quad, normalize, store
   T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
