@@ -1,6 +1,7 @@
 // Hopper prefill instances (see attention_sm90.cuh). Built for sm_90a only (build.rs), loaded
 // only on compute capability 9.0 devices:
-//   attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES>_o<OVERLAP>
+//   attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES>_o<OVERLAP>[_g<MB>]
+//   attn_sm90ks_<dtype>_d<HD>_n<BN>_s<STAGES>          (in-block key split)
 // The instance list is mirrored in src/attention/sm90.rs.
 #include "attention_sm90.cuh"
 
@@ -8,17 +9,39 @@ static_assert(sizeof(tg::attn::Params) == 192, "Params mirrors AttnParams in src
 
 using tg::attn::Params;
 using tg::attn90::Sm90Traits;
+using tg::attn90::WsTraits;
 
 #define ATTN_SM90(T, TNAME, HD, WGS, BN, ST, OV)                                                  \
   extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, OV>::THREADS, 1)       \
       attn_sm90_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_o##OV(const __grid_constant__ Params p) { \
     tg::attn90::attn_prefill_sm90<T, HD, WGS, BN, ST, OV>(p);                                     \
   }
+// _g<MB>: the grid walked in groups of heads whose K and V fit in MB megabytes (block_coords;
+// harness only: measured slower on the H100)
+#define ATTN_SM90G(T, TNAME, HD, WGS, BN, ST, OV, G)                                                        \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, OV>::THREADS, 1)                 \
+      attn_sm90_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_o##OV##_g##G(const __grid_constant__ Params p) { \
+    tg::attn90::attn_prefill_sm90<T, HD, WGS, BN, ST, OV, G>(p);                                            \
+  }
+// in-block key split: two warpgroups on 64 query rows, even / odd key tiles (attn_prefill_sm90_ks)
+#define ATTN_SM90KS(T, TNAME, HD, BN, ST)                                                  \
+  extern "C" __global__ void __launch_bounds__(256, 1)                                      \
+      attn_sm90ks_##TNAME##_d##HD##_n##BN##_s##ST(const __grid_constant__ Params p) { \
+    tg::attn90::attn_prefill_sm90_ks<T, HD, BN, ST>(p);                                     \
+  }
+// Warp-specialized instances (scripts/attention_sm90_timing.cu only: measured slower): attn_ws_<dtype>_d<HD>_c<consumer warpgroups>_n<BN>_s<STAGES>_p<PINGPONG>_k<KSPLIT>
+//   (_r1: a producer warpgroup giving registers to the consumers; _r0: a producer warp)
+#define ATTN_WS(T, TNAME, HD, CWG, BN, ST, PP, KS, R)                                                              \
+  extern "C" __global__ void __launch_bounds__(WsTraits<HD, CWG, BN, ST, PP, KS, R>::THREADS, 1)                    \
+      attn_ws_##TNAME##_d##HD##_c##CWG##_n##BN##_s##ST##_p##PP##_k##KS##_r##R(const __grid_constant__ Params p) { \
+    tg::attn90::attn_prefill_ws<T, HD, CWG, BN, ST, PP, KS, R>(p);                                                 \
+  }
+
 // Mirrored by sm90::choose_block (src/attention/sm90.rs).
 #define ATTN_SM90_ALL(T, TNAME)                                          \
-  ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)                                  \
   ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
-  ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)
+  ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)                                 \
+  ATTN_SM90KS(T, TNAME, 64, 64, 4)
 
 ATTN_SM90_ALL(__half, f16)
 ATTN_SM90_ALL(__nv_bfloat16, bf16)

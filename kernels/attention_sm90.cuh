@@ -69,6 +69,53 @@ __device__ __forceinline__ void load_tile(uint32_t s, const T* g, int64_t stride
   }
 }
 
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (no pending-count
+// increment: the barrier's expected count includes this arrival).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Named barrier ID (an immediate) of COUNT threads.
+template <int ID, int COUNT> __device__ __forceinline__ void named_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
+}
+template <int ID, int COUNT> __device__ __forceinline__ void named_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
+}
+
+// load_tile for NT threads numbered `i` (0 .. NT - 1).
+template <int ROWS, int HD, int NT, typename T>
+__device__ __forceinline__ void load_tile_by(int i, uint32_t s, const T* g, int64_t stride, int rows) {
+  constexpr int VECS = HD / 8;
+#pragma unroll
+  for (int idx = i; idx < ROWS * VECS; idx += NT) {
+    const int r = idx / VECS, c = idx % VECS;
+    const bool in = r < rows;
+    cp_async16(s + (c / 8) * (ROWS * 128) + swizzled(r, c % 8), in ? g + r * stride + c * 8 : g, in ? 16 : 0);
+  }
+}
+
 // 2^x on the SFU (subnormal results flushed to 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -267,9 +314,31 @@ __device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa
   for (int k = 0; k < BN / 16; ++k) Wgmma<T, HD>::rs_bt(o, pa[k], make_desc(sV + k * 16 * 128, BN * 128, 1024), 1);
 }
 
+// Which (batch x head, query block) this block owns. Grid: x = B x Hq, y = query blocks. Causal
+// grids walk the query blocks backwards so the longest walks start first. GROUP_MB > 0: the grid
+// is taken in groups of heads whose K and V fit in GROUP_MB megabytes (so the K/V tiles the
+// resident blocks stream stay in L2), heads fastest and longest walks first within a group;
+// GROUP_MB = 0, or all heads in one group, is the plain order (head fastest).
+template <int GROUP_MB>
+__device__ __forceinline__ void block_coords(const Params& p, int& bh, int& q_block) {
+  int y = blockIdx.y;
+  bh = blockIdx.x;
+  if constexpr (GROUP_MB > 0) {
+    const int n_bh = gridDim.x, n_qb = gridDim.y;
+    const int64_t kv_bytes = int64_t(4) * p.nk * p.d;  // K and V of one head, 16-bit elements
+    const int g = int(min(int64_t(n_bh), max(int64_t(1), (int64_t(GROUP_MB) << 20) / kv_bytes)));
+    const int64_t lin = int64_t(blockIdx.y) * n_bh + blockIdx.x, per_group = int64_t(g) * n_qb;
+    const int g0 = int(lin / per_group) * g, gs = min(g, n_bh - g0);
+    const int r = int(lin % per_group);
+    y = r / gs;
+    bh = g0 + r % gs;
+  }
+  q_block = p.causal ? gridDim.y - 1 - y : y;
+}
+
 // Grid: x = B x Hq (head fastest), y = query blocks, walked backwards when causal so the longest
 // walks start first.
-template <typename T, int HD, int WGS, int BN, int STAGES, bool OVERLAP>
+template <typename T, int HD, int WGS, int BN, int STAGES, bool OVERLAP, int GROUP_MB = 0>
 __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
   using Tr = Sm90Traits<HD, WGS, BN, STAGES, OVERLAP>;
   constexpr int BM = Tr::BM, THREADS = Tr::THREADS, AHEAD = Tr::AHEAD;
@@ -278,8 +347,9 @@ __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
   const uint32_t sKV = sQ + Tr::Q_BYTES;
 
   const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32 % 4, lane = tid % 32, quad = lane % 4;
-  const int h = blockIdx.x % p.hq, b = blockIdx.x / p.hq;
-  const int q_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  int bh, q_block;
+  block_coords<GROUP_MB>(p, bh, q_block);
+  const int h = bh % p.hq, b = bh / p.hq;
   const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
   const int hk = h / (p.hq / p.hkv);
   const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
@@ -388,6 +458,403 @@ __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
     fence_regs(o);
   }
   cp_async_wait<0>();
+
+  // epilogue: finish the row sums over the quad, normalize, store
+  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = l[hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key gives 0
+    const int i = rowi[hf];
+    if (i < p.nq) {
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(og + int64_t(i) * HD + 8 * j + 2 * quad) =
+            pack2<T>(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
+
+// ---- in-block key split ------------------------------------------------------------------------
+// Two warpgroups on the same 64 query rows, each walking half of the key tiles (warpgroup w takes
+// tiles w, w + 2, ...) through its own STAGES-deep cp.async ring, loaded by its own 128 threads and
+// published with a per-warpgroup named barrier (no block barrier per tile: the warpgroups drift
+// freely); the same overlapped step as attn_prefill_sm90. At the end warpgroup 1 hands (m, l, O) to
+// its twin thread of warpgroup 0 through shared memory, which merges and stores. Halves the longest
+// walk of a block for grids too small to fill the GPU.
+template <int HD, int BN, int STAGES> struct KsTraits {
+  static constexpr int BM = 64;
+  static constexpr int THREADS = 256;
+  static constexpr int Q_BYTES = BM * HD * 2;
+  static constexpr int KV_BYTES = BN * HD * 2;
+  static constexpr int STAGE_BYTES = 2 * KV_BYTES;
+  static constexpr int RING_BYTES = STAGES * STAGE_BYTES;  // one warpgroup's ring
+  static constexpr int RED_BYTES = (HD / 2 + 4) * 128 * 4;  // warpgroup 1's m, l and O, in its ring
+  static constexpr int SMEM_BYTES = Q_BYTES + 2 * RING_BYTES + 1024;
+  static_assert(RED_BYTES <= RING_BYTES, "the merge's partials fit in a ring");
+  static constexpr int AHEAD = STAGES - 2;  // overlapped: V of tile i - 1 stays one more step
+  static_assert(HD == 64 || HD == 128, "head dims 64 and 128");
+  static_assert(BN % 16 == 0 && BN <= 256, "wgmma N");
+  static_assert(AHEAD >= 1, "one tile loads while one is used");
+  static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
+};
+
+template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0>
+__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
+  using Tr = KsTraits<HD, BN, STAGES>;
+  constexpr int BM = Tr::BM, AHEAD = Tr::AHEAD;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, wg = tid / 128, t128 = tid % 128, warp = t128 / 32, lane = tid % 32, quad = lane % 4;
+  const uint32_t sRing = sQ + Tr::Q_BYTES + wg * Tr::RING_BYTES;
+  // the merge's partials: warpgroup 1's ring, once its walk is over
+  float* red = reinterpret_cast<float*>(smem_raw + (sQ - smem_u32(smem_raw)) + Tr::Q_BYTES + Tr::RING_BYTES);
+
+  int bh, q_block;
+  block_coords<GROUP_MB>(p, bh, q_block);
+  const int h = bh % p.hq, b = bh / p.hq;
+  const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
+  const int hk = h / (p.hq / p.hkv);
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+  const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
+  const int n_tiles = tg::ceil_div(key_end, BN);
+  const int my_n = n_tiles > wg ? (n_tiles - wg + 1) / 2 : 0;  // my tiles: wg + 2 i, i < my_n
+
+  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last).
+  auto load_kv = [&](int i) {
+    if (i < my_n) {
+      const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+      const int k0 = (wg + 2 * i) * BN, keys = min(BN, p.nk - k0);
+      load_tile_by<BN, HD, 128>(t128, sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys);
+      load_tile_by<BN, HD, 128>(t128, sK + Tr::KV_BYTES, vg + int64_t(k0) * p.v_sn, p.v_sn, keys);
+    }
+    cp_async_commit();
+  };
+  auto need_mask = [&](int t) {
+    const int k0 = t * BN;
+    return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
+  };
+  load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+#pragma unroll
+  for (int i = 0; i < AHEAD; ++i) load_kv(i);
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  const int row0 = q0 + warp * 16 + lane / 4;
+  const int rowi[2] = {row0, row0 + 8};
+  float s[BN / 2];
+  uint32_t pa[BN / 16][4];
+
+  // my first tile (and Q, loaded by both warpgroups): a block barrier
+  cp_async_wait<AHEAD - 1>();
+  fence_proxy_async();
+  __syncthreads();
+  if (my_n > 0) {
+    load_kv(AHEAD);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sRing, 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(wg), wg * BN, rowi, quad);
+    pack_p<T, BN>(pa, s);
+  }
+  // Block barriers only (both warpgroups walk (n_tiles + 1) / 2 steps; warpgroup 1, a tile short
+  // when n_tiles is odd, takes the last barrier without work): with a barrier per warpgroup here
+  // (named barriers 1 and 2 of 128 threads), compute-sanitizer racecheck did not order the merge
+  // below, whichever barrier published it.
+  const int steps = (n_tiles + 1) / 2;
+  for (int i = 1; i < steps; ++i) {
+    // my tile i landed; my warpgroup is past tile i - 2's P·V
+    cp_async_wait<AHEAD - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    if (i >= my_n) continue;
+    load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    const int t = wg + 2 * i;
+    const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+    const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
+    fence_regs(o);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sK, 0);
+    wgmma_commit();
+    issue_pv<T, HD, BN>(o, pa, sV_prev);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(s);
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    wgmma_wait<0>();
+    fence_regs(o);
+    rescale<HD>(o, alpha);
+    pack_p<T, BN>(pa, s);
+  }
+  if (my_n > 0) {
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv<T, HD, BN>(o, pa, sRing + ((my_n - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+  cp_async_wait<0>();
+
+  // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0 through its own ring, once
+  // every copy has landed and every tensor-core read of the rings is done (wait above, barrier)
+  fence_proxy_async();
+  __syncthreads();
+  if (wg == 1) {
+    red[0 * 128 + t128] = m[0];
+    red[1 * 128 + t128] = m[1];
+    red[2 * 128 + t128] = l[0];
+    red[3 * 128 + t128] = l[1];
+#pragma unroll
+    for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
+  }
+  __syncthreads();
+  if (wg == 1) return;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
+    const float mn = fmaxf(m[hf], m1);
+    const float ref = mn == -INFINITY ? 0.0f : mn;
+    const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
+    l[hf] = l[hf] * a0 + l1 * a1;
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) {
+      o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
+      o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
+    }
+  }
+
+  // epilogue: finish the row sums over the quad, normalize, store
+  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = l[hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key gives 0
+    const int i = rowi[hf];
+    if (i < p.nq) {
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(og + int64_t(i) * HD + 8 * j + 2 * quad) =
+            pack2<T>(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
+// ---- warp-specialized variant ----------------------------------------------------------------
+// FlashAttention-3's structure with cp.async instead of TMA: one producer warp (the last warp)
+// streams Q and the K/V tiles into a ring of STAGES shared-memory stages; each K and each V tile
+// has its own "full" mbarrier, completed by the copies themselves (cp.async.mbarrier.arrive.noinc),
+// and each stage an "empty" mbarrier the consumers arrive on once their wgmma reading it is done.
+// CWG consumer warpgroups (warps 0 .. 4 CWG - 1) never meet at a block barrier, so they drift
+// apart; PINGPONG also orders them with named barriers (FA3's warp scheduler barriers): the
+// warpgroups take turns issuing their GEMMs, one's softmax then runs under the other's GEMMs.
+// Each consumer keeps the intra-warpgroup overlap (Q·Kᵀ of its tile i with P·V of tile i - 1).
+// KSPLIT: the CWG = 2 warpgroups share the block's 64 query rows and split its key tiles (even /
+// odd), each with its own online softmax, merged through shared memory at the end (a key split
+// inside the block: half the walk per warpgroup, no second launch, no global scratch).
+// REGS: the producer is a whole warpgroup that gives registers to the consumers (setmaxnreg:
+// ptxas sizes a block of 288 threads as 384, 168 registers each, too few for D = 128).
+template <int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS> struct WsTraits {
+  static constexpr int BM = KSPLIT ? 64 : 64 * CWG;  // query rows per block
+  static constexpr int CONSUMERS = 128 * CWG;
+  static constexpr int PRODUCERS = REGS ? 128 : 32;
+  static constexpr int THREADS = CONSUMERS + PRODUCERS;
+  static constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = CWG == 2 ? 232 : 240;
+  static constexpr int Q_BYTES = BM * HD * 2;
+  static constexpr int KV_BYTES = BN * HD * 2;
+  static constexpr int STAGE_BYTES = 2 * KV_BYTES;
+  static constexpr int RED_FLOATS = KSPLIT ? (HD / 2 + 4) * 128 : 0;  // the merge's partials
+  static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + RED_FLOATS * 4 + 1024;
+  static constexpr int EMPTY_COUNT = KSPLIT ? 128 : CONSUMERS;  // arrivals that free a stage
+  static_assert(HD == 64 || HD == 128, "head dims 64 and 128");
+  static_assert(BN % 16 == 0 && BN <= 256, "wgmma N");
+  static_assert(CWG == 1 || CWG == 2, "one or two consumer warpgroups");
+  static_assert(!PINGPONG || (CWG == 2 && !KSPLIT), "ping-pong needs two warpgroups on their own rows");
+  static_assert(!KSPLIT || CWG == 2, "the key split pairs two warpgroups");
+  static_assert(STAGES >= 2, "stages");
+  static_assert(!REGS || PRODUCER_REGS * 128 + CONSUMER_REGS * CONSUMERS <= 65536, "register file");
+  static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
+};
+
+template <bool B> struct Flag {
+  static constexpr bool value = B;
+};
+
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+template <typename T, int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS>
+__device__ __forceinline__ void attn_prefill_ws(const Params& p) {
+  using Tr = WsTraits<HD, CWG, BN, STAGES, PINGPONG, KSPLIT, REGS>;
+  constexpr int BM = Tr::BM;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // mbarriers: full K [STAGES], full V [STAGES], empty [STAGES], Q
+  __shared__ __align__(8) uint64_t bars[3 * STAGES + 1];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sKV = sQ + Tr::Q_BYTES;
+  const uint32_t bar0 = smem_u32(bars);
+  auto full_k = [&](int s) { return bar0 + 8u * s; };
+  auto full_v = [&](int s) { return bar0 + 8u * (STAGES + s); };
+  auto empty = [&](int s) { return bar0 + 8u * (2 * STAGES + s); };
+  const uint32_t q_bar = bar0 + 8u * (3 * STAGES);
+
+  const int tid = threadIdx.x;
+  const int h = blockIdx.x % p.hq, b = blockIdx.x / p.hq;
+  const int q_block = p.causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
+  const int hk = h / (p.hq / p.hkv);
+  const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
+  const int n_tiles = tg::ceil_div(key_end, BN);
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full_k(s), Tr::PRODUCERS);
+      mbar_init(full_v(s), Tr::PRODUCERS);
+      mbar_init(empty(s), Tr::EMPTY_COUNT);
+    }
+    mbar_init(q_bar, Tr::PRODUCERS);
+  }
+  __syncthreads();
+
+  if (tid >= Tr::CONSUMERS) {  // ---- producer warp(group) ----
+    if constexpr (REGS) setmaxnreg_dec<Tr::PRODUCER_REGS>();
+    constexpr int NP = Tr::PRODUCERS;
+    const int lane = tid - Tr::CONSUMERS;
+    const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
+    const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
+    const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
+    load_tile_by<BM, HD, NP>(lane, sQ, qg, p.q_sn, rows);
+    cp_async_mbar_arrive(q_bar);
+    for (int t = 0; t < n_tiles; ++t) {
+      const int s = t % STAGES, round = t / STAGES;
+      if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
+      const uint32_t sK = sKV + s * Tr::STAGE_BYTES;
+      const int k0 = t * BN, keys = min(BN, p.nk - k0);
+      load_tile_by<BN, HD, NP>(lane, sK, kg + int64_t(k0) * p.k_sn, p.k_sn, keys);
+      cp_async_mbar_arrive(full_k(s));
+      load_tile_by<BN, HD, NP>(lane, sK + Tr::KV_BYTES, vg + int64_t(k0) * p.v_sn, p.v_sn, keys);
+      cp_async_mbar_arrive(full_v(s));
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");  // nothing lands after the block is gone
+    return;
+  }
+
+  // ---- consumer warpgroups ----
+  if constexpr (REGS) setmaxnreg_inc<Tr::CONSUMER_REGS>();
+  const int wg = tid / 128, warp = tid / 32 % 4, lane = tid % 32, quad = lane % 4;
+  const int row_wg = KSPLIT ? 0 : wg;  // which 64 rows of the block's Q this warpgroup owns
+  const int first = KSPLIT ? wg : 0, stride = KSPLIT ? CWG : 1;
+  const int my_n = KSPLIT ? (n_tiles > wg ? (n_tiles - wg + CWG - 1) / CWG : 0) : n_tiles;
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  const int row0 = q0 + row_wg * 64 + warp * 16 + lane / 4;
+  const int rowi[2] = {row0, row0 + 8};
+  float s[BN / 2];
+  uint32_t pa[BN / 16][4];
+  auto need_mask = [&](int t) {
+    const int k0 = t * BN;
+    return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
+  };
+
+  // One step: Q·Kᵀ of my tile i (QK) and P·V of my tile i - 1 (PV); peeled so that ptxas sees
+  // the accumulators untouched between issue and wait (runtime conditions serialize wgmma).
+  auto step = [&](auto qk_c, auto pv_c, int i) {
+    constexpr bool QK = decltype(qk_c)::value, PV = decltype(pv_c)::value;
+    const int t = first + i * stride, tp = t - stride;
+    if constexpr (QK) mbar_wait(full_k(t % STAGES), (t / STAGES) & 1);
+    if constexpr (PV) mbar_wait(full_v(tp % STAGES), (tp / STAGES) & 1);
+    fence_proxy_async();  // the copies' shared-memory writes, ordered before the tensor cores read
+    if constexpr (PINGPONG) named_sync(1 + wg, 256);
+    fence_regs(o);
+    wgmma_fence();
+    if constexpr (QK) {
+      issue_qk<T, HD, BM, BN>(s, sQ, sKV + (t % STAGES) * Tr::STAGE_BYTES, row_wg);
+      wgmma_commit();
+    }
+    if constexpr (PV) {
+      issue_pv<T, HD, BN>(o, pa, sKV + (tp % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
+      wgmma_commit();
+    }
+    if constexpr (PINGPONG) {
+      if (QK || wg == 0) named_arrive(2 - wg, 256);  // the other warpgroup's turn
+    }
+    if constexpr (QK) {
+      if constexpr (PV) wgmma_wait<1>();  // Q·Kᵀ done; P·V may still run
+      else wgmma_wait<0>();
+      fence_regs(s);
+      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    }
+    if constexpr (PV) {
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(empty(tp % STAGES));  // K and V of tile tp no longer read
+    }
+    if constexpr (QK) {
+      rescale<HD>(o, alpha);
+      pack_p<T, BN>(pa, s);
+    }
+  };
+  using yes = Flag<true>;
+  using no = Flag<false>;
+  if (my_n > 0) {
+    mbar_wait(q_bar, 0);
+    if constexpr (PINGPONG) {
+      if (wg == 1) named_arrive(1, 256);  // warpgroup 0 issues first
+    }
+    step(yes{}, no{}, 0);
+    for (int i = 1; i < my_n; ++i) step(yes{}, yes{}, i);
+    step(no{}, yes{}, my_n);
+  }
+
+  if constexpr (KSPLIT) {
+    // warpgroup 1 hands its (m, l, O) to its twin thread in warpgroup 0, which merges them
+    float* red = reinterpret_cast<float*>(smem_raw + (sKV - smem_u32(smem_raw)) + STAGES * Tr::STAGE_BYTES);
+    const int t128 = tid % 128;
+    if (wg == 1) {
+      red[0 * 128 + t128] = m[0];
+      red[1 * 128 + t128] = m[1];
+      red[2 * 128 + t128] = l[0];
+      red[3 * 128 + t128] = l[1];
+#pragma unroll
+      for (int j = 0; j < HD / 2; ++j) red[(4 + j) * 128 + t128] = o[j];
+      named_arrive(3, 256);
+      return;
+    }
+    named_sync(3, 256);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float m1 = red[hf * 128 + t128], l1 = red[(2 + hf) * 128 + t128];
+      const float mn = fmaxf(m[hf], m1);
+      const float ref = mn == -INFINITY ? 0.0f : mn;
+      const float a0 = fast_exp2(m[hf] - ref), a1 = fast_exp2(m1 - ref);
+      l[hf] = l[hf] * a0 + l1 * a1;
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        o[4 * j + 2 * hf] = o[4 * j + 2 * hf] * a0 + red[(4 + 4 * j + 2 * hf) * 128 + t128] * a1;
+        o[4 * j + 2 * hf + 1] = o[4 * j + 2 * hf + 1] * a0 + red[(4 + 4 * j + 2 * hf + 1) * 128 + t128] * a1;
+      }
+    }
+  }
 
   // epilogue: finish the row sums over the quad, normalize, store
   T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;

@@ -23,13 +23,29 @@
 #include "attention_sm90.cu"
 
 // instances beyond the crate's, for comparison
-#define ATTN_SM90_EXTRA(T, TNAME)      \
-  ATTN_SM90(T, TNAME, 64, 1, 128, 2, 0)  \
-  ATTN_SM90(T, TNAME, 64, 1, 64, 3, 1)   \
-  ATTN_SM90(T, TNAME, 128, 2, 128, 2, 0) \
-  ATTN_SM90(T, TNAME, 128, 2, 64, 3, 1)
-ATTN_SM90_EXTRA(__half, f16)
-ATTN_SM90_EXTRA(__nv_bfloat16, bf16)
+#define ATTN_WS_EXTRA(T, TNAME)                 \
+  ATTN_WS(T, TNAME, 128, 2, 128, 3, 0, 0, 1)    \
+  ATTN_WS(T, TNAME, 128, 2, 128, 3, 1, 0, 1)    \
+  ATTN_WS(T, TNAME, 128, 2, 64, 6, 1, 0, 1)     \
+  ATTN_WS(T, TNAME, 64, 1, 128, 3, 0, 0, 0)     \
+  ATTN_WS(T, TNAME, 64, 1, 128, 4, 0, 0, 0)     \
+  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 0, 0)     \
+  ATTN_WS(T, TNAME, 64, 2, 128, 4, 1, 0, 0)     \
+  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 1, 0)     \
+  ATTN_WS(T, TNAME, 64, 2, 128, 6, 0, 1, 0)     \
+  ATTN_WS(T, TNAME, 64, 2, 64, 6, 0, 1, 0)
+#define ATTN_ROUND4(T, TNAME)                  \
+  ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)        \
+  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 8)   \
+  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 16)  \
+  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 32)  \
+  ATTN_SM90G(T, TNAME, 64, 1, 128, 3, 1, 16)   \
+  ATTN_SM90KS(T, TNAME, 64, 128, 3)            \
+  ATTN_SM90KS(T, TNAME, 64, 64, 3)
+ATTN_ROUND4(__half, f16)
+ATTN_ROUND4(__nv_bfloat16, bf16)
+ATTN_WS_EXTRA(__half, f16)
+ATTN_WS_EXTRA(__nv_bfloat16, bf16)
 
 #define CK(x)                                                                               \
   do {                                                                                      \
@@ -46,21 +62,41 @@ struct Variant {
   const char* name;
   KernelFn f16, bf16;
   int d, wgs, bn, stages, overlap;
+  int ws = 0, pp = 0, ks = 0, regs = 0;  // warp-specialized kernel: consumer warpgroups = wgs
+  int cks = 0;                           // attn_prefill_sm90_ks (wgs = 2: two rings)
+  int bm() const { return (ws && ks) || cks ? 64 : 64 * wgs; }
+  int threads() const { return ws ? 128 * wgs + (regs ? 128 : 32) : 128 * wgs; }
   int smem() const {
-    return (d * 2) * (64 * wgs) + stages * 2 * bn * d * 2 + 1024;
+    return (d * 2) * bm() + (cks ? 2 : 1) * stages * 2 * bn * d * 2 + (ws && ks ? (d / 2 + 4) * 128 * 4 : 0) +
+           1024;
   }
-  int bm() const { return 64 * wgs; }
-  int threads() const { return 128 * wgs; }
 };
 
 #define V(D, W, N, S, O)                                                                        \
   {"sm90_d" #D "_w" #W "_n" #N "_s" #S "_o" #O, attn_sm90_f16_d##D##_w##W##_n##N##_s##S##_o##O, \
    attn_sm90_bf16_d##D##_w##W##_n##N##_s##S##_o##O, D, W, N, S, O}
+#define W(D, C, N, S, P, K, R)                                                                      \
+  {"ws_d" #D "_c" #C "_n" #N "_s" #S "_p" #P "_k" #K "_r" #R,                                        \
+   attn_ws_f16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K##_r##R,                                        \
+   attn_ws_bf16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K##_r##R, D, C, N, S, 1, 1, P, K, R}
+#define VG(D, W, N, S, O, G)                                                                              \
+  {"sm90_d" #D "_w" #W "_n" #N "_s" #S "_o" #O "_g" #G, attn_sm90_f16_d##D##_w##W##_n##N##_s##S##_o##O##_g##G, \
+   attn_sm90_bf16_d##D##_w##W##_n##N##_s##S##_o##O##_g##G, D, W, N, S, O}
+#define VK(D, N, S)                                                                                          \
+  {"sm90ks_d" #D "_n" #N "_s" #S, attn_sm90ks_f16_d##D##_n##N##_s##S, attn_sm90ks_bf16_d##D##_n##N##_s##S, D, 2, \
+   N, S, 1, 0, 0, 0, 0, 1}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
-    V(64, 1, 128, 3, 1),  V(64, 1, 64, 3, 0),  V(64, 1, 128, 2, 0),
-    V(64, 1, 64, 3, 1),   V(128, 2, 128, 3, 1), V(128, 2, 128, 2, 0), V(128, 2, 64, 3, 1),
+    VK(64, 64, 4),             V(64, 1, 64, 3, 0),        V(128, 2, 128, 3, 1),
+    V(64, 1, 128, 3, 1),       VK(64, 128, 3),            VK(64, 64, 3),             VG(64, 1, 128, 3, 1, 16),
+    VG(128, 2, 128, 3, 1, 8),  VG(128, 2, 128, 3, 1, 16), VG(128, 2, 128, 3, 1, 32),
+    // warp-specialized (round 4, measured slower)
+    W(128, 2, 128, 3, 0, 0, 1), W(128, 2, 128, 3, 1, 0, 1), W(128, 2, 64, 6, 1, 0, 1),
+    W(64, 1, 128, 3, 0, 0, 0),  W(64, 1, 128, 4, 0, 0, 0),  W(64, 2, 128, 4, 0, 0, 0),
+    W(64, 2, 128, 4, 1, 0, 0),  W(64, 2, 128, 4, 0, 1, 0),  W(64, 2, 128, 6, 0, 1, 0),
+    W(64, 2, 64, 6, 0, 1, 0),
 };
+static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
 struct Problem {
   int b, hq, hkv, nq, nk, d;
@@ -142,13 +178,15 @@ static void launch_sm90(const Variant& v, const Problem& pr, const Params& p) {
   f<<<grid, v.threads(), v.smem()>>>(p);
 }
 
-// max |gpu - ref| over checked rows; every row when small, else a random sample
-static double check(const Problem& pr, Buffers& bf, int& bad_nan, int max_rows = 3000) {
-  size_t n_out = size_t(pr.b) * pr.hq * pr.nq * pr.d;
-  std::vector<uint16_t> out(n_out);
-  CK(cudaMemcpy(out.data(), bf.dout, n_out * 2, cudaMemcpyDeviceToHost));
-  const int64_t total_rows = int64_t(pr.b) * pr.hq * pr.nq;
+// f64 reference of the checked rows: every row when small, else a random sample
+struct Ref {
   std::vector<int64_t> rows;
+  std::vector<double> out;  // rows.size() x d
+};
+static Ref reference(const Problem& pr, const Buffers& bf, int max_rows = 3000) {
+  Ref ref;
+  const int64_t total_rows = int64_t(pr.b) * pr.hq * pr.nq;
+  std::vector<int64_t>& rows = ref.rows;
   if (total_rows <= max_rows) {
     for (int64_t r = 0; r < total_rows; ++r) rows.push_back(r);
   } else {
@@ -160,7 +198,6 @@ static double check(const Problem& pr, Buffers& bf, int& bad_nan, int max_rows =
   strides(pr, pr.hq, pr.nq, qsb, qsh, qsn);
   strides(pr, pr.hkv, pr.nk, ksb, ksh, ksn);
   const double scale = 1.0 / sqrt(double(pr.d));
-  double max_err = 0.0;
   std::vector<double> s(pr.nk), acc(pr.d);
   for (int64_t r : rows) {
     const int b = int(r / (int64_t(pr.hq) * pr.nq)), h = int(r / pr.nq % pr.hq), i = int(r % pr.nq);
@@ -186,11 +223,23 @@ static double check(const Problem& pr, Buffers& bf, int& bad_nan, int max_rows =
         for (int c = 0; c < pr.d; ++c) acc[c] += w * bits_to_float(vrow[c], pr.bf16);
       }
     }
+    for (int c = 0; c < pr.d; ++c) ref.out.push_back(l > 0 ? acc[c] / l : 0.0);
+  }
+  return ref;
+}
+
+// max |gpu - ref| over the reference's rows
+static double check(const Problem& pr, Buffers& bf, const Ref& ref, int& bad_nan) {
+  size_t n_out = size_t(pr.b) * pr.hq * pr.nq * pr.d;
+  std::vector<uint16_t> out(n_out);
+  CK(cudaMemcpy(out.data(), bf.dout, n_out * 2, cudaMemcpyDeviceToHost));
+  double max_err = 0.0;
+  for (size_t k = 0; k < ref.rows.size(); ++k) {
+    const int64_t r = ref.rows[k];
     for (int c = 0; c < pr.d; ++c) {
-      const double ref = l > 0 ? acc[c] / l : 0.0;
       const double got = bits_to_float(out[r * pr.d + c], pr.bf16);
       if (std::isnan(got)) { bad_nan++; continue; }
-      max_err = std::max(max_err, fabs(got - ref));
+      max_err = std::max(max_err, fabs(got - ref.out[k * pr.d + c]));
     }
   }
   return max_err;
@@ -212,6 +261,10 @@ static float time_launches(const std::function<void()>& fn, int iters) {
 }
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // a killed run keeps what it printed
+  // argv[2]: only the instances whose name contains it (the portable baseline always runs)
+  const char* only = argc > 2 ? argv[2] : nullptr;
+  auto skip = [&](const Variant& v) { return only != nullptr && strstr(v.name, only) == nullptr; };
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
@@ -226,7 +279,7 @@ int main(int argc, char** argv) {
 
   // ---- the raw scores of one tile (non-overlapped variants dump them) ----
   for (const Variant& v : VARIANTS) {
-    if (v.overlap || time_only || race) continue;
+    if (v.overlap || v.ws || time_only || race || skip(v)) continue;
     Problem pr{1, 1, 1, v.bm(), v.bn, v.d, false, false, false};
     Buffers bf = make(pr);
     float* dbg;
@@ -267,6 +320,7 @@ int main(int argc, char** argv) {
           cases.push_back({1, 4, 1, 100, 1000, d, causal, bf16, false});    // MQA, Nq < Nk
         }
         cases.push_back({1, 2, 2, 300, 77, d, causal, bf16, false});      // Nq > Nk: rows with no key
+        cases.push_back({1, 4, 2, 700, 1100, d, causal, bf16, false});    // the stage ring wraps
         cases.push_back({3, 2, 1, 129, 257, d, causal, bf16, true});      // strided [B, N, H, D]
         cases.push_back({1, 1, 1, 1, 1, d, causal, bf16, false});
       }
@@ -276,28 +330,33 @@ int main(int argc, char** argv) {
       for (bool causal : {false, true}) cases.push_back({1, 2, 1, 200, 260, d, causal, false, false});
   }
   int failures = 0;
+  std::vector<double> worst(sizeof(VARIANTS) / sizeof(VARIANTS[0]), 0.0);
   for (const Problem& pr : cases) {
     if (time_only) break;
     Buffers bf = make(pr);
+    const Ref ref = reference(pr, bf);
     for (const Variant& v : VARIANTS) {
-      if (v.d != pr.d) continue;
+      if (v.d != pr.d || skip(v)) continue;
       const size_t n_out = size_t(pr.b) * pr.hq * pr.nq * pr.d;
       CK(cudaMemset(bf.dout, 0xFF, n_out * 2));  // poison: unwritten outputs read as NaN
       launch_sm90(v, pr, bf.p);
       CK(cudaGetLastError());
       CK(cudaDeviceSynchronize());
       int nan = 0;
-      const double err = check(pr, bf, nan);
+      const double err = check(pr, bf, ref, nan);
       const double tol = pr.bf16 ? 4e-2 : 8e-3;
       const bool ok = nan == 0 && err <= tol;
       failures += !ok;
-      if (!ok || &v == &VARIANTS[pr.d == 64 ? 0 : 4])
+      worst[&v - VARIANTS] = std::max(worst[&v - VARIANTS], nan ? INFINITY : err);
+      if (!ok || &v == &VARIANTS[pr.d == 64 ? 0 : FIRST_D128])
         printf("%s %-18s B=%d Hq=%d Hkv=%d Nq=%d Nk=%d D=%d causal=%d %s%s: max err %.2e nan %d\n",
                ok ? "ok  " : "FAIL", v.name, pr.b, pr.hq, pr.hkv, pr.nq, pr.nk, pr.d, pr.causal,
                pr.bf16 ? "bf16" : "f16", pr.strided ? " strided" : "", err, nan);
     }
     release(bf);
   }
+  for (size_t i = 0; i < worst.size() && !time_only; ++i)
+    if (!skip(VARIANTS[i])) printf("  %-36s worst max err %.2e\n", VARIANTS[i].name, worst[i]);
   printf("correctness: %d failures over %zu cases x variants\n", failures, cases.size());
   if (quick || race) return failures ? 1 : 0;
 
@@ -309,11 +368,14 @@ int main(int argc, char** argv) {
       {{1, 8, 8, 2048, 2048, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{16, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{1, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
+      {{1, 8, 8, 1024, 1024, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
+      {{2, 8, 8, 512, 512, 64, true, false, false}, "attn_prefill_f16_d64_w4_m1_n64_g1", 64, 128, 64512},
       {{4, 32, 8, 1024, 1024, 128, true, false, false}, "attn_prefill_f16_d128_w4_m2_n32_g1", 128, 128, 69632},
   };
   for (const T& t : shapes) {
     const Problem& pr = t.pr;
     Buffers bf = make(pr);
+    const Ref ref = reference(pr, bf, 256);
     const double flops = 4.0 * pr.b * pr.hq * double(pr.nq) * pr.nk * pr.d * (pr.causal ? 0.5 : 1.0);
     printf("[%d,%d,%d,%d] causal=%d f16:\n", pr.b, pr.hq, pr.nq, pr.d, pr.causal);
     {
@@ -324,10 +386,10 @@ int main(int argc, char** argv) {
       printf("  %-36s %9.1f us  %6.1f TFLOP/s\n", t.base, us, flops / us * 1e-6);
     }
     for (const Variant& v : VARIANTS) {
-      if (v.d != pr.d) continue;
+      if (v.d != pr.d || skip(v)) continue;
       const float us = time_launches([&] { launch_sm90(v, pr, bf.p); }, 50);
       int nan = 0;
-      const double err = check(pr, bf, nan, 256);
+      const double err = check(pr, bf, ref, nan);
       printf("  %-36s %9.1f us  %6.1f TFLOP/s  (max err %.2e, nan %d)\n", v.name, us, flops / us * 1e-6, err, nan);
     }
     release(bf);

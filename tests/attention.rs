@@ -586,6 +586,27 @@ fn layer_bad_input_is_an_error() -> Result<()> {
     Ok(())
 }
 
+/// Small calls reaching every Hopper instance (D = 64: the in-block key split on grids of at most
+/// two blocks per SM, 64-key tiles above; D = 128), causal and not: cheap enough for
+/// compute-sanitizer racecheck (`hopper_race`).
+#[cfg(feature = "cuda")]
+#[test]
+fn hopper_race_subset() -> Result<()> {
+    let gpu = common::cuda_device();
+    for c in [
+        case(1, 2, 1, 200, 260, 64),  // 8 blocks: key split, uneven (3 + 2 tiles of 64 keys)
+        case(3, 4, 2, 300, 77, 64),   // 60 blocks: key split, GQA, causal rows with no key
+        case(1, 40, 8, 500, 200, 64), // 320 blocks: one warpgroup, 64-key tiles, three blocks per SM
+        case(1, 2, 1, 200, 260, 128), // D = 128
+    ] {
+        let (q, k, v) = inputs(c, DType::F16, &gpu)?;
+        for causal in [false, true] {
+            check(&q, &k, &v, &AttentionConfig { causal, ..Default::default() }, &format!("{c:?} causal={causal}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The Hopper (sm_90a, wgmma) prefill kernel, on an H100/H200 (elsewhere these run the portable
 /// kernels and only the comparisons apply): D = 64 and 128, causal or not, GQA/MQA, Nq != Nk both
 /// ways (causal rows with no key), tails (17, 100, 1000 keys), B > 1, strided inputs; against f64

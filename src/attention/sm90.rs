@@ -1,8 +1,9 @@
 //! Hopper (sm_90a) prefill: `kernels/attention_sm90.cu`, FlashAttention-3 style (wgmma with
-//! K/V read from 128-byte-swizzled shared memory, P fed from registers). Used on compute
-//! capability 9.0 GPUs for f16/bf16, D = 64 or 128, no dropout, where the portable planner runs
-//! one prefill pass (no key split); everything else keeps `kernels/attention.cu`. The block
-//! choice is a pure function, unit-tested here without a GPU.
+//! K/V read from 128-byte-swizzled shared memory, P fed from registers; on small D = 64 grids two
+//! warpgroups split a block's key tiles and merge in shared memory). Used on compute capability
+//! 9.0 GPUs for f16/bf16, D = 64 or 128, no dropout, where the portable planner runs one prefill
+//! pass (no key split); everything else keeps `kernels/attention.cu`. The block choice is a pure
+//! function, unit-tested here without a GPU.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
 /// Head dims with Hopper instances.
@@ -10,24 +11,35 @@ pub(crate) const HEAD_DIMS: [usize; 2] = [64, 128];
 /// Query rows of one warpgroup (wgmma's M).
 pub(crate) const WARPGROUP_ROWS: usize = 64;
 
-/// One instance `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>` (the
-/// `ATTN_SM90_ALL` list in kernels/attention_sm90.cu).
+/// One instance (the `ATTN_SM90_ALL` list in kernels/attention_sm90.cu):
+/// `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>[_g<group_mb>]`, or with
+/// `key_split` `attn_sm90ks_<dtype>_d<HD>_n<block_n>_s<stages>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sm90Block {
-    /// Warpgroups (of 4 warps) per block, 64 query rows each.
+    /// Warpgroups (of 4 warps) per block, 64 query rows each (with `key_split`: 2, on the same 64
+    /// rows).
     pub warpgroups: usize,
     /// Keys per tile (the N of the Q·Kᵀ wgmma).
     pub block_n: usize,
-    /// Shared-memory K/V stages.
+    /// Shared-memory K/V stages (with `key_split`: per warpgroup).
     pub stages: usize,
     /// Q·Kᵀ of tile t issued with P·V of tile t - 1, the softmax overlapping the latter.
     pub overlap: bool,
+    /// The block's two warpgroups split its key tiles (even / odd) and merge at the end.
+    pub key_split: bool,
+    /// Block order in groups of heads whose K and V fit in this many MB (0: heads fastest; the
+    /// crate's instances all use 0, other values are harness instances).
+    pub group_mb: usize,
 }
 
 impl Sm90Block {
     /// Query rows per block.
     pub fn block_m(&self) -> usize {
-        self.warpgroups * WARPGROUP_ROWS
+        if self.key_split {
+            WARPGROUP_ROWS
+        } else {
+            self.warpgroups * WARPGROUP_ROWS
+        }
     }
 
     /// Threads per block.
@@ -35,16 +47,22 @@ impl Sm90Block {
         self.warpgroups * 128
     }
 
-    /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`): the Q tile, `stages` K and V tiles
-    /// (16-bit elements) and 1 KB to align the swizzle atoms.
+    /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`, `KsTraits::SMEM_BYTES`): the Q tile,
+    /// `stages` K and V tiles (per warpgroup with `key_split`; 16-bit elements) and 1 KB to align
+    /// the swizzle atoms.
     pub fn smem_bytes(&self, head_dim: usize) -> usize {
-        (self.block_m() + self.stages * 2 * self.block_n) * head_dim * 2 + 1024
+        let rings = if self.key_split { self.warpgroups } else { 1 };
+        (self.block_m() + rings * self.stages * 2 * self.block_n) * head_dim * 2 + 1024
     }
 
     /// The kernel's entry point for dtype `suffix` ("f16", "bf16").
     pub fn kernel_name(&self, suffix: &str, head_dim: usize) -> String {
+        if self.key_split {
+            return format!("attn_sm90ks_{suffix}_d{head_dim}_n{}_s{}", self.block_n, self.stages);
+        }
+        let group = if self.group_mb > 0 { format!("_g{}", self.group_mb) } else { String::new() };
         format!(
-            "attn_sm90_{suffix}_d{head_dim}_w{}_n{}_s{}_o{}",
+            "attn_sm90_{suffix}_d{head_dim}_w{}_n{}_s{}_o{}{group}",
             self.warpgroups,
             self.block_n,
             self.stages,
@@ -54,22 +72,26 @@ impl Sm90Block {
 }
 
 /// Picks the instance. Measured on an H100 (f16, causal, kernel time over back-to-back launches,
-/// scripts/attention_sm90_timing.cu):
+/// scripts/attention_sm90_timing.cu; benchmarks/attention-sm90.md):
 /// - D = 128: two warpgroups, 128-key tiles, overlapped, everywhere measured ([1,32,4096,128]
-///   433.8 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 149.6).
-/// - D = 64: one warpgroup. A grid of at most two blocks per SM is bound by its longest walk:
-///   128-key tiles, overlapped ([1,8,2048,64] 32.7 vs 40.3 with 64-key tiles; [1,8,512,64] 10.4);
-///   a larger grid is throughput-bound and three blocks of 64-key tiles per SM pay ([16,8,512,64]
-///   28.8 vs 35.3).
+///   417-434 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 147-150; the
+///   round-4 alternatives, a warp-specialized kernel and an L2 head-group block order, were slower).
+/// - D = 64, a grid of at most two blocks per SM: bound by its longest walk, which the in-block key
+///   split (two warpgroups on 64 rows, 64-key tiles, 4 stages each) halves: [1,8,2048,64] 27.1 µs
+///   vs 32.3 for one warpgroup with 128-key tiles, [1,8,1024,64] 14.1 vs 16.2, [1,8,512,64] 9.0 vs
+///   10.2, [2,8,512,64] 9.5 vs 10.3 (round 4, one run).
+/// - D = 64, larger grids: throughput-bound; three blocks of 64-key tiles per SM pay
+///   ([16,8,512,64] 28.7 vs 35.0 with 128-key tiles, 48.6 with the key split).
 pub(crate) fn choose_block(head_dim: usize, b: usize, hq: usize, nq: usize, sm: usize) -> Sm90Block {
+    let base = Sm90Block { warpgroups: 1, block_n: 64, stages: 3, overlap: false, key_split: false, group_mb: 0 };
     if head_dim > 64 {
-        return Sm90Block { warpgroups: 2, block_n: 128, stages: 3, overlap: true };
+        return Sm90Block { warpgroups: 2, block_n: 128, overlap: true, ..base };
     }
     let blocks = b * hq * nq.div_ceil(WARPGROUP_ROWS);
-    if blocks > 2 * sm.max(1) {
-        Sm90Block { warpgroups: 1, block_n: 64, stages: 3, overlap: false }
+    if blocks <= 2 * sm.max(1) {
+        Sm90Block { warpgroups: 2, stages: 4, overlap: true, key_split: true, ..base }
     } else {
-        Sm90Block { warpgroups: 1, block_n: 128, stages: 3, overlap: true }
+        base
     }
 }
 
@@ -166,6 +188,7 @@ mod tests {
                 assert!(blk.stages >= if blk.overlap { 3 } else { 2 }, "{blk:?}");
                 assert_eq!(blk.block_n % 16, 0, "{blk:?}");
                 assert!(blk.warpgroups >= 1 && blk.warpgroups <= 2, "{blk:?}");
+                assert!(!blk.key_split || (blk.warpgroups == 2 && blk.overlap), "{blk:?}");
             }
         }
     }
@@ -175,9 +198,28 @@ mod tests {
         // the shapes
         let name = |d, b, hq, nq| choose_block(d, b, hq, nq, H100_SMS).kernel_name("f16", d);
         assert_eq!(name(128, 1, 32, 4096), "attn_sm90_f16_d128_w2_n128_s3_o1");
-        assert_eq!(name(64, 1, 8, 2048), "attn_sm90_f16_d64_w1_n128_s3_o1");
+        assert_eq!(name(64, 1, 8, 2048), "attn_sm90ks_f16_d64_n64_s4");
         assert_eq!(name(64, 16, 8, 512), "attn_sm90_f16_d64_w1_n64_s3_o0");
-        assert_eq!(name(64, 1, 8, 512), "attn_sm90_f16_d64_w1_n128_s3_o1");
+        assert_eq!(name(64, 1, 8, 512), "attn_sm90ks_f16_d64_n64_s4");
+        // up to two blocks of 64 rows per SM: the key split
+        assert_eq!(name(64, 1, 8, 2112), "attn_sm90ks_f16_d64_n64_s4");
+        assert_eq!(name(64, 1, 8, 2113), "attn_sm90_f16_d64_w1_n64_s3_o0");
+        assert_eq!(choose_block(64, 1, 8, 512, H100_SMS).block_m(), 64);
+        // the harness-only block order still names its instances
+        let g = Sm90Block { group_mb: 16, ..choose_block(128, 1, 32, 4096, H100_SMS) };
+        assert_eq!(g.kernel_name("bf16", 128), "attn_sm90_bf16_d128_w2_n128_s3_o1_g16");
+    }
+
+    #[test]
+    fn shared_memory_mirrors_the_kernels() {
+        // Sm90Traits / KsTraits::SMEM_BYTES
+        let ks = choose_block(64, 1, 8, 512, H100_SMS);
+        assert_eq!(ks.smem_bytes(64), 64 * 64 * 2 + 2 * 4 * 2 * 64 * 64 * 2 + 1024);
+        let d128 = choose_block(128, 1, 32, 4096, H100_SMS);
+        assert_eq!(d128.smem_bytes(128), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
+        let wide = choose_block(64, 16, 8, 512, H100_SMS);
+        assert_eq!(wide.smem_bytes(64), 64 * 64 * 2 + 3 * 2 * 64 * 64 * 2 + 1024);
+        assert_eq!((ks.threads(), d128.threads(), wide.threads()), (256, 256, 128));
     }
 
     #[test]
