@@ -462,7 +462,7 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
 #define INT4_GEMM_VARIANT(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME)                                              \
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, true, sym)                                           \
   INT4_GEMM_ENTRY(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME, false, asym)
-// int4_reduce_<dtype>_<act>: the activation names of `act_name` in src/quant/cuda.rs.
+// int4_reduce_<dtype>_<act>: `Activation::name()` in src/activation.rs.
 #define INT4_REDUCE_ENTRY(T, TNAME, ACT, ANAME)                                                                \
   extern "C" __global__ void int4_reduce_##TNAME##_##ANAME(const float* partial, T* y, int64_t mn, int splits, \
                                                            const T* bias, int n) {                             \

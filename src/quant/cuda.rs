@@ -100,17 +100,6 @@ fn act_code(act: Activation) -> i32 {
     }
 }
 
-/// The activation's name in the `int4_reduce_<dtype>_<act>` entries (a template parameter there).
-fn act_name(act: Activation) -> &'static str {
-    match act {
-        Activation::Gelu => "gelu",
-        Activation::GeluTanh => "gelu_tanh",
-        Activation::Relu => "relu",
-        Activation::Silu => "silu",
-        Activation::Identity => "identity",
-    }
-}
-
 /// `act(x · Wᵀ + bias)` with the bias (`[N]`, x's dtype; checked by `int4_linear`) and the
 /// activation applied in the kernels' epilogue.
 pub(super) fn matmul(
@@ -292,7 +281,7 @@ fn reduce<T: CudaDType + DeviceRepr>(
     bias: Option<&CudaView<T>>,
     act: Activation,
 ) -> Result<()> {
-    let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}_{}", act_name(act)))?;
+    let reduce = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_reduce_{sfx}_{}", act.name()))?;
     let (mn, splits) = ((m * n) as i64, splits as i32);
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&reduce);
