@@ -568,7 +568,7 @@ struct CoopParams {
     b2: u64,      // [O] or 0
     y: u64,       // [M, O]
     hidden: u64,  // [M, H] of T
-    partial: u64, // [groups * splits][M][16] f32
+    partial: u64, // [groups * splits][M][rows] f32
     tickets: u64, // [groups] u32
     m: i32,
     d: i32,
@@ -587,19 +587,21 @@ pub(crate) struct CoopConfig {
     pub nt: usize,
     /// Blocks, all co-resident (the grid the caller can launch cooperatively).
     pub blocks: usize,
-    /// 16-row groups of the output, one ticket each.
+    /// Output rows per phase-2 unit (template parameter R2): [`ROWS`] or [`COOP_NARROW_ROWS`].
+    pub rows: usize,
+    /// `rows`-row groups of the output, one ticket each.
     pub groups: usize,
     /// Phase 2: K ranges of H per output group (>= 1), so `groups * splits` units fill the grid.
     pub splits: usize,
     /// Phase 2: k per split, a multiple of [`CHUNK_K`]; `splits * k_per_split >= h`.
     pub k_per_split: usize,
-    /// f32 partial sums: `groups * splits * m * 16` (0 when `splits == 1`).
+    /// f32 partial sums: `groups * splits * m * rows` (0 when `splits == 1`).
     pub partial_len: usize,
 }
 
 /// Phase 2 of the cooperative FFN keeps one K split (no cross-block reduction) while a warp's share
-/// of the whole H is at most this many 32-wide chunks (3 / 2 load batches), by token tiles
-/// (`[nt = 1, nt = 2]`). A split
+/// of the whole H is at most this many 32-wide chunks (3 / 2 load batches of [`COOP_PRE`]), by token
+/// tiles (`[nt = 1, nt = 2]`). A split
 /// reduction (partials, fence, ticket, reload) costs more than the extra W2 load batches of
 /// [`COOP_PRE`] chunks up to there. H100 kernel time (ncu, f16, benchmarks/ffn.md round 4): 512x2048
 /// (8 chunks) 6.85 µs at one split vs 7.71 at the 4 splits of the grid rule (M = 1), 7.97 vs 8.26
@@ -608,15 +610,32 @@ pub(crate) struct CoopConfig {
 const COOP_ONE_SPLIT_MAX_CHUNKS: [usize; 2] = [3 * COOP_PRE, 2 * COOP_PRE];
 /// W2 chunks per warp per load batch in phase 2; mirrors `ffn::COOP_PRE`.
 const COOP_PRE: usize = 4;
+/// Output rows per phase-2 unit of the narrow entries (`_nt*_r8`: one W2 row per lane, 8 chunks per
+/// batch, i.e. the same W2 loads per lane as the 16-row entries, over twice the blocks).
+const COOP_NARROW_ROWS: usize = 8;
+
+/// Output rows per phase-2 unit of the cooperative FFN for output size `o` on `blocks` blocks:
+/// [`COOP_NARROW_ROWS`] while those units fit one round of the grid, else [`ROWS`]. Phase 2 is
+/// bound by the W2 bytes each unit's SM takes in (the whole of H for its rows): with 16-row units a
+/// 768-wide output keeps only 48 of 264 blocks busy, 96 KB each; 8-row units halve that.
+pub(crate) fn choose_coop_rows(o: usize, blocks: usize) -> usize {
+    if o.div_ceil(COOP_NARROW_ROWS) <= blocks {
+        COOP_NARROW_ROWS
+    } else {
+        ROWS
+    }
+}
 
 /// The cooperative launch for `m` tokens, hidden size `h`, output size `o` on a grid of `blocks`
-/// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 splits H so the `groups * splits` units
-/// cover the grid, with at least one 32-wide chunk per warp and split, except where one split
-/// leaves each warp at most [`COOP_ONE_SPLIT_MAX_CHUNKS`] chunks.
+/// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 takes `rows`-row output groups
+/// ([`choose_coop_rows`]) and splits H so the `groups * splits` units cover the grid, with at least
+/// one 32-wide chunk per warp and split, except where one split leaves each warp at most
+/// [`COOP_ONE_SPLIT_MAX_CHUNKS`] chunks.
 pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) -> CoopConfig {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     let blocks = blocks.max(1);
-    let groups = o.div_ceil(ROWS).max(1);
+    let rows = choose_coop_rows(o, blocks);
+    let groups = o.div_ceil(rows).max(1);
     let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
     let max_splits = if chunks_per_warp <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1] {
         1
@@ -626,8 +645,8 @@ pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) ->
     let want = (blocks / groups).clamp(1, max_splits);
     let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let splits = h.div_ceil(k_per_split).max(1);
-    let partial_len = if splits > 1 { groups * splits * m * ROWS } else { 0 };
-    CoopConfig { nt, blocks, groups, splits, k_per_split, partial_len }
+    let partial_len = if splits > 1 { groups * splits * m * rows } else { 0 };
+    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len }
 }
 
 /// Co-resident blocks per SM for the cooperative FFN with hidden size `h` on `sms` SMs, where the
@@ -715,6 +734,8 @@ fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaF
 /// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output.
 fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| a.m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    // Both entries of a token tile have the same register budget (`__launch_bounds__`) and no
+    // dynamic shared memory: the 16-row entry's occupancy sizes the grid for either.
     let key = ("ffn_coop", a.dtype, a.epi.act(), false, nt, true);
     let func = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
         Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
@@ -726,6 +747,18 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
     }
     let cfg = choose_coop_config(a.m, a.h, a.o, per_sm * sms);
     debug_assert_eq!(cfg.nt, nt);
+    let func = if cfg.rows == ROWS {
+        func
+    } else {
+        let key = ("ffn_coop_r8", a.dtype, a.epi.act(), false, nt, true);
+        let narrow = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
+            Ok(format!("ffn_coop_{}_{}_nt{nt}_r8", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
+        })?;
+        if coop_blocks_per_sm(a.dev, key, &narrow)? < per_sm {
+            bail!("fused_ffn: the narrow cooperative FFN kernel does not fit {per_sm} blocks per SM on this device");
+        }
+        narrow
+    };
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.
@@ -905,30 +938,45 @@ mod tests {
             let c = choose_coop_config(m, h, o, grid);
             assert!(c.nt * TOKENS >= m && c.nt <= 2, "{c:?}");
             assert_eq!(c.blocks, grid);
-            assert!(c.groups * ROWS >= o && (c.groups - 1) * ROWS < o, "{c:?}");
+            assert_eq!(c.rows, choose_coop_rows(o, grid));
+            assert!(c.groups * c.rows >= o && (c.groups - 1) * c.rows < o, "{c:?}");
             assert_eq!(c.k_per_split % CHUNK_K, 0);
             assert!(c.splits * c.k_per_split >= h && (c.splits - 1) * c.k_per_split < h, "{c:?} h={h}");
             // no more units than blocks unless one group per block already is too many
             assert!(c.splits == 1 || c.groups * c.splits <= grid, "{c:?}");
             // each warp of a split gets at least one chunk
             assert!(c.k_per_split >= COOP_WARPS * CHUNK_K || c.splits == 1, "{c:?}");
-            let want_partial = if c.splits > 1 { c.groups * c.splits * m * ROWS } else { 0 };
+            let want_partial = if c.splits > 1 { c.groups * c.splits * m * c.rows } else { 0 };
             assert_eq!(c.partial_len, want_partial);
         }
-        // the seed's shape on an H100 (8 chunks per warp): one split, no cross-block reduction
+        // the seed's shape on an H100 (8 chunks per warp): 8-row units, one split, no reduction
         let c = choose_coop_config(1, 2048, 512, H100_SMS);
-        assert_eq!((c.groups, c.splits, c.k_per_split, c.partial_len), (32, 1, 2048, 0));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split, c.partial_len), (8, 64, 1, 2048, 0));
         assert_eq!(choose_coop_config(16, 2048, 512, H100_SMS).splits, 1);
         // 768x3072 (12 chunks per warp): one split for one token tile, the grid rule for two
-        assert_eq!(choose_coop_config(4, 3072, 768, grid).splits, 1);
+        let c = choose_coop_config(4, 3072, 768, grid);
+        assert_eq!((c.rows, c.groups, c.splits), (8, 96, 1));
         let c = choose_coop_config(16, 3072, 768, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (48, 5, 640));
-        // 1024x4096 (16 chunks per warp): 64 output groups x 4 splits of 1024 = 256 units of 264 blocks
+        assert_eq!((c.groups, c.splits, c.k_per_split), (96, 2, 1536));
+        // 1024x4096 (16 chunks per warp): 128 output groups of 8 x 2 splits of 2048 = 256 units
         let c = choose_coop_config(1, 4096, 1024, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (64, 4, 1024));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (8, 128, 2, 2048));
+        // LLaMA-7B's down projection: 16-row units (512 groups of 8 would not fit one round)
+        let c = choose_coop_config(16, 11008, 4096, grid);
+        assert_eq!((c.rows, c.groups, c.splits), (16, 256, 1));
         // a wide output: one split per group, blocks loop over groups
         assert_eq!(choose_coop_config(1, 2048, 8192, grid).splits, 1);
+        assert_eq!(choose_coop_config(1, 2048, 8192, grid).rows, ROWS);
         assert_eq!(COOP_MAX_M, 16);
+    }
+
+    #[test]
+    fn coop_rows_narrow_while_one_round() {
+        assert_eq!(choose_coop_rows(768, 2 * H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(512, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(8 * H100_SMS, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(8 * H100_SMS + 1, H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(4096, 2 * H100_SMS), ROWS);
     }
 
     #[test]
