@@ -663,6 +663,19 @@ pub(crate) fn choose_coop_blocks_per_sm(h: usize, sms: usize, occupancy: usize) 
     }
 }
 
+/// Blocks of the cooperative FFN's grid for hidden size `h` on `sms` SMs with `per_sm` co-resident
+/// blocks per SM allowed ([`choose_coop_blocks_per_sm`]): `per_sm * sms`, but with two or more per
+/// SM no more blocks than phase 1's `ceil(h / 16)` row groups (at least one per SM), so no block
+/// idles through phase 1 (768x3072: 192 blocks, one round). Idle blocks cost time: at 512x2048 the
+/// same work took 7.71 µs on 264 blocks and 6.85 on 132 (H100, ncu, benchmarks/ffn.md round 4).
+pub(crate) fn choose_coop_grid(h: usize, sms: usize, per_sm: usize) -> usize {
+    if per_sm >= 2 {
+        (per_sm * sms).min(h.div_ceil(ROWS).max(sms))
+    } else {
+        per_sm * sms
+    }
+}
+
 /// Per-device scratch of the cooperative FFN: hidden activations, partial sums and tickets (zero
 /// between launches: fresh buffers are zeroed and each launch's last arrivals reset theirs), grown
 /// on demand and reused, so a call allocates only its output. A replaced buffer is freed in stream
@@ -745,7 +758,7 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_config(a.m, a.h, a.o, per_sm * sms);
+    let cfg = choose_coop_config(a.m, a.h, a.o, choose_coop_grid(a.h, sms, per_sm));
     debug_assert_eq!(cfg.nt, nt);
     let func = if cfg.rows == ROWS {
         func
@@ -977,6 +990,20 @@ mod tests {
         assert_eq!(choose_coop_rows(8 * H100_SMS, H100_SMS), COOP_NARROW_ROWS);
         assert_eq!(choose_coop_rows(8 * H100_SMS + 1, H100_SMS), ROWS);
         assert_eq!(choose_coop_rows(4096, 2 * H100_SMS), ROWS);
+    }
+
+    #[test]
+    fn coop_grid_has_no_idle_phase1_blocks() {
+        // one block per SM: the whole grid (the seed's shape: 128 row groups on 132 blocks)
+        assert_eq!(choose_coop_grid(2048, H100_SMS, 1), H100_SMS);
+        // two per SM: one block per row group between one and two rounds
+        assert_eq!(choose_coop_grid(3072, H100_SMS, 2), 192);
+        assert_eq!(choose_coop_grid(16 * H100_SMS + 8, H100_SMS, 2), H100_SMS + 1);
+        assert_eq!(choose_coop_grid(4096, H100_SMS, 2), 256);
+        // more row groups than two rounds' blocks, or fewer than SMs: the occupancy's grid / all SMs
+        assert_eq!(choose_coop_grid(11008, H100_SMS, 2), 2 * H100_SMS);
+        assert_eq!(choose_coop_grid(1024, H100_SMS, 2), H100_SMS);
+        assert_eq!(choose_coop_grid(11008, H100_SMS, 0), 0);
     }
 
     #[test]
