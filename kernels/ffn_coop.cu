@@ -108,9 +108,14 @@ __device__ __forceinline__ void grid_barrier_sleep(unsigned* word) {
 //         acquire poll, top-bit flip) on the word before `tickets` (the harness allocates it; the
 //         crate's entries use 0) with __nanosleep(SLEEP) between polls, so blocks that arrive early
 //         (idle in phase 1) poll L2 less while others still work.
+//   PF    W2 prefetch into L2 before the grid barrier (cp.async.bulk.prefetch) of the block's first
+//         phase-2 unit, past the prologue's loads: 0 none; -1 only blocks with fewer phase-1 rounds
+//         than block 0 (they would idle at the barrier), the whole of their warps' k ranges; 1..8
+//         every block, PF / 8 of those ranges. For weights from HBM: keeps HBM busy in the
+//         barrier's shadow.
 //   U1 / P1  phase 1's chunks per step and software pipelining (`stream_k`'s UNROLL / PIPE).
 template <typename T, tg::Act A, int NT, int R2 = ROWS, int PRE = COOP_PRE, bool PAIR1 = false, bool HL1 = false,
-          int SLEEP = 0, int U1 = unroll<false, NT>(), bool P1 = false>
+          int SLEEP = 0, int PF = 0, int U1 = unroll<false, NT>(), bool P1 = false>
 __device__ void ffn_coop(const CoopParams& p) {
   static_assert(R2 == 8 || R2 == 16 || R2 == 32, "phase-2 rows per unit: 8, 16 or 32");
   constexpr int TOK = TOKENS * NT;
@@ -208,6 +213,21 @@ __device__ void ffn_coop(const CoopParams& p) {
     }
   }
 
+  if constexpr (PF != 0) {
+    const int step = (PAIR1 ? 2 : 1) * (int)gridDim.x;
+    const int mine = (int)blockIdx.x < groups1 ? tg::ceil_div(groups1 - (int)blockIdx.x, step) : 0;
+    const bool early = mine < tg::ceil_div(groups1, step);  // block-uniform
+    const int kfrom = kw0 + PRE * CHUNK_K;
+    if ((PF > 0 || early) && (int)blockIdx.x < units && t == 0 && kfrom < kw1) {
+      const int len = PF > 0 ? (kw1 - kfrom) * PF / 8 / VEC * VEC : kw1 - kfrom;
+      if (len > 0) {
+#pragma unroll
+        for (int r = 0; r < LR; ++r)
+          asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rows[r] + kfrom), "r"(len * (int)sizeof(T))
+                       : "memory");
+      }
+    }
+  }
   if constexpr (SLEEP > 0) {
     grid_barrier_sleep<SLEEP>(p.tickets - 1);
   } else {

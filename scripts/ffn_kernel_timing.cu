@@ -42,9 +42,9 @@ __global__ void __launch_bounds__(ffn::FusedTraits<false, NT>::THREADS) kfused(c
   ffn::ffn_fused<__half, tg::Act::Gelu, false, NT>(p);
 }
 template <int NT, int R2 = 16, int PRE = ffn::COOP_PRE, bool PAIR1 = false, bool HL1 = false, int LB = ffn::COOP_MIN_BLOCKS,
-          int SLEEP = 0>
+          int SLEEP = 0, int PF = 0>
 __global__ void __launch_bounds__(ffn::COOP_THREADS, LB) kcoop(const ffn::CoopParams p) {
-  ffn::ffn_coop<__half, tg::Act::Gelu, NT, R2, PRE, PAIR1, HL1, SLEEP>(p);
+  ffn::ffn_coop<__half, tg::Act::Gelu, NT, R2, PRE, PAIR1, HL1, SLEEP, PF>(p);
 }
 typedef void (*KCoop)(const ffn::CoopParams);
 // Round 5 variants of the cooperative FFN (template knobs of ffn_coop, kernels/ffn_coop.cu): phase-2
@@ -53,6 +53,7 @@ typedef void (*KCoop)(const ffn::CoopParams);
 // minimum blocks per SM: 1 allows 255 registers).
 struct CoopVar { const char* name; KCoop f1, f2; int r2; };  // f1: NT = 1 (M <= 8), f2: NT = 2
 #define CV(NAME, R2, PRE, PAIR, HL, LB) {NAME, kcoop<1, R2, PRE, PAIR, HL, LB>, kcoop<2, R2, PRE, PAIR, HL, LB>, R2}
+#define CVP(NAME, R2, PRE, HL, PF) {NAME, kcoop<1, R2, PRE, false, HL, 2, 0, PF>, kcoop<2, R2, PRE, false, HL, 2, 0, PF>, R2}
 #define CVS(NAME, R2, PRE, SLEEP) {NAME, kcoop<1, R2, PRE, false, false, 2, SLEEP>, kcoop<2, R2, PRE, false, false, 2, SLEEP>, R2}
 static CoopVar CVARS[] = {
   CV("crate", 16, 4, false, false, 2),
@@ -61,6 +62,7 @@ static CoopVar CVARS[] = {
   CV("r8p4", 8, 4, false, false, 2),
   CV("r8hl1", 8, 8, false, true, 2),
   CV("r8p12lb1", 8, 12, false, false, 1),
+  CV("pairr8p12lb1", 8, 12, true, false, 1),
   CV("pair", 16, 4, true, false, 2),
   CV("pairhl1", 16, 4, true, true, 2),
   CV("pairr8", 8, 8, true, false, 2),
@@ -69,6 +71,10 @@ static CoopVar CVARS[] = {
   CV("r32hl1", 32, 2, false, true, 2),
   CV("r32p4lb1", 32, 4, false, true, 1),
   CV("pairr32hl1", 32, 2, true, true, 2),
+  CVP("pfearly", 16, 4, false, -1),
+  CVP("pfall2", 16, 4, false, 2),
+  CVP("pfall4", 16, 4, false, 4),
+  CVP("pfearlyhl1", 16, 4, true, -1),
   CVS("sleep100", 16, 4, 100),
   CVS("r8sleep100", 8, 8, 100),
   CVS("r8sleep30", 8, 8, 30),
