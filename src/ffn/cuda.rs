@@ -617,7 +617,11 @@ const COOP_NARROW_ROWS: usize = 8;
 /// Output rows per phase-2 unit of the cooperative FFN for output size `o` on `blocks` blocks:
 /// [`COOP_NARROW_ROWS`] while those units fit one round of the grid, else [`ROWS`]. Phase 2 is
 /// bound by the W2 bytes each unit's SM takes in (the whole of H for its rows): with 16-row units a
-/// 768-wide output keeps only 48 of 264 blocks busy, 96 KB each; 8-row units halve that.
+/// 768-wide output keeps only 48 blocks busy, 96 KB of W2 each; 8-row units halve that. H100 kernel
+/// time (f16, back to back, benchmarks/ffn.md round 5): 768x3072 M = 1 7.98 µs vs 8.88 before (with
+/// [`choose_coop_grid`]'s 192 blocks; 8.04 on 264), M = 4 8.37 vs 9.27; 512x2048 M = 1 6.18 vs 6.70.
+/// With several K splits the narrow units lost (768x3072 M = 16: 10.59 µs at 2 splits vs 10.07 for
+/// 16-row units at 5), a case the auto path does not send here (two launches at M > 4).
 pub(crate) fn choose_coop_rows(o: usize, blocks: usize) -> usize {
     if o.div_ceil(COOP_NARROW_ROWS) <= blocks {
         COOP_NARROW_ROWS
@@ -666,8 +670,8 @@ pub(crate) fn choose_coop_blocks_per_sm(h: usize, sms: usize, occupancy: usize) 
 /// Blocks of the cooperative FFN's grid for hidden size `h` on `sms` SMs with `per_sm` co-resident
 /// blocks per SM allowed ([`choose_coop_blocks_per_sm`]): `per_sm * sms`, but with two or more per
 /// SM no more blocks than phase 1's `ceil(h / 16)` row groups (at least one per SM), so no block
-/// idles through phase 1 (768x3072: 192 blocks, one round). Idle blocks cost time: at 512x2048 the
-/// same work took 7.71 µs on 264 blocks and 6.85 on 132 (H100, ncu, benchmarks/ffn.md round 4).
+/// idles through phase 1 (768x3072: 192 blocks, one round). A small gain: H100, 768x3072 M = 1 / 4
+/// with 8-row units 7.98 / 8.37 µs on 192 blocks vs 8.04 / 8.43 on 264 (benchmarks/ffn.md round 5).
 pub(crate) fn choose_coop_grid(h: usize, sms: usize, per_sm: usize) -> usize {
     if per_sm >= 2 {
         (per_sm * sms).min(h.div_ceil(ROWS).max(sms))
