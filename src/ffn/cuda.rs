@@ -614,16 +614,19 @@ const COOP_PRE: usize = 4;
 /// batch, i.e. the same W2 loads per lane as the 16-row entries, over twice the blocks).
 const COOP_NARROW_ROWS: usize = 8;
 
-/// Output rows per phase-2 unit of the cooperative FFN for output size `o` on `blocks` blocks:
-/// [`COOP_NARROW_ROWS`] while those units fit one round of the grid, else [`ROWS`]. Phase 2 is
-/// bound by the W2 bytes each unit's SM takes in (the whole of H for its rows): with 16-row units a
-/// 768-wide output keeps only 48 blocks busy, 96 KB of W2 each; 8-row units halve that. H100 kernel
-/// time (f16, back to back, benchmarks/ffn.md round 5): 768x3072 M = 1 7.98 µs vs 8.88 before (with
-/// [`choose_coop_grid`]'s 192 blocks; 8.04 on 264), M = 4 8.37 vs 9.27; 512x2048 M = 1 6.18 vs 6.70.
-/// With several K splits the narrow units lost (768x3072 M = 16: 10.59 µs at 2 splits vs 10.07 for
-/// 16-row units at 5), a case the auto path does not send here (two launches at M > 4).
-pub(crate) fn choose_coop_rows(o: usize, blocks: usize) -> usize {
-    if o.div_ceil(COOP_NARROW_ROWS) <= blocks {
+/// Output rows per phase-2 unit of the cooperative FFN for `m` tokens, hidden size `h`, output size
+/// `o` on `blocks` blocks: [`COOP_NARROW_ROWS`] where phase 2 runs one K split
+/// ([`COOP_ONE_SPLIT_MAX_CHUNKS`]) and those units fit one round of the grid, else [`ROWS`]. Phase 2
+/// is then bound by the W2 bytes each unit's SM takes in (the whole of H for its rows): with 16-row
+/// units a 768-wide output keeps only 48 blocks busy, 96 KB of W2 each; 8-row units halve that. H100
+/// kernel time (f16, back to back, benchmarks/ffn.md round 5): 768x3072 M = 1 7.98 µs vs 8.88 before
+/// (with [`choose_coop_grid`]'s 192 blocks; 8.04 on 264), M = 4 8.37 vs 9.27; 512x2048 M = 1 6.18 vs
+/// 6.70. With K splits the narrow units lost (768x3072 M = 16: 10.59 µs at 2 splits vs 9.84 for
+/// 16-row units at 4 on 192 blocks; M = 1: 9.03 vs 8.70), hence one split only.
+pub(crate) fn choose_coop_rows(m: usize, h: usize, o: usize, blocks: usize) -> usize {
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let one_split = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS) <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1];
+    if one_split && o.div_ceil(COOP_NARROW_ROWS) <= blocks {
         COOP_NARROW_ROWS
     } else {
         ROWS
@@ -638,7 +641,7 @@ pub(crate) fn choose_coop_rows(o: usize, blocks: usize) -> usize {
 pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) -> CoopConfig {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     let blocks = blocks.max(1);
-    let rows = choose_coop_rows(o, blocks);
+    let rows = choose_coop_rows(m, h, o, blocks);
     let groups = o.div_ceil(rows).max(1);
     let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
     let max_splits = if chunks_per_warp <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1] {
@@ -955,7 +958,7 @@ mod tests {
             let c = choose_coop_config(m, h, o, grid);
             assert!(c.nt * TOKENS >= m && c.nt <= 2, "{c:?}");
             assert_eq!(c.blocks, grid);
-            assert_eq!(c.rows, choose_coop_rows(o, grid));
+            assert_eq!(c.rows, choose_coop_rows(m, h, o, grid));
             assert!(c.groups * c.rows >= o && (c.groups - 1) * c.rows < o, "{c:?}");
             assert_eq!(c.k_per_split % CHUNK_K, 0);
             assert!(c.splits * c.k_per_split >= h && (c.splits - 1) * c.k_per_split < h, "{c:?} h={h}");
@@ -963,6 +966,8 @@ mod tests {
             assert!(c.splits == 1 || c.groups * c.splits <= grid, "{c:?}");
             // each warp of a split gets at least one chunk
             assert!(c.k_per_split >= COOP_WARPS * CHUNK_K || c.splits == 1, "{c:?}");
+            // narrow units only with one split
+            assert!(c.rows == ROWS || c.splits == 1, "{c:?}");
             let want_partial = if c.splits > 1 { c.groups * c.splits * m * c.rows } else { 0 };
             assert_eq!(c.partial_len, want_partial);
         }
@@ -970,14 +975,17 @@ mod tests {
         let c = choose_coop_config(1, 2048, 512, H100_SMS);
         assert_eq!((c.rows, c.groups, c.splits, c.k_per_split, c.partial_len), (8, 64, 1, 2048, 0));
         assert_eq!(choose_coop_config(16, 2048, 512, H100_SMS).splits, 1);
-        // 768x3072 (12 chunks per warp): one split for one token tile, the grid rule for two
+        // 768x3072 (12 chunks per warp): one split of 8-row units for one token tile, the grid rule
+        // with 16-row units for two
         let c = choose_coop_config(4, 3072, 768, grid);
         assert_eq!((c.rows, c.groups, c.splits), (8, 96, 1));
         let c = choose_coop_config(16, 3072, 768, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (96, 2, 1536));
-        // 1024x4096 (16 chunks per warp): 128 output groups of 8 x 2 splits of 2048 = 256 units
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 48, 5, 640));
+        let c = choose_coop_config(16, 3072, 768, 192);
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 48, 4, 768));
+        // 1024x4096 (16 chunks per warp): 64 output groups x 4 splits of 1024 = 256 units of 264 blocks
         let c = choose_coop_config(1, 4096, 1024, grid);
-        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (8, 128, 2, 2048));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 64, 4, 1024));
         // LLaMA-7B's down projection: 16-row units (512 groups of 8 would not fit one round)
         let c = choose_coop_config(16, 11008, 4096, grid);
         assert_eq!((c.rows, c.groups, c.splits), (16, 256, 1));
@@ -988,12 +996,16 @@ mod tests {
     }
 
     #[test]
-    fn coop_rows_narrow_while_one_round() {
-        assert_eq!(choose_coop_rows(768, 2 * H100_SMS), COOP_NARROW_ROWS);
-        assert_eq!(choose_coop_rows(512, H100_SMS), COOP_NARROW_ROWS);
-        assert_eq!(choose_coop_rows(8 * H100_SMS, H100_SMS), COOP_NARROW_ROWS);
-        assert_eq!(choose_coop_rows(8 * H100_SMS + 1, H100_SMS), ROWS);
-        assert_eq!(choose_coop_rows(4096, 2 * H100_SMS), ROWS);
+    fn coop_rows_narrow_while_one_round_of_one_split() {
+        assert_eq!(choose_coop_rows(1, 3072, 768, 2 * H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 512, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 8 * H100_SMS, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 8 * H100_SMS + 1, H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(1, 11008, 4096, 2 * H100_SMS), ROWS);
+        // several K splits (12 chunks per warp with two token tiles, 16 with one): 16-row units
+        assert_eq!(choose_coop_rows(16, 3072, 768, 2 * H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(1, 4096, 1024, 2 * H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(16, 2048, 512, H100_SMS), COOP_NARROW_ROWS);
     }
 
     #[test]
