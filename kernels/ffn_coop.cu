@@ -8,7 +8,8 @@
 //   b2  [O]      or null
 //   y   [M, O]
 //   hidden   [M, H] of T: the hidden activations, written in phase 1, read in phase 2
-//   partial  [ceil(O / 16) * splits][M][16] f32; tickets [ceil(O / 16)] u32, zero between launches
+//   partial  [ceil(O / R2) * splits][M][R2] f32; tickets [ceil(O / R2)] u32, zero between launches
+//            (R2: output rows per phase-2 unit, 16 or 8 in the entries below)
 //
 // The grid is co-resident (cooperative launch: a few blocks per SM, all SMs), unlike the 64-unit
 // chunk per block of kernels/ffn_fused.cu (32 blocks at H = 2048):
@@ -16,7 +17,7 @@
 //            weight-streaming mma step of ffn.cuh); partial sums meet in shared memory, bias +
 //            activation in f32, one rounding to T, stored to `hidden`;
 //   grid barrier (cooperative_groups grid sync: every hidden value is visible after it);
-//   phase 2: units (16-row group of W2, one of `splits` K ranges of H), round-robin over the
+//   phase 2: units (R2-row group of W2, one of `splits` K ranges of H), round-robin over the
 //            blocks, warps splitting the K range; each warp's first W2 loads are issued at kernel
 //            start, so their latency hides behind phase 1 and the barrier. A unit's block sum goes
 //            to `partial`; the block that takes a group's last ticket (atomicAdd after
@@ -50,29 +51,78 @@ constexpr int COOP_WARPS = 8;                      // mirrors COOP_WARPS in src/
 constexpr int COOP_THREADS = COOP_WARPS * tg::WARP_SIZE;
 constexpr int COOP_MIN_BLOCKS = 2;                 // per SM, for __launch_bounds__ (<= 128 registers)
 constexpr int COOP_PRE = 4;                        // phase 2: chunks per warp per W2 load batch (mirrored in Rust)
-constexpr int COOP_STRIDE = ROWS + 4;              // +4: the lanes' accumulator stores hit distinct banks
 
-// acc ([row g / g + 8] x [tokens 2t, 2t + 1] of each token tile) into red[warp], then (after a
+// Shared-memory row stride of the warps' partial sums for `rows` rows: +4 keeps the lanes'
+// accumulator stores (rows g, tokens 2t and 2t + 1) on distinct banks (stride 20 or 36: 8t mod 32).
+__host__ __device__ constexpr int coop_stride(int rows) { return (rows > ROWS ? rows : ROWS) + 4; }
+
+// acc ([row g / g + 8] x [tokens 2t, 2t + 1] of each token tile) into red[warp] at rows row0 + (g,
+// g + 8) (only g when !BOTH: the mma's rows 8..15 then repeat rows 0..7), then (after a
 // __syncthreads) the caller sums the warps.
-template <int NT>
-__device__ __forceinline__ void stash(float (&red)[COOP_WARPS][TOKENS * NT][COOP_STRIDE], const float (&acc)[NT][4],
-                                      int warp, int g, int t) {
+template <int NT, int RS, bool BOTH = true>
+__device__ __forceinline__ void stash(float (&red)[COOP_WARPS][TOKENS * NT][RS], const float (&acc)[NT][4], int warp,
+                                      int g, int t, int row0 = 0) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int tok = nt * TOKENS + 2 * t;
-    red[warp][tok][g] = acc[nt][0];
-    red[warp][tok + 1][g] = acc[nt][1];
-    red[warp][tok][g + 8] = acc[nt][2];
-    red[warp][tok + 1][g + 8] = acc[nt][3];
+    red[warp][tok][row0 + g] = acc[nt][0];
+    red[warp][tok + 1][row0 + g] = acc[nt][1];
+    if constexpr (BOTH) {
+      red[warp][tok][row0 + g + 8] = acc[nt][2];
+      red[warp][tok + 1][row0 + g + 8] = acc[nt][3];
+    }
   }
 }
 
-// PRE: phase 2's 32-wide chunks per warp per W2 load batch; U1 / P1: phase 1's chunks per step and
-// software pipelining (`stream_k`'s UNROLL / PIPE).
-template <typename T, tg::Act A, int NT, int PRE = COOP_PRE, int U1 = unroll<false, NT>(), bool P1 = false>
+// The grid barrier of cooperative_groups (sync_grids: block 0 adds 2^31 - (blocks - 1), the others
+// 1, with release; every block's master polls with acquire until bit 31 flips, so the word needs no
+// reset) with a __nanosleep between polls. The grid must be co-resident (cooperative launch).
+template <int SLEEP>
+__device__ __forceinline__ void grid_barrier_sleep(unsigned* word) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+    unsigned old, now;
+    asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(word), "r"(add) : "memory");
+    while (true) {
+      asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(word) : "memory");
+      if ((old ^ now) & 0x80000000u) break;
+      __nanosleep(SLEEP);
+    }
+  }
+  __syncthreads();
+}
+
+// Template knobs (defaults: the crate's `_nt*` entries before round 5):
+//   R2    phase 2's output rows per unit: 8, 16 or 32 (1, 2 or 4 W2 rows per lane). 8 spreads W2
+//         over twice the blocks (the mma's rows 8..15 repeat rows 0..7, no extra bytes); 32 reuses
+//         each hidden fragment for two 16-row mmas (half the hidden re-reads).
+//   PRE   phase 2's 32-wide chunks per warp per W2 load batch.
+//   PAIR1 phase 1 takes row groups rg and rg + gridDim.x together (4 W1 rows per lane sharing
+//         each x fragment: `stream_k`'s gated form), so a grid with fewer blocks than row groups
+//         streams them in one round instead of two, and x is read half as often.
+//   HL1   phase 2 reads the hidden tile with plain (L1-cached) loads instead of L2-only ones: the
+//         grid sync's gpu-scope acquire orders them after every block's phase-1 stores, and no
+//         block reads `hidden` before the sync, so L1 holds no stale line.
+//   SLEEP  0: the grid barrier is cooperative_groups' grid sync; > 0: the same barrier (release add,
+//         acquire poll, top-bit flip) on the word before `tickets` (the harness allocates it; the
+//         crate's entries use 0) with __nanosleep(SLEEP) between polls, so blocks that arrive early
+//         (idle in phase 1) poll L2 less while others still work.
+//   PF    W2 prefetch into L2 before the grid barrier (cp.async.bulk.prefetch) of the block's first
+//         phase-2 unit, past the prologue's loads: 0 none; -1 only blocks with fewer phase-1 rounds
+//         than block 0 (they would idle at the barrier), the whole of their warps' k ranges; 1..8
+//         every block, PF / 8 of those ranges. For weights from HBM: keeps HBM busy in the
+//         barrier's shadow.
+//   U1 / P1  phase 1's chunks per step and software pipelining (`stream_k`'s UNROLL / PIPE).
+template <typename T, tg::Act A, int NT, int R2 = ROWS, int PRE = COOP_PRE, bool PAIR1 = false, bool HL1 = false,
+          int SLEEP = 0, int PF = 0, int U1 = unroll<false, NT>(), bool P1 = false>
 __device__ void ffn_coop(const CoopParams& p) {
+  static_assert(R2 == 8 || R2 == 16 || R2 == 32, "phase-2 rows per unit: 8, 16 or 32");
   constexpr int TOK = TOKENS * NT;
-  __shared__ float red[COOP_WARPS][TOK][COOP_STRIDE];
+  constexpr int LR = R2 / 8;               // W2 rows per lane
+  constexpr int NP = LR >= 2 ? LR / 2 : 1;  // 16-row mmas per chunk and token tile
+  constexpr int RS = coop_stride(R2 > (PAIR1 ? 2 * ROWS : ROWS) ? R2 : (PAIR1 ? 2 * ROWS : ROWS));
+  __shared__ float red[COOP_WARPS][TOK][RS];
   __shared__ int last;
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ w1 = static_cast<const T*>(p.w1);
@@ -84,31 +134,30 @@ __device__ void ffn_coop(const CoopParams& p) {
 
   const int warp = threadIdx.x / tg::WARP_SIZE, lane = threadIdx.x % tg::WARP_SIZE;
   const int g = lane / 4, t = lane % 4;
-  const int groups1 = tg::ceil_div(p.h, ROWS), groups2 = tg::ceil_div(p.o, ROWS);
+  const int groups1 = tg::ceil_div(p.h, ROWS), groups2 = tg::ceil_div(p.o, R2);
   const int units = groups2 * p.splits;
   // phase 2: k per warp within a split (whole chunks)
   const int kpw2 = tg::ceil_div(tg::ceil_div(p.k_per_split, CHUNK_K), COOP_WARPS) * CHUNK_K;
 
-  // Phase 2 geometry of unit u for this lane: W2 rows and the warp's k range.
+  // Phase 2 geometry of unit u for this lane: W2 rows r * 8 + g of the unit and the warp's k range.
   int unit = blockIdx.x;
-  const T* row0 = w2;
-  const T* row1 = w2;
+  const T* rows[LR];
   int kw0 = 0, kw1 = 0;
   auto locate = [&](int u) {
     const int rg = u / p.splits, s = u % p.splits;
-    row0 = w2 + (int64_t)min(rg * ROWS + g, p.o - 1) * p.h;
-    row1 = w2 + (int64_t)min(rg * ROWS + g + 8, p.o - 1) * p.h;
+#pragma unroll
+    for (int r = 0; r < LR; ++r) rows[r] = w2 + (int64_t)min(rg * R2 + r * 8 + g, p.o - 1) * p.h;
     const int ks1 = min(p.h, (s + 1) * p.k_per_split);
     kw0 = s * p.k_per_split + warp * kpw2;
     kw1 = min(ks1, kw0 + kpw2);
   };
-  uint4 wa[PRE], wb[PRE];
+  uint4 wv[LR][PRE];
   auto load_w2 = [&](int kb) {
 #pragma unroll
     for (int c = 0; c < PRE; ++c) {
       const int k = kb + c * CHUNK_K + t * VEC;
-      wa[c] = load8<T, true, true>(row0, k, kw1);
-      wb[c] = load8<T, true, true>(row1, k, kw1);
+#pragma unroll
+      for (int r = 0; r < LR; ++r) wv[r][c] = load8<T, true, true>(rows[r], k, kw1);
     }
   };
   // Prologue: this warp's first W2 batch goes out now; its latency hides behind phase 1.
@@ -121,23 +170,38 @@ __device__ void ffn_coop(const CoopParams& p) {
     }
   }
 
-  // Phase 1: hidden rows [16 rg, +16), the warps splitting D. Rows past H and tokens past M are
-  // clamped to valid ones; their values are never stored.
+  // Phase 1: hidden rows [16 rg, +16) (and [16 rg2, +16) when PAIR1), the warps splitting D. Rows
+  // past H and tokens past M are clamped to valid ones; their values are never stored.
   {
     const int kpw1 = tg::ceil_div(tg::ceil_div(p.d, CHUNK_K), COOP_WARPS) * CHUNK_K;
     const int k0 = warp * kpw1, k1 = min(p.d, k0 + kpw1);
     const T* x_rows[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) x_rows[nt] = x + (int64_t)min(nt * TOKENS + g, p.m - 1) * p.d;
-    for (int rg = blockIdx.x; rg < groups1; rg += gridDim.x) {  // block-uniform
-      const T* w_rows[2] = {w1 + (int64_t)min(rg * ROWS + g, p.h - 1) * p.d,
-                            w1 + (int64_t)min(rg * ROWS + g + 8, p.h - 1) * p.d};
-      float acc[1][NT][4] = {};
-      stream_k<T, false, NT, true, U1, P1>(acc, w_rows, x_rows, k0, k1);
-      stash<NT>(red, acc[0], warp, g, t);
+    auto w1_row = [&](int rg, int r) { return w1 + (int64_t)min(rg * ROWS + r, p.h - 1) * p.d; };
+    for (int rg = blockIdx.x; rg < groups1; rg += (PAIR1 ? 2 : 1) * gridDim.x) {  // block-uniform
+      const int rg2 = PAIR1 ? rg + (int)gridDim.x : groups1;
+      const bool two = rg2 < groups1;  // block-uniform
+      if constexpr (PAIR1) {
+        if (two) {
+          const T* w_rows[4] = {w1_row(rg, g), w1_row(rg, g + 8), w1_row(rg2, g), w1_row(rg2, g + 8)};
+          float acc[2][NT][4] = {};
+          stream_k<T, true, NT, true>(acc, w_rows, x_rows, k0, k1);
+          stash<NT, RS>(red, acc[0], warp, g, t);
+          stash<NT, RS>(red, acc[1], warp, g, t, ROWS);
+        }
+      }
+      if (!two) {
+        const T* w_rows[2] = {w1_row(rg, g), w1_row(rg, g + 8)};
+        float acc[1][NT][4] = {};
+        stream_k<T, false, NT, true, U1, P1>(acc, w_rows, x_rows, k0, k1);
+        stash<NT, RS>(red, acc[0], warp, g, t);
+      }
       __syncthreads();
-      for (int i = threadIdx.x; i < ROWS * TOK; i += COOP_THREADS) {
-        const int row = i % ROWS, tok = i / ROWS, n = rg * ROWS + row;
+      const int nrows = two ? 2 * ROWS : ROWS;
+      for (int i = threadIdx.x; i < nrows * TOK; i += COOP_THREADS) {
+        const int row = i % nrows, tok = i / nrows;
+        const int n = row < ROWS ? rg * ROWS + row : rg2 * ROWS + row - ROWS;
         if (n >= p.h || tok >= p.m) continue;
         float a = 0.0f;
 #pragma unroll
@@ -149,14 +213,33 @@ __device__ void ffn_coop(const CoopParams& p) {
     }
   }
 
-  cooperative_groups::this_grid().sync();
+  if constexpr (PF != 0) {
+    const int step = (PAIR1 ? 2 : 1) * (int)gridDim.x;
+    const int mine = (int)blockIdx.x < groups1 ? tg::ceil_div(groups1 - (int)blockIdx.x, step) : 0;
+    const bool early = mine < tg::ceil_div(groups1, step);  // block-uniform
+    const int kfrom = kw0 + PRE * CHUNK_K;
+    if ((PF > 0 || early) && (int)blockIdx.x < units && t == 0 && kfrom < kw1) {
+      const int len = PF > 0 ? (kw1 - kfrom) * PF / 8 / VEC * VEC : kw1 - kfrom;
+      if (len > 0) {
+#pragma unroll
+        for (int r = 0; r < LR; ++r)
+          asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rows[r] + kfrom), "r"(len * (int)sizeof(T))
+                       : "memory");
+      }
+    }
+  }
+  if constexpr (SLEEP > 0) {
+    grid_barrier_sleep<SLEEP>(p.tickets - 1);
+  } else {
+    cooperative_groups::this_grid().sync();
+  }
 
-  // Phase 2: y partials of unit (group rg, split s); the hidden tile as the mma's B operand, read
-  // through L2 (written by other blocks in this launch: no non-coherent loads).
+  // Phase 2: y partials of unit (group rg, split s); the hidden tile as the mma's B operand (written
+  // by other blocks in this launch: no non-coherent loads).
   for (; unit < units; unit += gridDim.x) {  // block-uniform
     const int rg = unit / p.splits;
     locate(unit);
-    float acc[NT][4] = {};
+    float acc[NP][NT][4] = {};
     for (int kb = kw0; kb < kw1; kb += PRE * CHUNK_K) {  // warp-uniform
       if (!have) load_w2(kb);
       have = false;
@@ -167,21 +250,30 @@ __device__ void ffn_coop(const CoopParams& p) {
 #pragma unroll
         for (int c = 0; c < PRE; ++c) {
           const int k = kb + c * CHUNK_K + t * VEC;
-          hb[nt][c] = k < kw1 ? __ldcg(reinterpret_cast<const uint4*>(hrow + k)) : make_uint4(0, 0, 0, 0);
+          const uint4* src = reinterpret_cast<const uint4*>(hrow + k);
+          hb[nt][c] = k < kw1 ? (HL1 ? *src : __ldcg(src)) : make_uint4(0, 0, 0, 0);
         }
       }
 #pragma unroll
       for (int c = 0; c < PRE; ++c) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_chunk<T>(acc[nt], wa[c], wb[c], hb[nt][c]);
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (LR == 1) {
+            mma_chunk<T>(acc[0][nt], wv[0][c], wv[0][c], hb[nt][c]);
+          } else {
+#pragma unroll
+            for (int j = 0; j < NP; ++j) mma_chunk<T>(acc[j][nt], wv[2 * j][c], wv[2 * j + 1][c], hb[nt][c]);
+          }
+        }
       }
     }
     have = false;
-    stash<NT>(red, acc, warp, g, t);
+#pragma unroll
+    for (int j = 0; j < NP; ++j) stash<NT, RS, (LR > 1)>(red, acc[j], warp, g, t, j * ROWS);
     __syncthreads();
-    float* part = p.partial + (int64_t)unit * p.m * ROWS;  // [M][16] of this unit
-    for (int i = threadIdx.x; i < ROWS * p.m; i += COOP_THREADS) {
-      const int row = i % ROWS, tok = i / ROWS, n = rg * ROWS + row;
+    float* part = p.partial + (int64_t)unit * p.m * R2;  // [M][R2] of this unit
+    for (int i = threadIdx.x; i < R2 * p.m; i += COOP_THREADS) {
+      const int row = i % R2, tok = i / R2, n = rg * R2 + row;
       float a = 0.0f;
 #pragma unroll
       for (int w = 0; w < COOP_WARPS; ++w) a += red[w][tok][row];
@@ -198,11 +290,11 @@ __device__ void ffn_coop(const CoopParams& p) {
       __syncthreads();
       if (last) {  // block-uniform: every split of group rg has published its partial
         __threadfence();
-        const float* base = p.partial + (int64_t)rg * p.splits * p.m * ROWS;
-        for (int i = threadIdx.x; i < ROWS * p.m; i += COOP_THREADS) {
-          const int row = i % ROWS, tok = i / ROWS, n = rg * ROWS + row;
+        const float* base = p.partial + (int64_t)rg * p.splits * p.m * R2;
+        for (int i = threadIdx.x; i < R2 * p.m; i += COOP_THREADS) {
+          const int row = i % R2, tok = i / R2, n = rg * R2 + row;
           float a = 0.0f;
-          for (int sp = 0; sp < p.splits; ++sp) a += __ldcg(base + (int64_t)sp * p.m * ROWS + i);
+          for (int sp = 0; sp < p.splits; ++sp) a += __ldcg(base + (int64_t)sp * p.m * R2 + i);
           if (n < p.o) y[(int64_t)tok * p.o + n] = tg::from_float<T>(a + (b2 != nullptr ? tg::to_float(b2[n]) : 0.0f));
         }
         if (threadIdx.x == 0) p.tickets[rg] = 0;  // every split has arrived: ready for the next launch
@@ -215,15 +307,19 @@ __device__ void ffn_coop(const CoopParams& p) {
 }  // namespace ffn
 
 #ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
-// Entry points: ffn_coop_<dtype>_<act>_nt<NT> (up to 8 * NT tokens); launch cooperatively.
-#define FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT)                                                   \
+// Entry points: ffn_coop_<dtype>_<act>_nt<NT> (up to 8 * NT tokens; 16 output rows per phase-2 unit)
+// and ffn_coop_<dtype>_<act>_nt<NT>_r8 (8 rows per unit, 8 chunks per W2 batch: the same W2 loads
+// per lane, spread over twice the blocks; src/ffn/cuda.rs `choose_coop_rows`); launch cooperatively.
+#define FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, SUFFIX, R2, PRE)                                  \
   extern "C" __global__ void __launch_bounds__(ffn::COOP_THREADS, ffn::COOP_MIN_BLOCKS)          \
-      ffn_coop_##TNAME##_##ANAME##_nt##NT(const ffn::CoopParams p) {                              \
-    ffn::ffn_coop<T, tg::Act::A, NT>(p);                                                          \
+      ffn_coop_##TNAME##_##ANAME##_nt##NT##SUFFIX(const ffn::CoopParams p) {                      \
+    ffn::ffn_coop<T, tg::Act::A, NT, R2, PRE>(p);                                                 \
   }
-#define FFN_COOP_TILES(T, TNAME, A, ANAME) \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 1)    \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 2)
+#define FFN_COOP_TILES(T, TNAME, A, ANAME)                        \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 1, , ffn::ROWS, ffn::COOP_PRE) \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 2, , ffn::ROWS, ffn::COOP_PRE) \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 1, _r8, 8, 8)                 \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 2, _r8, 8, 8)
 #define FFN_COOP_ALL_ACTS(T, TNAME)             \
   FFN_COOP_TILES(T, TNAME, Gelu, gelu)          \
   FFN_COOP_TILES(T, TNAME, GeluTanh, gelu_tanh) \

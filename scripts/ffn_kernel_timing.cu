@@ -8,10 +8,10 @@
 //   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -o ffn_timing scripts/ffn_kernel_timing.cu && ./ffn_timing
 // `./ffn_timing ncu` launches each timed kernel once (for `ncu --metrics gpu__time_duration.sum`);
 // `./ffn_timing small` checks everything but times only the small shapes (cooperative FFN vs the
-// one-launch kernel and the two projections). `./ffn_timing r4` (round 4, benchmarks/ffn.md): the
-// cooperative FFN's variants x grid x phase-2 K splits, each checked first; `r4ncu` launches the
-// same configs 3 times each for `ncu --metrics gpu__time_duration.sum --cache-control none
-// --clock-control none`.
+// one-launch kernel and the two projections). `./ffn_timing r5` (round 5, benchmarks/ffn.md): the
+// cooperative FFN's variants (CVARS) x grid x phase-2 K splits, each checked first; `r5ncu` launches
+// a short list of configs 3 times each for `ncu --metrics gpu__time_duration.sum --cache-control
+// none --clock-control none`. (Round 4's `r4` sweep is in git history.)
 // Link flags on the build machine's pip CUDA: add -L$CUDA_ROOT/lib.
 #define FFN_NO_ENTRIES
 #include "ffn.cu"
@@ -41,19 +41,44 @@ template <int NT>
 __global__ void __launch_bounds__(ffn::FusedTraits<false, NT>::THREADS) kfused(const ffn::FusedParams p) {
   ffn::ffn_fused<__half, tg::Act::Gelu, false, NT>(p);
 }
-template <int NT, int PRE = ffn::COOP_PRE, int U1 = ffn::unroll<false, NT>(), bool P1 = false>
-__global__ void __launch_bounds__(ffn::COOP_THREADS, ffn::COOP_MIN_BLOCKS) kcoop(const ffn::CoopParams p) {
-  ffn::ffn_coop<__half, tg::Act::Gelu, NT, PRE, U1, P1>(p);
+template <int NT, int R2 = 16, int PRE = ffn::COOP_PRE, bool PAIR1 = false, bool HL1 = false, int LB = ffn::COOP_MIN_BLOCKS,
+          int SLEEP = 0, int PF = 0>
+__global__ void __launch_bounds__(ffn::COOP_THREADS, LB) kcoop(const ffn::CoopParams p) {
+  ffn::ffn_coop<__half, tg::Act::Gelu, NT, R2, PRE, PAIR1, HL1, SLEEP, PF>(p);
 }
 typedef void (*KCoop)(const ffn::CoopParams);
-// Round 4 variants of the cooperative FFN: phase-2 batch PRE, phase-1 UNROLL / PIPE.
-struct CoopVar { const char* name; KCoop f1, f2; };  // f1: NT = 1 (M <= 8), f2: NT = 2
+// Round 5 variants of the cooperative FFN (template knobs of ffn_coop, kernels/ffn_coop.cu): phase-2
+// rows per unit R2 and W2 batch PRE (R2 / 8 * PRE = W2 loads per lane per batch), PAIR1 (phase 1
+// takes row groups rg and rg + G together), HL1 (L1-cached hidden loads), LB (__launch_bounds__
+// minimum blocks per SM: 1 allows 255 registers).
+struct CoopVar { const char* name; KCoop f1, f2; int r2; };  // f1: NT = 1 (M <= 8), f2: NT = 2
+#define CV(NAME, R2, PRE, PAIR, HL, LB) {NAME, kcoop<1, R2, PRE, PAIR, HL, LB>, kcoop<2, R2, PRE, PAIR, HL, LB>, R2}
+#define CVP(NAME, R2, PRE, HL, PF) {NAME, kcoop<1, R2, PRE, false, HL, 2, 0, PF>, kcoop<2, R2, PRE, false, HL, 2, 0, PF>, R2}
+#define CVS(NAME, R2, PRE, SLEEP) {NAME, kcoop<1, R2, PRE, false, false, 2, SLEEP>, kcoop<2, R2, PRE, false, false, 2, SLEEP>, R2}
 static CoopVar CVARS[] = {
-  {"crate", kcoop<1>, kcoop<2>},
-  {"pre8", kcoop<1, 8>, kcoop<2, 8>},
-  {"p1pipe", kcoop<1, 4, 4, true>, kcoop<2, 4, 2, true>},
-  {"u1x4", kcoop<1, 4, 8, false>, kcoop<2, 4, 4, false>},
-  {"pre8u1x4", kcoop<1, 8, 8, false>, kcoop<2, 8, 4, false>},
+  CV("crate", 16, 4, false, false, 2),
+  CV("hl1", 16, 4, false, true, 2),
+  CV("r8", 8, 8, false, false, 2),
+  CV("r8p4", 8, 4, false, false, 2),
+  CV("r8hl1", 8, 8, false, true, 2),
+  CV("r8p12lb1", 8, 12, false, false, 1),
+  CV("pairr8p12lb1", 8, 12, true, false, 1),
+  CV("pair", 16, 4, true, false, 2),
+  CV("pairhl1", 16, 4, true, true, 2),
+  CV("pairr8", 8, 8, true, false, 2),
+  CV("pairr8hl1", 8, 8, true, true, 2),
+  CV("r32", 32, 2, false, false, 2),
+  CV("r32hl1", 32, 2, false, true, 2),
+  CV("r32p4lb1", 32, 4, false, true, 1),
+  CV("pairr32hl1", 32, 2, true, true, 2),
+  CVP("pfearly", 16, 4, false, -1),
+  CVP("pfall2", 16, 4, false, 2),
+  CVP("pfall4", 16, 4, false, 4),
+  CVP("pfearlyhl1", 16, 4, true, -1),
+  CVS("sleep100", 16, 4, 100),
+  CVS("r8sleep100", 8, 8, 100),
+  CVS("r8sleep30", 8, 8, 30),
+  CVS("r8sleep300", 8, 8, 300),
 };
 __global__ void kact(__half* h, int64_t n) { ffn::act_inplace<__half, tg::Act::Gelu>(h, n); }
 __global__ void kgate(const __half* h, __half* y, int64_t m, int64_t n) { ffn::gate_act<__half, tg::Act::Silu, true>(h, y, m, n); }
@@ -185,8 +210,9 @@ struct Coop {
   __half* hidden;
 };
 static ffn::CoopParams coop_params(const Coop& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
-                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits = 0) {
-  const int groups = (o + 15) / 16;
+                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits = 0,
+                                   int r2 = 16) {
+  const int groups = (o + r2 - 1) / r2;
   // one split while a warp's share of H is <= 12 (one token tile) / 8 (two) chunks, as the crate
   const int chunks_per_warp = ((h + 31) / 32 + 7) / 8;
   const int max_splits = chunks_per_warp <= (m <= 8 ? 12 : 8) ? 1 : std::max(((h + 31) / 32) / 8, 1);
@@ -200,48 +226,77 @@ static void launch_coop(const ffn::CoopParams& p, int blocks, const CoopVar& v =
   void* args[] = {(void*)&p};
   CK(cudaLaunchCooperativeKernel((const void*)(p.m <= 8 ? v.f1 : v.f2), blocks, ffn::COOP_THREADS, args, 0, 0));
 }
-static bool check_coop(const Coop& sc, int blocks, const CoopVar& v = CVARS[0], int force_splits = 0) {
+// One check case of the cooperative FFN: inputs on the device and the f64 reference (made once per
+// process, fresh random values each process).
+struct CoopCase {
+  int m, d, h, o;
+  __half *x, *w1, *b1, *w2, *b2, *y;
+  std::vector<double> ref;
+};
+static std::vector<CoopCase>& coop_cases() {
+  static std::vector<CoopCase> cases;
+  if (!cases.empty()) return cases;
   std::mt19937 rng(std::random_device{}());
-  bool ok = true;
-  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {9, 72, 136}, {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}};
+  // o = d; 72 and 200 are not multiples of the 16 / 32-row units, 4360 not of a grid's units; the
+  // last one is LLaMA-7B's FFN at 16 tokens (16-row units, weights from HBM)
+  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {13, 768, 3072}, {9, 72, 136},
+                     {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}, {16, 4096, 11008}};
   for (auto& s : shapes) {
-    const int m = s[0], d = s[1], h = s[2], o = d;
+    CoopCase c;
+    c.m = s[0]; c.d = s[1]; c.h = s[2]; c.o = s[1];
+    const int m = c.m, d = c.d, h = c.h, o = c.o;
     std::vector<__half> hx, hw1, hb1, hw2, hb2;
-    __half *x, *w1, *b1, *w2, *b2, *y;
-    CK(cudaMalloc(&x, (size_t)m * d * 2)); CK(cudaMalloc(&w1, (size_t)h * d * 2)); CK(cudaMalloc(&b1, h * 2));
-    CK(cudaMalloc(&w2, (size_t)o * h * 2)); CK(cudaMalloc(&b2, o * 2)); CK(cudaMalloc(&y, (size_t)m * o * 2));
-    fill(x, (size_t)m * d, 1.f, rng, &hx); fill(w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(b1, h, 1.f, rng, &hb1);
-    fill(w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(b2, o, 1.f, rng, &hb2);
-    std::vector<double> hid((size_t)m * h), ref((size_t)m * o);
+    CK(cudaMalloc(&c.x, (size_t)m * d * 2)); CK(cudaMalloc(&c.w1, (size_t)h * d * 2)); CK(cudaMalloc(&c.b1, h * 2));
+    CK(cudaMalloc(&c.w2, (size_t)o * h * 2)); CK(cudaMalloc(&c.b2, o * 2)); CK(cudaMalloc(&c.y, (size_t)m * o * 2));
+    fill(c.x, (size_t)m * d, 1.f, rng, &hx); fill(c.w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(c.b1, h, 1.f, rng, &hb1);
+    fill(c.w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(c.b2, o, 1.f, rng, &hb2);
+    auto f32 = [](const std::vector<__half>& v) {
+      std::vector<float> r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = __half2float(v[i]);
+      return r;
+    };
+    const std::vector<float> fx = f32(hx), fw1 = f32(hw1), fb1 = f32(hb1), fw2 = f32(hw2), fb2 = f32(hb2);
+    std::vector<double> hid((size_t)m * h);
+    c.ref.resize((size_t)m * o);
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < h; ++j) {
-        double a = __half2float(hb1[j]);
-        for (int q = 0; q < d; ++q) a += (double)__half2float(hx[(size_t)i * d + q]) * __half2float(hw1[(size_t)j * d + q]);
+        double a = fb1[j];
+        for (int q = 0; q < d; ++q) a += (double)fx[(size_t)i * d + q] * fw1[(size_t)j * d + q];
         hid[(size_t)i * h + j] = gelu(a);
       }
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < o; ++j) {
-        double a = __half2float(hb2[j]);
-        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * __half2float(hw2[(size_t)j * h + q]);
-        ref[(size_t)i * o + j] = a;
+        double a = fb2[j];
+        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * fw2[(size_t)j * h + q];
+        c.ref[(size_t)i * o + j] = a;
       }
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+// Variant v at `blocks` blocks and `force_splits` (0: the crate's rule) on every case, 3 launches
+// each with the output poisoned first: within tolerance and bitwise repeatable.
+static bool check_coop(const Coop& sc, int blocks, const CoopVar& v = CVARS[0], int force_splits = 0) {
+  bool ok = true;
+  for (auto& c : coop_cases()) {
+    const int m = c.m, d = c.d, h = c.h, o = c.o;
     std::vector<__half> first;
     for (int rep = 0; rep < 3; ++rep) {
-      CK(cudaMemset(y, 0xff, (size_t)m * o * 2));
-      launch_coop(coop_params(sc, x, w1, b1, w2, b2, y, m, d, h, o, blocks, force_splits), blocks, v);
+      CK(cudaMemset(c.y, 0xff, (size_t)m * o * 2));
+      launch_coop(coop_params(sc, c.x, c.w1, c.b1, c.w2, c.b2, c.y, m, d, h, o, blocks, force_splits, v.r2), blocks, v);
       CK(cudaDeviceSynchronize());
       std::vector<__half> hy((size_t)m * o);
-      CK(cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(hy.data(), c.y, hy.size() * 2, cudaMemcpyDeviceToHost));
       double worst = 0;
       for (size_t i = 0; i < hy.size(); ++i) {
-        double e = fabs(__half2float(hy[i]) - ref[i]) / (8e-3 + 8e-3 * fabs(ref[i]));
+        double e = fabs(__half2float(hy[i]) - c.ref[i]) / (8e-3 + 8e-3 * fabs(c.ref[i]));
         if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
       }
       if (worst > 1.0) { printf("CHECK FAIL coop %s splits=%d G=%d m=%d d=%d h=%d worst/tol=%.3f\n", v.name, force_splits, blocks, m, d, h, worst); ok = false; }
       if (rep == 0) first = hy;
-      else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL coop G=%d m=%d d=%d h=%d not repeatable\n", blocks, m, d, h); ok = false; }
+      else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL coop %s G=%d m=%d d=%d h=%d not repeatable\n", v.name, blocks, m, d, h); ok = false; }
     }
-    cudaFree(x); cudaFree(w1); cudaFree(b1); cudaFree(w2); cudaFree(b2); cudaFree(y);
   }
   printf("coop checks %s splits=%d (G=%d): %s\n", v.name, force_splits, blocks, ok ? "ok" : "FAILED");
   return ok;
@@ -263,38 +318,52 @@ template <typename F> static double time_us(F f, int iters) {
   return ms * 1000.0 / iters;
 }
 
-// Round 4: the cooperative FFN's variants (CVARS) x grid (1 / 2 blocks per SM) x phase-2 splits
-// (0 = as choose_coop_config picks), every variant first checked on 8 shapes x 3 split choices at
-// both grids; then kernel times (back-to-back, L2-warm small shapes; 4096x11008 from HBM).
-// ncu: each config launched 3 times untimed; read gpu__time_duration of the third.
-static int round4(bool ncu) {
+// Round 5: the cooperative FFN's variants (CVARS) x grid (1 / 2 blocks per SM, where the variant's
+// occupancy allows) x phase-2 splits (0 = the crate's rule for the variant's R2), every variant first
+// checked on 8 shapes x 3 split choices at each grid; then kernel times (back-to-back launches
+// between events: L2-warm small shapes, 4096x11008 from HBM). ncu: a short list of configs, each
+// launched 3 times untimed (read gpu__time_duration of the third).
+static int occupancy(KCoop f) {
+  int o = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, f, ffn::COOP_THREADS, 0));
+  return o;
+}
+static int round5(bool ncu) {
   NCU = ncu;
   for (auto& v : CVARS) {
     cudaFuncAttributes a1, a2;
     CK(cudaFuncGetAttributes(&a1, v.f1)); CK(cudaFuncGetAttributes(&a2, v.f2));
-    int o1 = 0, o2 = 0;
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o1, v.f1, ffn::COOP_THREADS, 0));
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o2, v.f2, ffn::COOP_THREADS, 0));
-    printf("coop var %-9s nt1 regs %3d local %zu blocks/SM %d | nt2 regs %3d local %zu blocks/SM %d\n", v.name, a1.numRegs,
-           a1.localSizeBytes, o1, a2.numRegs, a2.localSizeBytes, o2);
+    printf("coop var %-10s nt1 regs %3d local %zu blocks/SM %d | nt2 regs %3d local %zu blocks/SM %d\n", v.name, a1.numRegs,
+           a1.localSizeBytes, occupancy(v.f1), a2.numRegs, a2.localSizeBytes, occupancy(v.f2));
   }
+  auto fits = [&](const CoopVar& v, int bps) { return occupancy(v.f1) >= bps && occupancy(v.f2) >= bps; };
   Coop sc;
   CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
+  sc.tickets += 1;  // tickets[-1]: the SLEEP variants' barrier word
   CK(cudaMalloc(&sc.hidden, 1 << 20));
+  // grids: one block per SM, one block per phase-1 row group of 768x3072 (192: no block idle in
+  // phase 1), two per SM
+  auto grids = [&](const CoopVar& v) {
+    std::vector<int> gs;
+    if (fits(v, 1)) gs.push_back(g_sms);
+    if (fits(v, 2)) { gs.push_back(192); gs.push_back(2 * g_sms); }
+    return gs;
+  };
   if (!ncu) {
     bool ok = true;
     for (auto& v : CVARS)
-      for (int bps : {1, 2})
-        for (int fs : {0, 1, 3}) ok = check_coop(sc, bps * g_sms, v, fs) && ok;
-    if (!ok) { printf("round4 checks FAILED\n"); return 1; }
+      for (int blocks : grids(v))
+        for (int fs : {0, 1, 3}) ok = check_coop(sc, blocks, v, fs) && ok;
+    if (!ok) { printf("round5 checks FAILED\n"); return 1; }
   }
   std::mt19937 rng(1);
   const int D = 4096, H = 11008, MMAX = 16;
-  __half *x, *w1, *b1, *w2, *b2, *y;
+  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
   CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
-  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2));
+  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
   fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
   fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  sc.hidden = hid;
   auto timed = [&](auto f, int iters) {
     if (ncu) { for (int i = 0; i < 3; ++i) f(); CK(cudaDeviceSynchronize()); return 0.0; }
     return time_us(f, iters);
@@ -304,52 +373,50 @@ static int round4(bool ncu) {
     void* args[] = {(void*)&arg};
     for (int bps : {1, 2}) {
       const int blocks = bps * g_sms;
-      double tb = timed([&] { CK(cudaLaunchCooperativeKernel((const void*)kbarrier, blocks, ffn::COOP_THREADS, args, 0, 0)); }, 200);
-      printf("r4 floor G=%d cooperative + one grid sync %.2f us\n", blocks, tb);
+      double te = timed([&] { kempty<<<blocks, ffn::COOP_THREADS>>>(0); }, 500);
+      double tb = timed([&] { CK(cudaLaunchCooperativeKernel((const void*)kbarrier, blocks, ffn::COOP_THREADS, args, 0, 0)); }, 500);
+      printf("r5 floor G=%d empty %.2f us, cooperative + one grid sync %.2f us\n", blocks, te, tb);
     }
   }
+  // ncu: the crate's config and the candidates only
+  auto in_ncu_list = [&](const CoopVar& v) {
+    return !strcmp(v.name, "crate") || !strcmp(v.name, "r8") || !strcmp(v.name, "pairr8") || !strcmp(v.name, "r32hl1") ||
+           !strcmp(v.name, "hl1") || !strcmp(v.name, "pairr32hl1") || !strcmp(v.name, "r8sleep100");
+  };
   for (auto [d, hd] : {std::pair<int, int>{512, 2048}, {768, 3072}}) {
     for (int m : {1, 4, 16}) {
       for (auto& v : CVARS) {
-        if (!strcmp(v.name, "p1pipe") || !strcmp(v.name, "u1x4")) continue;  // phase-1 variants: the big shape
-        for (int bps : {1, 2}) {
-          for (int fs : {0, 1, 2, 4, 8}) {
-            const int blocks = bps * g_sms;
-            ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, d, hd, d, blocks, fs);
+        if (ncu && !in_ncu_list(v)) continue;
+        for (int blocks : grids(v)) {
+          if (blocks == 192 && d != 768) continue;
+          for (int fs : {0, 1, 2, 4}) {
+            if (ncu && fs > 1) continue;
+            ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, d, hd, d, blocks, fs, v.r2);
             if (fs && cp.splits != fs) continue;
-            double tc = timed([&] { launch_coop(cp, blocks, v); }, 200);
-            printf("r4 %dx%d m=%-2d coop %-9s G=%d splits=%d%s (x %d) %.2f us\n", d, hd, m, v.name, blocks, cp.splits,
+            double tc = timed([&] { launch_coop(cp, blocks, v); }, 500);
+            printf("r5 %dx%d m=%-2d coop %-10s G=%d splits=%d%s (x %d) %.2f us\n", d, hd, m, v.name, blocks, cp.splits,
                    fs ? "" : "(auto)", cp.k_per_split, tc);
           }
         }
       }
-      // the two-launch path as the crate configures it
-      Cfg c1 = choose(m, hd, d, m <= 8 ? 1 : 2, 0), c2 = choose(m, d, hd, m <= 8 ? 1 : 2, 0);
-      Var& v = m <= 8 ? VARS[2] : VARS[7];  // pipe4 / nt2pipe2, as ffn::pipe() and unroll() pick
-      double tp = timed([&] { launch(v.f, c1, x, w1, b1, sc.hidden, m, hd, d); launch(v.f_id, c2, sc.hidden, w2, b2, y, m, d, hd); }, 200);
-      printf("r4 %dx%d m=%-2d two_proj %s %.2f us\n", d, hd, m, v.name, tp);
     }
   }
-  __half* hid;
-  CK(cudaMalloc(&hid, MMAX * H * 2));
   for (int m : {1, 4, 16}) {
     for (auto& v : CVARS) {
-      const int blocks = 2 * g_sms;
-      sc.hidden = hid;
-      ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, blocks);
-      double tc = timed([&] { launch_coop(cp, blocks, v); }, 40);
-      printf("r4 4096x11008 m=%-2d coop %-9s G=%d splits=%d %.2f us = %.2f TB/s\n", m, v.name, blocks, cp.splits, tc,
-             2.0 * H * D * 2 / tc / 1e6);
+      if (ncu && !in_ncu_list(v)) continue;
+      for (int bps : {1, 2}) {
+        if (!fits(v, bps)) continue;
+        for (int fs : {0, 1, 2}) {
+          if (ncu && fs) continue;
+          const int blocks = bps * g_sms;
+          ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, blocks, fs, v.r2);
+          if (fs && cp.splits != fs) continue;
+          double tc = timed([&] { launch_coop(cp, blocks, v); }, 100);
+          printf("r5 4096x11008 m=%-2d coop %-10s G=%d splits=%d%s %.2f us = %.2f TB/s\n", m, v.name, blocks, cp.splits,
+                 fs ? "" : "(auto)", tc, 2.0 * H * D * 2 / tc / 1e6);
+        }
+      }
     }
-  }
-  // the large-M erf-GELU activation pass, 512 x 11008, in place
-  {
-    const int64_t n = 512LL * 11008;
-    __half* a;
-    CK(cudaMalloc(&a, n * 2)); CK(cudaMemset(a, 0, n * 2));
-    int vb = (int)((n / 8 + 255) / 256);
-    double ti = timed([&] { kact<<<vb, 256>>>(a, n); }, 50);
-    printf("r4 act pass 512x11008 in place %.2f us\n", ti);
   }
   return 0;
 }
@@ -358,10 +425,10 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a run cut by `timeout` keeps the lines printed so far
   NCU = argc > 1 && !strcmp(argv[1], "ncu");
   const bool SMALL = argc > 1 && !strcmp(argv[1], "small");
-  // r4: round-4 sweeps (cooperative FFN variants x grid x phase-2 splits); r4ncu: the same configs
-  // launched 3 times each, untimed, for `ncu --metrics gpu__time_duration.sum --cache-control none`
-  const bool R4NCU = argc > 1 && !strcmp(argv[1], "r4ncu");
-  const bool R4 = R4NCU || (argc > 1 && !strcmp(argv[1], "r4"));
+  // r5: round-5 sweeps (cooperative FFN variants x grid x phase-2 splits); r5ncu: a short list of
+  // configs launched 3 times each, untimed, for `ncu --metrics gpu__time_duration.sum`
+  const bool R5NCU = argc > 1 && !strcmp(argv[1], "r5ncu");
+  const bool R5 = R5NCU || (argc > 1 && !strcmp(argv[1], "r5"));
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   g_sms = prop.multiProcessorCount;
@@ -374,7 +441,7 @@ int main(int argc, char** argv) {
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ4, v.f, 128, 4 * v.nt * 8 * 20 * 4));
     printf("var %-9s regs %3d  blocks/SM: %d (8 warps) %d (4 warps)\n", v.name, at.numRegs, occ8, occ4);
   }
-  if (R4) return round4(R4NCU);
+  if (R5) return round5(R5NCU);
   if (!NCU && !check_variants()) return 1;
   int occ_coop1 = 0, occ_coop2 = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_coop1, kcoop<1>, ffn::COOP_THREADS, 0));

@@ -469,7 +469,7 @@ fn cooperative_ffn_matches_reference() -> Result<()> {
         check_forced(coop, d, h, ms, &Activation::ALL)?;
     }
     for (d, h) in [(512, 2048), (768, 3072), (1024, 4096)] {
-        check_forced(coop, d, h, &[1, 4], &[Activation::Gelu, Activation::Relu])?;
+        check_forced(coop, d, h, &[1, 4, 16], &[Activation::Gelu, Activation::Relu])?;
     }
     cooperative_ffn_grid_loops()?;
     // out of range: gated, too many tokens

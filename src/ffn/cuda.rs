@@ -568,7 +568,7 @@ struct CoopParams {
     b2: u64,      // [O] or 0
     y: u64,       // [M, O]
     hidden: u64,  // [M, H] of T
-    partial: u64, // [groups * splits][M][16] f32
+    partial: u64, // [groups * splits][M][rows] f32
     tickets: u64, // [groups] u32
     m: i32,
     d: i32,
@@ -587,19 +587,21 @@ pub(crate) struct CoopConfig {
     pub nt: usize,
     /// Blocks, all co-resident (the grid the caller can launch cooperatively).
     pub blocks: usize,
-    /// 16-row groups of the output, one ticket each.
+    /// Output rows per phase-2 unit (template parameter R2): [`ROWS`] or [`COOP_NARROW_ROWS`].
+    pub rows: usize,
+    /// `rows`-row groups of the output, one ticket each.
     pub groups: usize,
     /// Phase 2: K ranges of H per output group (>= 1), so `groups * splits` units fill the grid.
     pub splits: usize,
     /// Phase 2: k per split, a multiple of [`CHUNK_K`]; `splits * k_per_split >= h`.
     pub k_per_split: usize,
-    /// f32 partial sums: `groups * splits * m * 16` (0 when `splits == 1`).
+    /// f32 partial sums: `groups * splits * m * rows` (0 when `splits == 1`).
     pub partial_len: usize,
 }
 
 /// Phase 2 of the cooperative FFN keeps one K split (no cross-block reduction) while a warp's share
-/// of the whole H is at most this many 32-wide chunks (3 / 2 load batches), by token tiles
-/// (`[nt = 1, nt = 2]`). A split
+/// of the whole H is at most this many 32-wide chunks (3 / 2 load batches of [`COOP_PRE`]), by token
+/// tiles (`[nt = 1, nt = 2]`). A split
 /// reduction (partials, fence, ticket, reload) costs more than the extra W2 load batches of
 /// [`COOP_PRE`] chunks up to there. H100 kernel time (ncu, f16, benchmarks/ffn.md round 4): 512x2048
 /// (8 chunks) 6.85 µs at one split vs 7.71 at the 4 splits of the grid rule (M = 1), 7.97 vs 8.26
@@ -608,15 +610,39 @@ pub(crate) struct CoopConfig {
 const COOP_ONE_SPLIT_MAX_CHUNKS: [usize; 2] = [3 * COOP_PRE, 2 * COOP_PRE];
 /// W2 chunks per warp per load batch in phase 2; mirrors `ffn::COOP_PRE`.
 const COOP_PRE: usize = 4;
+/// Output rows per phase-2 unit of the narrow entries (`_nt*_r8`: one W2 row per lane, 8 chunks per
+/// batch, i.e. the same W2 loads per lane as the 16-row entries, over twice the blocks).
+const COOP_NARROW_ROWS: usize = 8;
+
+/// Output rows per phase-2 unit of the cooperative FFN for `m` tokens, hidden size `h`, output size
+/// `o` on `blocks` blocks: [`COOP_NARROW_ROWS`] where phase 2 runs one K split
+/// ([`COOP_ONE_SPLIT_MAX_CHUNKS`]) and those units fit one round of the grid, else [`ROWS`]. Phase 2
+/// is then bound by the W2 bytes each unit's SM takes in (the whole of H for its rows): with 16-row
+/// units a 768-wide output keeps only 48 blocks busy, 96 KB of W2 each; 8-row units halve that. H100
+/// kernel time (f16, back to back, benchmarks/ffn.md round 5): 768x3072 M = 1 7.98 µs vs 8.88 before
+/// (with [`choose_coop_grid`]'s 192 blocks; 8.04 on 264), M = 4 8.37 vs 9.27; 512x2048 M = 1 6.18 vs
+/// 6.70. With K splits the narrow units lost (768x3072 M = 16: 10.59 µs at 2 splits vs 9.84 for
+/// 16-row units at 4 on 192 blocks; M = 1: 9.03 vs 8.70), hence one split only.
+pub(crate) fn choose_coop_rows(m: usize, h: usize, o: usize, blocks: usize) -> usize {
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let one_split = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS) <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1];
+    if one_split && o.div_ceil(COOP_NARROW_ROWS) <= blocks {
+        COOP_NARROW_ROWS
+    } else {
+        ROWS
+    }
+}
 
 /// The cooperative launch for `m` tokens, hidden size `h`, output size `o` on a grid of `blocks`
-/// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 splits H so the `groups * splits` units
-/// cover the grid, with at least one 32-wide chunk per warp and split, except where one split
-/// leaves each warp at most [`COOP_ONE_SPLIT_MAX_CHUNKS`] chunks.
+/// co-resident blocks (`m <= COOP_MAX_M`). Phase 2 takes `rows`-row output groups
+/// ([`choose_coop_rows`]) and splits H so the `groups * splits` units cover the grid, with at least
+/// one 32-wide chunk per warp and split, except where one split leaves each warp at most
+/// [`COOP_ONE_SPLIT_MAX_CHUNKS`] chunks.
 pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) -> CoopConfig {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     let blocks = blocks.max(1);
-    let groups = o.div_ceil(ROWS).max(1);
+    let rows = choose_coop_rows(m, h, o, blocks);
+    let groups = o.div_ceil(rows).max(1);
     let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
     let max_splits = if chunks_per_warp <= COOP_ONE_SPLIT_MAX_CHUNKS[nt - 1] {
         1
@@ -626,8 +652,8 @@ pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) ->
     let want = (blocks / groups).clamp(1, max_splits);
     let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let splits = h.div_ceil(k_per_split).max(1);
-    let partial_len = if splits > 1 { groups * splits * m * ROWS } else { 0 };
-    CoopConfig { nt, blocks, groups, splits, k_per_split, partial_len }
+    let partial_len = if splits > 1 { groups * splits * m * rows } else { 0 };
+    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len }
 }
 
 /// Co-resident blocks per SM for the cooperative FFN with hidden size `h` on `sms` SMs, where the
@@ -641,6 +667,19 @@ pub(crate) fn choose_coop_blocks_per_sm(h: usize, sms: usize, occupancy: usize) 
         occupancy.min(1)
     } else {
         occupancy.min(COOP_BLOCKS_PER_SM)
+    }
+}
+
+/// Blocks of the cooperative FFN's grid for hidden size `h` on `sms` SMs with `per_sm` co-resident
+/// blocks per SM allowed ([`choose_coop_blocks_per_sm`]): `per_sm * sms`, but with two or more per
+/// SM no more blocks than phase 1's `ceil(h / 16)` row groups (at least one per SM), so no block
+/// idles through phase 1 (768x3072: 192 blocks, one round). A small gain: H100, 768x3072 M = 1 / 4
+/// with 8-row units 7.98 / 8.37 µs on 192 blocks vs 8.04 / 8.43 on 264 (benchmarks/ffn.md round 5).
+pub(crate) fn choose_coop_grid(h: usize, sms: usize, per_sm: usize) -> usize {
+    if per_sm >= 2 {
+        (per_sm * sms).min(h.div_ceil(ROWS).max(sms))
+    } else {
+        per_sm * sms
     }
 }
 
@@ -715,6 +754,8 @@ fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaF
 /// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output.
 fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| a.m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    // Both entries of a token tile have the same register budget (`__launch_bounds__`) and no
+    // dynamic shared memory: the 16-row entry's occupancy sizes the grid for either.
     let key = ("ffn_coop", a.dtype, a.epi.act(), false, nt, true);
     let func = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
         Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
@@ -724,8 +765,20 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_config(a.m, a.h, a.o, per_sm * sms);
+    let cfg = choose_coop_config(a.m, a.h, a.o, choose_coop_grid(a.h, sms, per_sm));
     debug_assert_eq!(cfg.nt, nt);
+    let func = if cfg.rows == ROWS {
+        func
+    } else {
+        let key = ("ffn_coop_r8", a.dtype, a.epi.act(), false, nt, true);
+        let narrow = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
+            Ok(format!("ffn_coop_{}_{}_nt{nt}_r8", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
+        })?;
+        if coop_blocks_per_sm(a.dev, key, &narrow)? < per_sm {
+            bail!("fused_ffn: the narrow cooperative FFN kernel does not fit {per_sm} blocks per SM on this device");
+        }
+        narrow
+    };
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.
@@ -905,30 +958,68 @@ mod tests {
             let c = choose_coop_config(m, h, o, grid);
             assert!(c.nt * TOKENS >= m && c.nt <= 2, "{c:?}");
             assert_eq!(c.blocks, grid);
-            assert!(c.groups * ROWS >= o && (c.groups - 1) * ROWS < o, "{c:?}");
+            assert_eq!(c.rows, choose_coop_rows(m, h, o, grid));
+            assert!(c.groups * c.rows >= o && (c.groups - 1) * c.rows < o, "{c:?}");
             assert_eq!(c.k_per_split % CHUNK_K, 0);
             assert!(c.splits * c.k_per_split >= h && (c.splits - 1) * c.k_per_split < h, "{c:?} h={h}");
             // no more units than blocks unless one group per block already is too many
             assert!(c.splits == 1 || c.groups * c.splits <= grid, "{c:?}");
             // each warp of a split gets at least one chunk
             assert!(c.k_per_split >= COOP_WARPS * CHUNK_K || c.splits == 1, "{c:?}");
-            let want_partial = if c.splits > 1 { c.groups * c.splits * m * ROWS } else { 0 };
+            // narrow units only with one split
+            assert!(c.rows == ROWS || c.splits == 1, "{c:?}");
+            let want_partial = if c.splits > 1 { c.groups * c.splits * m * c.rows } else { 0 };
             assert_eq!(c.partial_len, want_partial);
         }
-        // the seed's shape on an H100 (8 chunks per warp): one split, no cross-block reduction
+        // the seed's shape on an H100 (8 chunks per warp): 8-row units, one split, no reduction
         let c = choose_coop_config(1, 2048, 512, H100_SMS);
-        assert_eq!((c.groups, c.splits, c.k_per_split, c.partial_len), (32, 1, 2048, 0));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split, c.partial_len), (8, 64, 1, 2048, 0));
         assert_eq!(choose_coop_config(16, 2048, 512, H100_SMS).splits, 1);
-        // 768x3072 (12 chunks per warp): one split for one token tile, the grid rule for two
-        assert_eq!(choose_coop_config(4, 3072, 768, grid).splits, 1);
+        // 768x3072 (12 chunks per warp): one split of 8-row units for one token tile, the grid rule
+        // with 16-row units for two
+        let c = choose_coop_config(4, 3072, 768, grid);
+        assert_eq!((c.rows, c.groups, c.splits), (8, 96, 1));
         let c = choose_coop_config(16, 3072, 768, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (48, 5, 640));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 48, 5, 640));
+        let c = choose_coop_config(16, 3072, 768, 192);
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 48, 4, 768));
         // 1024x4096 (16 chunks per warp): 64 output groups x 4 splits of 1024 = 256 units of 264 blocks
         let c = choose_coop_config(1, 4096, 1024, grid);
-        assert_eq!((c.groups, c.splits, c.k_per_split), (64, 4, 1024));
+        assert_eq!((c.rows, c.groups, c.splits, c.k_per_split), (16, 64, 4, 1024));
+        // LLaMA-7B's down projection: 16-row units (512 groups of 8 would not fit one round)
+        let c = choose_coop_config(16, 11008, 4096, grid);
+        assert_eq!((c.rows, c.groups, c.splits), (16, 256, 1));
         // a wide output: one split per group, blocks loop over groups
         assert_eq!(choose_coop_config(1, 2048, 8192, grid).splits, 1);
+        assert_eq!(choose_coop_config(1, 2048, 8192, grid).rows, ROWS);
         assert_eq!(COOP_MAX_M, 16);
+    }
+
+    #[test]
+    fn coop_rows_narrow_while_one_round_of_one_split() {
+        assert_eq!(choose_coop_rows(1, 3072, 768, 2 * H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 512, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 8 * H100_SMS, H100_SMS), COOP_NARROW_ROWS);
+        assert_eq!(choose_coop_rows(1, 2048, 8 * H100_SMS + 1, H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(1, 11008, 4096, 2 * H100_SMS), ROWS);
+        // several K splits (12 chunks per warp with two token tiles, 16 with one): 16-row units
+        assert_eq!(choose_coop_rows(16, 3072, 768, 2 * H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(1, 4096, 1024, 2 * H100_SMS), ROWS);
+        assert_eq!(choose_coop_rows(16, 2048, 512, H100_SMS), COOP_NARROW_ROWS);
+    }
+
+    #[test]
+    fn coop_grid_has_no_idle_phase1_blocks() {
+        // one block per SM: the whole grid (the seed's shape: 128 row groups on 132 blocks)
+        assert_eq!(choose_coop_grid(2048, H100_SMS, 1), H100_SMS);
+        // two per SM: one block per row group between one and two rounds
+        assert_eq!(choose_coop_grid(3072, H100_SMS, 2), 192);
+        assert_eq!(choose_coop_grid(16 * H100_SMS + 8, H100_SMS, 2), H100_SMS + 1);
+        assert_eq!(choose_coop_grid(4096, H100_SMS, 2), 256);
+        // more row groups than two rounds' blocks, or fewer than SMs: the occupancy's grid / all SMs
+        assert_eq!(choose_coop_grid(11008, H100_SMS, 2), 2 * H100_SMS);
+        assert_eq!(choose_coop_grid(1024, H100_SMS, 2), H100_SMS);
+        assert_eq!(choose_coop_grid(11008, H100_SMS, 0), 0);
     }
 
     #[test]
