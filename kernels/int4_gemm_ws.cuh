@@ -190,7 +190,9 @@ __device__ __forceinline__ void int4_gemm_ws(const T* __restrict__ x,           
   constexpr int ITEMS = (BT * 32 + PT - 1) / PT;  // a producer thread's weight pieces per chunk
   constexpr int XROWS = BM / (PT / 8);            // a producer thread's x rows per stage
   static_assert(PW == 1 || PW == 2, "one or two producer warpgroups");
-  static_assert(LOOKAHEAD >= 1 && LOOKAHEAD < STAGES, "the producer dequantizes a stage before it needs its slot again");
+  // the producer's step q waits for the consumers to release stage q - STAGES, which they do after
+  // starting stage q - STAGES + 1, whose `full` the producer signals at step q - STAGES + 1 + LOOKAHEAD
+  static_assert(LOOKAHEAD >= 1 && LOOKAHEAD <= STAGES - 2, "no deadlock: a stage is full before its slot is awaited");
   static_assert(2 * RAW >= 3 + LOOKAHEAD, "a raw slot is rewritten only after every producer thread has dequantized it");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));

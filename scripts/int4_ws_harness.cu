@@ -58,8 +58,8 @@ __global__ void __launch_bounds__(128 * (PW + 2), 1) kws(const T* x, const uint3
    {(KFn)kws<__nv_bfloat16, BN, ST, RAW, LA, PW, true>, (KFn)kws<__nv_bfloat16, BN, ST, RAW, LA, PW, false>}}, \
   128, BN, 128 * (PW + 2), tg::int4_ws::WsSmem<BN, ST, RAW>::BYTES, 0}
 static Var SVARS[] = {
-  WS(168, 4, 3, 2, 1), WS(168, 4, 3, 3, 1), WS(168, 5, 3, 3, 1), WS(168, 4, 3, 2, 2), WS(168, 5, 3, 3, 2),
-  WS(128, 5, 3, 2, 1), WS(128, 6, 3, 3, 2), WS(192, 4, 3, 2, 1), WS(256, 3, 3, 2, 1),
+  WS(168, 5, 3, 3, 2), WS(168, 4, 3, 2, 1), WS(168, 5, 3, 3, 1), WS(168, 4, 3, 2, 2), WS(168, 5, 3, 2, 2),
+  WS(128, 6, 3, 3, 2), WS(128, 5, 3, 2, 1), WS(192, 4, 3, 2, 1), WS(256, 3, 3, 1, 1),
 };
 constexpr int NS = sizeof(SVARS) / sizeof(SVARS[0]);
 __global__ void kreduce_h(const float* part, __half* y, int64_t mn, int splits) { int4_reduce<__half>(part, y, mn, splits); }
