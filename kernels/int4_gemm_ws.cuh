@@ -175,7 +175,9 @@ template <int BN, int STAGES, int RAW> struct WsSmem {
   static_assert(BYTES <= 227 * 1024, "one block per SM");
 };
 
-template <typename T, int BN, int STAGES, int RAW, int LOOKAHEAD, int PW, bool SYM>
+// DIAG (harness-only diagnostics; 0 in the crate): 1 = the producer stores the packed words
+// instead of dequantizing them, 2 = no weight stores at all, 3 = the consumers skip the wgmmas.
+template <typename T, int BN, int STAGES, int RAW, int LOOKAHEAD, int PW, bool SYM, int DIAG = 0>
 __device__ __forceinline__ void int4_gemm_ws(const T* __restrict__ x,              // [M, K]
                                              const uint32_t* __restrict__ packed,  // [ceil(N/8), K]
                                              const __half* __restrict__ scales,    // [K/G, N]
@@ -277,6 +279,7 @@ __device__ __forceinline__ void int4_gemm_ws(const T* __restrict__ x,           
       }
     };
     auto dequant = [&](int q) {
+      if (DIAG == 2) return;
       const int s = q % STAGES, c = q >> 1, h = q & 1;
       const int wc = chunk_words(d.K, c), nw = min(2, wc - 2 * h);
       const unsigned char* rb = smem + L::R_OFF + (c % RAW) * L::R;
@@ -301,6 +304,10 @@ __device__ __forceinline__ void int4_gemm_ws(const T* __restrict__ x,           
         for (int jj = 0; jj < 2; ++jj) {
           if (jj >= nw) {  // past K (tail stage): zero weights
             *reinterpret_cast<uint4*>(bs + swz(n, 4 * jj + pt_)) = make_uint4(0, 0, 0, 0);
+            continue;
+          }
+          if (DIAG == 1) {
+            *reinterpret_cast<uint4*>(bs + swz(n, 4 * jj + pt_)) = make_uint4(w[jj], w[jj] >> 1, w[jj] >> 2, w[jj] >> 3);
             continue;
           }
           const int gl = jj ? gl1 : gl0;
@@ -349,7 +356,7 @@ __device__ __forceinline__ void int4_gemm_ws(const T* __restrict__ x,           
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < STAGE_K / 16; ++kk) {
-        WgmmaSS<T, BN>::run(acc, make_desc(xa + kk * 32), make_desc(wb + kk * 32));
+        if (DIAG != 3) WgmmaSS<T, BN>::run(acc, make_desc(xa + kk * 32), make_desc(wb + kk * 32));
       }
       wgmma_commit();
       wgmma_wait<1>();

@@ -48,9 +48,9 @@ static Var WVARS[] = {
   W(2, 128, 4),
 };
 constexpr int NW = sizeof(WVARS) / sizeof(WVARS[0]);
-template <typename T, int BN, int ST, int RAW, int LA, int PW, bool SYM>
+template <typename T, int BN, int ST, int RAW, int LA, int PW, bool SYM, int DIAG = 0>
 __global__ void __launch_bounds__(128 * (PW + 2), 1) kws(const T* x, const uint32_t* p, const __half* s, const __half* z, T* y, float*, TcDims d) {
-  tg::int4_ws::int4_gemm_ws<T, BN, ST, RAW, LA, PW, SYM>(x, p, s, z, y, tg::int4_ws::WsDims{d.M, d.N, d.K, d.group_size});
+  tg::int4_ws::int4_gemm_ws<T, BN, ST, RAW, LA, PW, SYM, DIAG>(x, p, s, z, y, tg::int4_ws::WsDims{d.M, d.N, d.K, d.group_size});
 }
 // warp-specialized variants: bm = 128 x rows, bn = BN weight rows; never split
 #define WS(BN, ST, RAW, LA, PW) {"ws" #BN "s" #ST "r" #RAW "l" #LA "p" #PW, \
@@ -62,6 +62,16 @@ static Var SVARS[] = {
   WS(128, 6, 3, 3, 2), WS(128, 5, 3, 2, 1), WS(192, 4, 3, 2, 1), WS(256, 3, 3, 1, 1),
 };
 constexpr int NS = sizeof(SVARS) / sizeof(SVARS[0]);
+// diagnostics (timing only, wrong results): 1 = no dequantization math, 2 = no weight stores, 3 = no wgmma
+#define WSD(BN, ST, RAW, LA, PW, DG) {"ws" #BN "s" #ST "r" #RAW "l" #LA "p" #PW "-diag" #DG, \
+  {{(KFn)kws<__half, BN, ST, RAW, LA, PW, true, DG>, (KFn)kws<__half, BN, ST, RAW, LA, PW, false, DG>}, \
+   {(KFn)kws<__nv_bfloat16, BN, ST, RAW, LA, PW, true, DG>, (KFn)kws<__nv_bfloat16, BN, ST, RAW, LA, PW, false, DG>}}, \
+  128, BN, 128 * (PW + 2), tg::int4_ws::WsSmem<BN, ST, RAW>::BYTES, 0}
+static Var DVARS[] = {
+  WSD(168, 5, 3, 3, 2, 1), WSD(168, 5, 3, 3, 2, 2), WSD(168, 5, 3, 3, 2, 3),
+  WSD(168, 4, 3, 2, 1, 1), WSD(168, 4, 3, 2, 1, 2), WSD(168, 4, 3, 2, 1, 3),
+};
+constexpr int ND = sizeof(DVARS) / sizeof(DVARS[0]);
 __global__ void kreduce_h(const float* part, __half* y, int64_t mn, int splits) { int4_reduce<__half>(part, y, mn, splits); }
 __global__ void kreduce_b(const float* part, __nv_bfloat16* y, int64_t mn, int splits) { int4_reduce<__nv_bfloat16>(part, y, mn, splits); }
 __global__ void kdequant_h(const uint32_t* p, const __half* s, const __half* z, __half* out, GemmDims d) { int4_dequant<__half>(p, s, z, out, d); }
@@ -221,7 +231,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
   printf("device %s, %d SMs, cc %d.%d\n", prop.name, prop.multiProcessorCount, prop.major, prop.minor);
   g_sms = prop.multiProcessorCount;
-  for (Var* vs : {VARS, WVARS, SVARS}) for (int vi = 0; vi < (vs == VARS ? NV : vs == WVARS ? NW : NS); ++vi) {
+  for (Var* vs : {VARS, WVARS, SVARS, DVARS}) for (int vi = 0; vi < (vs == VARS ? NV : vs == WVARS ? NW : vs == SVARS ? NS : ND); ++vi) {
     Var& v = vs[vi];
     for (auto& a : v.f) for (auto f : a) {
       CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem));
@@ -283,6 +293,11 @@ int main(int argc, char** argv) {
     printf("\n   ws again:");
     for (int vi = 0; vi < NS; ++vi) printf(" %s %.2f", SVARS[vi].name, timeit(P, SVARS[vi], 0, 0, iters, 1));
     printf("\n   cublas again %.2f dequant again %.2f\n", time_cublas(ts.M, ts.N, ts.K, 0, iters), dequant_us(P, iters));
+    if (ts.M == 512 && ts.K == 4096) {
+      printf("   diagnostics:");
+      for (int vi = 0; vi < ND; ++vi) printf(" %s %.2f", DVARS[vi].name, timeit(P, DVARS[vi], 0, 0, iters, 1));
+      printf("\n");
+    }
     if (ts.M == 512 && ts.K == 4096)
       for (int vi = 0; vi < NS; ++vi)
         printf("    %s bf16 %.2f asym %.2f bf16asym %.2f\n", SVARS[vi].name, timeit(P, SVARS[vi], 1, 0, iters, 1),
