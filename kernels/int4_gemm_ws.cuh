@@ -17,6 +17,14 @@
 // past N are not stored; a K tail chunk (K % 128 != 0, 1..3 words per lane) has 1 or 2 stages
 // whose k past K are zeros in both slots (every stage runs 4 k16 steps). f32 accumulators; the
 // epilogue adds the bias and applies the activation in f32 before the one rounding to T (no K split).
+//
+// Status (harness-only: scripts/int4_ws_harness.cu; benchmarks/int4.md, helper round 6): correct
+// (f64 checks; memcheck and racecheck clean, the latter through a crate entry since removed), but on
+// an H100 at K=4096 -> N=11008 only faster than int4_dequant + cuBLAS for one full wave (M=200 /
+// 256: 73.5 / 75.8 against 86.3 / 87.7 us); M=512 143.6 against 106.6. The producer is the
+// bottleneck, not the tensor cores: without the wgmmas it takes 125-147 us at M=512, without the
+// dequantization (loads only) 95-105: the cp.async loop keeps only LOOKAHEAD stages (43-64 KB) in
+// flight per SM, too few for the L2 latency under this load (x is re-read once per 168 columns).
 #pragma once
 #include "int4_format.cuh"
 
@@ -24,7 +32,6 @@ namespace tg::int4_ws {
 
 using namespace tg::int4;
 
-// Mirrors `WsDims` in src/quant/cuda.rs.
 struct WsDims {
   int M, N, K, group_size;
 };
@@ -160,7 +167,7 @@ template <> struct WgmmaSS<__nv_bfloat16, 256> {
   }
 };
 
-// Shared memory of one block (mirrors `WsVariant::smem_bytes` in src/quant/launch.rs): the A
+// Shared memory of one block: the A
 // slots (x), the B slots (dequantized weights), the raw slots (packed tiles of a 128-wide chunk,
 // then scales [group][BN] and zeros [group][BN]), the mbarriers; + 1024 bytes to align the atoms.
 template <int BN, int STAGES, int RAW> struct WsSmem {

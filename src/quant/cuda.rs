@@ -1,5 +1,5 @@
-//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu,
-//! kernels/int4_gemm_ws_sm90.cu): dtype dispatch, launch shape, launches.
+//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu): dtype dispatch,
+//! launch shape, launches.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -12,13 +12,12 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, S
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::{choose_gemm_config, choose_tc_config, choose_ws_config};
+use super::launch::{choose_gemm_config, choose_tc_config};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
 use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
 const TC_MODULE: &str = "int4_gemm_tc";
-const WS_MODULE: &str = "int4_gemm_ws_sm90";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
 /// Dynamic shared memory a kernel may use without opting in.
@@ -51,18 +50,6 @@ struct TcDims {
 }
 // SAFETY: plain-old-data, layout identical to the C struct (five ints).
 unsafe impl DeviceRepr for TcDims {}
-
-/// Mirrors `WsDims` in kernels/int4_gemm_ws.cuh.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct WsDims {
-    m: i32,
-    n: i32,
-    k: i32,
-    group_size: i32,
-}
-// SAFETY: plain-old-data, layout identical to the C struct (four ints).
-unsafe impl DeviceRepr for WsDims {}
 
 fn i32_dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("int4: {what}={v} exceeds the kernel's i32 range")))
@@ -100,22 +87,6 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
     let n = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?.max(1) as usize;
     cache.insert(ctx.ordinal(), n);
     Ok(n)
-}
-
-/// Whether `dev` has compute capability 9.0 (H100 / H200: the sm_90a PTX loads there), queried once
-/// per device ordinal.
-pub(super) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
-    static CACHE: OnceLock<Mutex<HashMap<usize, bool>>> = OnceLock::new();
-    let ctx = dev.cuda_stream().context().clone();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&yes) = cache.get(&ctx.ordinal()) {
-        return Ok(yes);
-    }
-    let major = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()?;
-    let minor = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()?;
-    let yes = (major, minor) == (9, 0);
-    cache.insert(ctx.ordinal(), yes);
-    Ok(yes)
 }
 
 /// The `act` argument of the kernels: `tg::Act`'s numbering in kernels/common.cuh.
@@ -160,10 +131,9 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
     }
-    match super::cuda_path(m, x.dtype(), is_sm90(dev)?) {
+    match super::cuda_path(m, x.dtype()) {
         super::CudaPath::SmallM => {}
         super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
-        super::CudaPath::Wgmma => return matmul_ws::<T>(w, x, l, bias, act),
         super::CudaPath::DequantizeMatmul => {
             bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
         }
@@ -298,62 +268,6 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
     if let Some(partial) = &partial {
         reduce::<T>(dev, sfx, partial, &y, (m, n, cfg.splits), bias, act)?;
     }
-    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
-}
-
-/// The Hopper `wgmma` GEMM (`int4_gemm_ws_*`, f16 / bf16 activations, compute capability 9.0), the
-/// bias and the activation in its epilogue.
-fn matmul_ws<T: CudaDType + DeviceRepr>(
-    w: &Int4Weight,
-    x: &CudaStorage,
-    l: &Layout,
-    bias: Option<&CudaView<T>>,
-    act: Activation,
-) -> Result<(CudaStorage, Shape)> {
-    let dev = x.device();
-    let (m, n, k) = (l.dims()[0], w.n, w.k);
-    let cfg = choose_ws_config(m, n, sm_count(dev)?);
-    let dims =
-        WsDims { m: i32_dim(m, "M")?, n: i32_dim(n, "N")?, k: i32_dim(k, "K")?, group_size: w.cfg.group_size as i32 };
-    // grid.y (column blocks) is limited to 65535
-    if cfg.n_blocks > 65535 {
-        bail!("int4_matmul: N={n} needs {} column blocks, more than the 65535 the kernel's grid takes", cfg.n_blocks);
-    }
-    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
-    let xs = contiguous_view::<T>(x, l)?;
-    let y = alloc_output::<T>(dev, m * n)?;
-    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let gemm =
-        load_func(dev, WS_MODULE, ptx::INT4_GEMM_WS_SM90, &format!("int4_gemm_ws_{sfx}_{}_{sym}", cfg.variant.name()))?;
-    let smem = cfg.variant.smem_bytes();
-    gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-    with_views(w, |p, s, z| {
-        let null = 0u64; // a null pointer: no zeros (symmetric) / no bias
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&gemm);
-        b.arg(&xs).arg(&p).arg(&s);
-        match &z {
-            Some(z) => b.arg(z),
-            None => b.arg(&null),
-        };
-        b.arg(&y).arg(&dims);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
-        let act = act_code(act);
-        b.arg(&act);
-        let lc = LaunchConfig {
-            grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
-            block_dim: (cfg.variant.threads() as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        // SAFETY: argument types and count match `int4_gemm_ws_<T>_<variant>_<sym>` in
-        // kernels/int4_gemm_ws_sm90.cu; every view covers the extents `dims` describes (checked by
-        // int4_matmul / the format), and `smem` is the variant's layout (`WsSmem`).
-        unsafe { b.launch(lc) }.w()?;
-        Ok(())
-    })?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
 }
 
