@@ -21,10 +21,10 @@
 // Status (harness-only: scripts/int4_ws_harness.cu; benchmarks/int4.md, helper round 6): correct
 // (f64 checks; memcheck and racecheck clean, the latter through a crate entry since removed), but on
 // an H100 at K=4096 -> N=11008 only faster than int4_dequant + cuBLAS for one full wave (M=200 /
-// 256: 73.5 / 75.8 against 86.3 / 87.7 us); M=512 143.6 against 106.6. The producer is the
-// bottleneck, not the tensor cores: without the wgmmas it takes 125-147 us at M=512, without the
-// dequantization (loads only) 95-105: the cp.async loop keeps only LOOKAHEAD stages (43-64 KB) in
-// flight per SM, too few for the L2 latency under this load (x is re-read once per 168 columns).
+// 256: 73.5 / 75.8 against 86.3 / 87.7 us); M=512 143.6 against 106.6. The producer side limits
+// it, not the tensor cores: without the wgmmas it takes 125-147 us at M=512, and without the
+// dequantization (loads and signals only) 95-105; why the load pipeline is this slow is not yet
+// profiled (benchmarks/int4.md lists the candidates).
 #pragma once
 #include "int4_format.cuh"
 
