@@ -2,6 +2,7 @@
 // only on compute capability 9.0 devices:
 //   attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES>_o<OVERLAP>[_g<MB>]
 //   attn_sm90ks_<dtype>_d<HD>_n<BN>_s<STAGES>          (in-block key split)
+//   attn_sm90t_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES> (overlapped, TMA loads; takes TmaMaps)
 // The instance list is mirrored in src/attention/sm90.rs.
 #include "attention_sm90.cuh"
 
@@ -9,7 +10,10 @@ static_assert(sizeof(tg::attn::Params) == 192, "Params mirrors AttnParams in src
 
 using tg::attn::Params;
 using tg::attn90::Sm90Traits;
+using tg::attn90::TmaMaps;
 using tg::attn90::WsTraits;
+
+static_assert(sizeof(TmaMaps) == 384, "TmaMaps mirrors the three CUtensorMaps of src/attention/sm90.rs");
 
 #define ATTN_SM90(T, TNAME, HD, WGS, BN, ST, OV)                                                  \
   extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, OV>::THREADS, 1)       \
@@ -29,6 +33,13 @@ using tg::attn90::WsTraits;
       attn_sm90ks_##TNAME##_d##HD##_n##BN##_s##ST(const __grid_constant__ Params p) { \
     tg::attn90::attn_prefill_sm90_ks<T, HD, BN, ST>(p);                                     \
   }
+// TMA loads (attn_prefill_sm90_tma): the second parameter holds the tensor maps of Q, K and V
+#define ATTN_SM90T(T, TNAME, HD, WGS, BN, ST)                                                     \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, true>::THREADS, 1)     \
+      attn_sm90t_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST(const __grid_constant__ Params p,      \
+                                                          const __grid_constant__ TmaMaps maps) { \
+    tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST>(p, maps);                               \
+  }
 // Warp-specialized instances (scripts/attention_sm90_timing.cu only: measured slower): attn_ws_<dtype>_d<HD>_c<consumer warpgroups>_n<BN>_s<STAGES>_p<PINGPONG>_k<KSPLIT>
 //   (_r1: a producer warpgroup giving registers to the consumers; _r0: a producer warp)
 #define ATTN_WS(T, TNAME, HD, CWG, BN, ST, PP, KS, R)                                                              \
@@ -36,11 +47,19 @@ using tg::attn90::WsTraits;
       attn_ws_##TNAME##_d##HD##_c##CWG##_n##BN##_s##ST##_p##PP##_k##KS##_r##R(const __grid_constant__ Params p) { \
     tg::attn90::attn_prefill_ws<T, HD, CWG, BN, ST, PP, KS, R>(p);                                                 \
   }
+// ... with a TMA producer (one thread of a producer warpgroup): attn_wst_<dtype>_d<HD>_c<CWG>_n<BN>_s<ST>_p<PP>_k<KS>
+#define ATTN_WST(T, TNAME, HD, CWG, BN, ST, PP, KS)                                                  \
+  extern "C" __global__ void __launch_bounds__(WsTraits<HD, CWG, BN, ST, PP, KS, true, true>::THREADS, 1) \
+      attn_wst_##TNAME##_d##HD##_c##CWG##_n##BN##_s##ST##_p##PP##_k##KS(const __grid_constant__ Params p,  \
+                                                                        const __grid_constant__ TmaMaps maps) { \
+    tg::attn90::attn_prefill_ws<T, HD, CWG, BN, ST, PP, KS, true, true>(p, &maps);                         \
+  }
 
 // Mirrored by sm90::choose_block (src/attention/sm90.rs).
 #define ATTN_SM90_ALL(T, TNAME)                                          \
   ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
   ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)                                 \
+  ATTN_SM90T(T, TNAME, 128, 2, 128, 3)                                   \
   ATTN_SM90KS(T, TNAME, 64, 64, 4)
 
 ATTN_SM90_ALL(__half, f16)

@@ -17,35 +17,26 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <map>
+#include <utility>
+#include <cuda.h>
 
 #define TG_SM90_DEBUG  // the kernel dumps the raw scores of its first tile when p.o_partial is set
 #include "attention.cu"
 #include "attention_sm90.cu"
 
-// instances beyond the crate's, for comparison
-#define ATTN_WS_EXTRA(T, TNAME)                 \
-  ATTN_WS(T, TNAME, 128, 2, 128, 3, 0, 0, 1)    \
-  ATTN_WS(T, TNAME, 128, 2, 128, 3, 1, 0, 1)    \
-  ATTN_WS(T, TNAME, 128, 2, 64, 6, 1, 0, 1)     \
-  ATTN_WS(T, TNAME, 64, 1, 128, 3, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 1, 128, 4, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 1, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 1, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 6, 0, 1, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 64, 6, 0, 1, 0)
-#define ATTN_ROUND4(T, TNAME)                  \
+// instances beyond the crate's, for comparison (round 5: TMA loads)
+#define ATTN_ROUND5(T, TNAME)                  \
   ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)        \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 8)   \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 16)  \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 32)  \
-  ATTN_SM90G(T, TNAME, 64, 1, 128, 3, 1, 16)   \
-  ATTN_SM90KS(T, TNAME, 64, 128, 3)            \
-  ATTN_SM90KS(T, TNAME, 64, 64, 3)
-ATTN_ROUND4(__half, f16)
-ATTN_ROUND4(__nv_bfloat16, bf16)
-ATTN_WS_EXTRA(__half, f16)
-ATTN_WS_EXTRA(__nv_bfloat16, bf16)
+  ATTN_SM90T(T, TNAME, 128, 2, 64, 6)          \
+  ATTN_SM90T(T, TNAME, 128, 2, 64, 5)          \
+  ATTN_WST(T, TNAME, 128, 2, 128, 3, 0, 0)     \
+  ATTN_WST(T, TNAME, 128, 2, 128, 3, 1, 0)     \
+  ATTN_WST(T, TNAME, 128, 2, 64, 6, 1, 0)      \
+  ATTN_WST(T, TNAME, 64, 2, 64, 6, 0, 1)       \
+  ATTN_WST(T, TNAME, 64, 2, 128, 4, 0, 1)
+ATTN_ROUND5(__half, f16)
+ATTN_ROUND5(__nv_bfloat16, bf16)
 
 #define CK(x)                                                                               \
   do {                                                                                      \
@@ -57,6 +48,8 @@ ATTN_WS_EXTRA(__nv_bfloat16, bf16)
   } while (0)
 
 typedef void (*KernelFn)(Params);
+typedef void (*KernelTma)(Params, tg::attn90::TmaMaps);
+using tg::attn90::TmaMaps;
 
 struct Variant {
   const char* name;
@@ -64,6 +57,7 @@ struct Variant {
   int d, wgs, bn, stages, overlap;
   int ws = 0, pp = 0, ks = 0, regs = 0;  // warp-specialized kernel: consumer warpgroups = wgs
   int cks = 0;                           // attn_prefill_sm90_ks (wgs = 2: two rings)
+  KernelTma t16 = nullptr, tb16 = nullptr;  // TMA instances (then f16/bf16 are null)
   int bm() const { return (ws && ks) || cks ? 64 : 64 * wgs; }
   int threads() const { return ws ? 128 * wgs + (regs ? 128 : 32) : 128 * wgs; }
   int smem() const {
@@ -85,16 +79,18 @@ struct Variant {
 #define VK(D, N, S)                                                                                          \
   {"sm90ks_d" #D "_n" #N "_s" #S, attn_sm90ks_f16_d##D##_n##N##_s##S, attn_sm90ks_bf16_d##D##_n##N##_s##S, D, 2, \
    N, S, 1, 0, 0, 0, 0, 1}
+#define VT(D, W, N, S)                                                                                     \
+  {"sm90t_d" #D "_w" #W "_n" #N "_s" #S, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,                  \
+   attn_sm90t_f16_d##D##_w##W##_n##N##_s##S, attn_sm90t_bf16_d##D##_w##W##_n##N##_s##S}
+#define WT(D, C, N, S, P, K)                                                                                \
+  {"wst_d" #D "_c" #C "_n" #N "_s" #S "_p" #P "_k" #K, nullptr, nullptr, D, C, N, S, 1, 1, P, K, 1, 0,      \
+   attn_wst_f16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K, attn_wst_bf16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
-    VK(64, 64, 4),             V(64, 1, 64, 3, 0),        V(128, 2, 128, 3, 1),
-    V(64, 1, 128, 3, 1),       VK(64, 128, 3),            VK(64, 64, 3),             VG(64, 1, 128, 3, 1, 16),
-    VG(128, 2, 128, 3, 1, 8),  VG(128, 2, 128, 3, 1, 16), VG(128, 2, 128, 3, 1, 32),
-    // warp-specialized (round 4, measured slower)
-    W(128, 2, 128, 3, 0, 0, 1), W(128, 2, 128, 3, 1, 0, 1), W(128, 2, 64, 6, 1, 0, 1),
-    W(64, 1, 128, 3, 0, 0, 0),  W(64, 1, 128, 4, 0, 0, 0),  W(64, 2, 128, 4, 0, 0, 0),
-    W(64, 2, 128, 4, 1, 0, 0),  W(64, 2, 128, 4, 0, 1, 0),  W(64, 2, 128, 6, 0, 1, 0),
-    W(64, 2, 64, 6, 0, 1, 0),
+    VK(64, 64, 4),  V(64, 1, 64, 3, 0), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
+    // round 5: TMA loads
+    VT(128, 2, 64, 6), VT(128, 2, 64, 5), WT(128, 2, 128, 3, 0, 0), WT(128, 2, 128, 3, 1, 0),
+    WT(128, 2, 64, 6, 1, 0), WT(64, 2, 64, 6, 0, 1), WT(64, 2, 128, 4, 0, 1),
 };
 static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
@@ -130,7 +126,46 @@ struct Buffers {
   std::vector<uint16_t> q, k, v;  // host, in the (possibly strided) physical layout
   uint16_t *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr;
   Params p{};
+  std::map<std::pair<int, int>, TmaMaps> maps;  // by (Q box rows, K/V box rows)
 };
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda)
+typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiled encode_tiled() {
+  static EncodeTiled f = nullptr;
+  if (f == nullptr) {
+    cudaDriverEntryPointQueryResult q;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&f), 12000,
+                                        cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || f == nullptr) {
+      fprintf(stderr, "cuTensorMapEncodeTiled not found\n");
+      exit(1);
+    }
+  }
+  return f;
+}
+// [B, H, N, D] (element strides sb, sh, sn; D stride 1) as the 4-D tensor (D, N, H, B), boxes of 64
+// columns x `box_rows` rows, 128-byte swizzle, zero fill (the crate's sm90::tensor_map).
+static tg::attn90::TmaDesc tensor_map(const void* ptr, int b, int h, int n, int d, int64_t sb, int64_t sh,
+                                      int64_t sn, int box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(n), cuuint64_t(h), cuuint64_t(b)};
+  const cuuint64_t strides[3] = {cuuint64_t(sn) * 2, cuuint64_t(sh) * 2, cuuint64_t(sb) * 2};
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1}, elem[4] = {1, 1, 1, 1};
+  const CUresult r = encode_tiled()(&m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, const_cast<void*>(ptr), dims, strides, box,
+                                    elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    fprintf(stderr, "cuTensorMapEncodeTiled failed: %d\n", int(r));
+    exit(1);
+  }
+  tg::attn90::TmaDesc t;
+  static_assert(sizeof(t) == sizeof(m), "CUtensorMap is 128 bytes");
+  memcpy(&t, &m, sizeof(m));
+  return t;
+}
 
 static std::mt19937_64 rng(uint64_t(time(nullptr)) ^ 0x5eedULL);
 
@@ -172,10 +207,27 @@ static void release(Buffers& bf) {
   cudaFree(bf.dq); cudaFree(bf.dk); cudaFree(bf.dv); cudaFree(bf.dout);
 }
 
-static void launch_sm90(const Variant& v, const Problem& pr, const Params& p) {
-  KernelFn f = pr.bf16 ? v.bf16 : v.f16;
+static const TmaMaps& maps_for(Buffers& bf, int bm, int bn) {
+  auto it = bf.maps.find({bm, bn});
+  if (it != bf.maps.end()) return it->second;
+  const Params& p = bf.p;
+  TmaMaps m;
+  m.q = tensor_map(p.q, p.b, p.hq, p.nq, p.d, p.q_sb, p.q_sh, p.q_sn, bm);
+  m.k = tensor_map(p.k, p.b, p.hkv, p.nk, p.d, p.k_sb, p.k_sh, p.k_sn, bn);
+  m.v = tensor_map(p.v, p.b, p.hkv, p.nk, p.d, p.v_sb, p.v_sh, p.v_sn, bn);
+  return bf.maps[{bm, bn}] = m;
+}
+
+static void launch_sm90(const Variant& v, const Problem& pr, Buffers& bf) {
   dim3 grid(pr.b * pr.hq, (pr.nq + v.bm() - 1) / v.bm());
-  f<<<grid, v.threads(), v.smem()>>>(p);
+  if (v.t16 != nullptr) {
+    const TmaMaps& m = maps_for(bf, v.bm(), v.bn);
+    KernelTma f = pr.bf16 ? v.tb16 : v.t16;
+    f<<<grid, v.threads(), v.smem()>>>(bf.p, m);
+    return;
+  }
+  KernelFn f = pr.bf16 ? v.bf16 : v.f16;
+  f<<<grid, v.threads(), v.smem()>>>(bf.p);
 }
 
 // f64 reference of the checked rows: every row when small, else a random sample
@@ -269,6 +321,11 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
   for (auto& v : VARIANTS) {
+    if (v.t16 != nullptr) {
+      CK(cudaFuncSetAttribute(v.t16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
+      CK(cudaFuncSetAttribute(v.tb16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
+      continue;
+    }
     CK(cudaFuncSetAttribute(v.f16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
     CK(cudaFuncSetAttribute(v.bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
   }
@@ -279,14 +336,14 @@ int main(int argc, char** argv) {
 
   // ---- the raw scores of one tile (non-overlapped variants dump them) ----
   for (const Variant& v : VARIANTS) {
-    if (v.overlap || v.ws || time_only || race || skip(v)) continue;
+    if (v.overlap || v.ws || v.t16 || time_only || race || skip(v)) continue;
     Problem pr{1, 1, 1, v.bm(), v.bn, v.d, false, false, false};
     Buffers bf = make(pr);
     float* dbg;
     CK(cudaMalloc(&dbg, sizeof(float) * v.bm() * v.bn));
     CK(cudaMemset(dbg, 0xFF, sizeof(float) * v.bm() * v.bn));
     bf.p.o_partial = dbg;
-    launch_sm90(v, pr, bf.p);
+    launch_sm90(v, pr, bf);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<float> got(v.bm() * v.bn);
@@ -339,7 +396,7 @@ int main(int argc, char** argv) {
       if (v.d != pr.d || skip(v)) continue;
       const size_t n_out = size_t(pr.b) * pr.hq * pr.nq * pr.d;
       CK(cudaMemset(bf.dout, 0xFF, n_out * 2));  // poison: unwritten outputs read as NaN
-      launch_sm90(v, pr, bf.p);
+      launch_sm90(v, pr, bf);
       CK(cudaGetLastError());
       CK(cudaDeviceSynchronize());
       int nan = 0;
@@ -387,7 +444,7 @@ int main(int argc, char** argv) {
     }
     for (const Variant& v : VARIANTS) {
       if (v.d != pr.d || skip(v)) continue;
-      const float us = time_launches([&] { launch_sm90(v, pr, bf.p); }, 50);
+      const float us = time_launches([&] { launch_sm90(v, pr, bf); }, 50);
       int nan = 0;
       const double err = check(pr, bf, ref, nan);
       printf("  %-36s %9.1f us  %6.1f TFLOP/s  (max err %.2e, nan %d)\n", v.name, us, flops / us * 1e-6, err, nan);
