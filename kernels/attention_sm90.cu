@@ -33,12 +33,25 @@ static_assert(sizeof(TmaMaps) == 384, "TmaMaps mirrors the three CUtensorMaps of
       attn_sm90ks_##TNAME##_d##HD##_n##BN##_s##ST(const __grid_constant__ Params p) { \
     tg::attn90::attn_prefill_sm90_ks<T, HD, BN, ST>(p);                                     \
   }
+// in-block key split with TMA loads: attn_sm90kst_<dtype>_d<HD>_n<BN>_s<STAGES> (takes TmaMaps)
+#define ATTN_SM90KST(T, TNAME, HD, BN, ST)                                                             \
+  extern "C" __global__ void __launch_bounds__(256, 1) attn_sm90kst_##TNAME##_d##HD##_n##BN##_s##ST(  \
+      const __grid_constant__ Params p, const __grid_constant__ TmaMaps maps) {                      \
+    tg::attn90::attn_prefill_sm90_ks<T, HD, BN, ST, 0, true>(p, &maps);                               \
+  }
 // TMA loads (attn_prefill_sm90_tma): the second parameter holds the tensor maps of Q, K and V
 #define ATTN_SM90T(T, TNAME, HD, WGS, BN, ST)                                                     \
   extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, true>::THREADS, 1)     \
       attn_sm90t_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST(const __grid_constant__ Params p,      \
                                                           const __grid_constant__ TmaMaps maps) { \
     tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST>(p, maps);                               \
+  }
+// ... with softmax_tile_pos (LAZY: see there): attn_sm90t_<dtype>_d<HD>_w<WGS>_n<BN>_s<ST>_z<LAZY>
+#define ATTN_SM90TZ(T, TNAME, HD, WGS, BN, ST, LAZY)                                                       \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, true>::THREADS, 1)              \
+      attn_sm90t_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_z##LAZY(const __grid_constant__ Params p,      \
+                                                                    const __grid_constant__ TmaMaps maps) { \
+    tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST, LAZY>(p, maps);                                  \
   }
 // Warp-specialized instances (scripts/attention_sm90_timing.cu only: measured slower): attn_ws_<dtype>_d<HD>_c<consumer warpgroups>_n<BN>_s<STAGES>_p<PINGPONG>_k<KSPLIT>
 //   (_r1: a producer warpgroup giving registers to the consumers; _r0: a producer warp)

@@ -275,6 +275,53 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&m)[2], 
   }
 }
 
+// softmax_tile for a positive scale (the caller checks), FlashAttention-3/4 style: the row max
+// taken on the raw scores, the scale folded into the exponent's FMA (ex2(s * scale - ref)), and
+// the reference max kept while the row max grows by at most LAZY (log2 units; 0: always moved):
+// alpha is then exactly 1 and the caller may skip rescaling O (rows of a warp all at 1: returns
+// false). Exact either way: O and l share the reference, normalized at the end; scores then reach
+// at most 2^LAZY, far inside f16/bf16 and f32.
+template <int BN, int LAZY>
+__device__ __forceinline__ bool softmax_tile_pos(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                 const Params& p, bool need_mask, int k0, const int (&rowi)[2],
+                                                 int quad) {
+  const float scale = p.scale_log2;
+  if (need_mask) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int key = k0 + (i / 4) * 8 + 2 * quad + (i & 1);
+      const int row = rowi[(i / 2) & 1];
+      if (key >= p.nk || (p.causal && key > row + p.causal_offset)) s[i] = -INFINITY;
+    }
+  }
+  bool moved = false;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[hf], mx * scale);
+    // keep the reference (alpha = 1) while the max grew by at most LAZY; -inf - -inf is NaN: moved
+    const bool keep = m_new - m[hf] <= float(LAZY);
+    const float ref_new = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: exp2(-inf) = 0
+    alpha[hf] = keep ? 1.0f : fast_exp2(m[hf] - ref_new);
+    if (!keep) m[hf] = m_new;
+    moved |= !keep;
+    const float ref = m[hf] == -INFINITY ? 0.0f : m[hf];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      s[4 * j + 2 * hf] = fast_exp2(fmaf(s[4 * j + 2 * hf], scale, -ref));
+      s[4 * j + 2 * hf + 1] = fast_exp2(fmaf(s[4 * j + 2 * hf + 1], scale, -ref));
+      sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
+    }
+    l[hf] = l[hf] * alpha[hf] + sum;  // this thread's part; the quad adds them at the end
+  }
+  return __any_sync(0xffffffffu, moved);
+}
+
 template <int HD> __device__ __forceinline__ void rescale(float (&o)[HD / 2], const float (&alpha)[2]) {
 #pragma unroll
   for (int j = 0; j < HD / 8; ++j) {
@@ -530,7 +577,9 @@ __device__ __forceinline__ void tma_tile(uint32_t dst, const TmaDesc& map, uint3
 // tile t - 1 and P·V of tile t - 2, so thread 0 then issues K(t + STAGES - 1) and V(t + STAGES -
 // 2) into their stages: both land STAGES - 1 steps before their use (P·V of tile t runs in step
 // t + 1), against one step for the cp.async kernel's joint K/V stages.
-template <typename T, int HD, int WGS, int BN, int STAGES>
+// LAZY >= 0: softmax_tile_pos where the scale is positive (O rescaled only when a row's reference
+// max moved); -1: softmax_tile.
+template <typename T, int HD, int WGS, int BN, int STAGES, int LAZY = -1>
 __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const TmaMaps& maps) {
   const TmaDesc &tq = maps.q, &tk = maps.k, &tv = maps.v;
   using Tr = Sm90Traits<HD, WGS, BN, STAGES, true>;
@@ -573,6 +622,15 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
     const int k0 = t * BN;
     return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
   };
+  const bool pos = LAZY >= 0 && p.scale_log2 > 0.0f;
+  // the softmax of tile t; false: O needs no rescale (every alpha of the warp is 1)
+  auto softmax = [&](float(&s)[BN / 2], float(&m)[2], float(&l)[2], float(&alpha)[2], int t, const int(&rowi)[2]) {
+    if constexpr (LAZY >= 0) {
+      if (pos) return softmax_tile_pos<BN, LAZY>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    }
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    return true;
+  };
 
   if (tid == 0) {
     tma_prefetch_desc(tq);
@@ -609,7 +667,7 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(s);
-    softmax_tile<BN>(s, m, l, alpha, p, need_mask(0), 0, rowi, quad);
+    softmax(s, m, l, alpha, 0, rowi);
     pack_p<T, BN>(pa, s);
     for (int t = 1; t < n_tiles; ++t) {
       __syncthreads();  // every warpgroup is past Q·Kᵀ of tile t - 1 and P·V of tile t - 2
@@ -629,10 +687,10 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
       wgmma_commit();
       wgmma_wait<1>();  // Q·Kᵀ done; P·V still running
       fence_regs(s);
-      softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+      const bool moved = softmax(s, m, l, alpha, t, rowi);
       wgmma_wait<0>();
       fence_regs(o);
-      rescale<HD>(o, alpha);
+      if (moved) rescale<HD>(o, alpha);
       pack_p<T, BN>(pa, s);
     }
     wait_v(n_tiles - 1);
@@ -688,11 +746,14 @@ template <int HD, int BN, int STAGES> struct KsTraits {
   static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
 };
 
-template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0>
-__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
+// TMA: Q and each warpgroup's tiles loaded by the copy engine (thread 0 of the warpgroup issues
+// them, each tile completing an mbarrier of its warpgroup's ring; `maps`), no cp.async.
+template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0, bool TMA = false>
+__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p, const TmaMaps* maps = nullptr) {
   using Tr = KsTraits<HD, BN, STAGES>;
   constexpr int BM = Tr::BM, AHEAD = Tr::AHEAD;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t kbars[TMA ? 2 * STAGES + 1 : 1];  // [warpgroup][stage], Q
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const int tid = threadIdx.x, wg = tid / 128, t128 = tid % 128, warp = t128 / 32, lane = tid % 32, quad = lane % 4;
   const uint32_t sRing = sQ + Tr::Q_BYTES + wg * Tr::RING_BYTES;
@@ -710,9 +771,21 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
   const int n_tiles = tg::ceil_div(key_end, BN);
   const int my_n = n_tiles > wg ? (n_tiles - wg + 1) / 2 : 0;  // my tiles: wg + 2 i, i < my_n
+  const uint32_t kbar0 = smem_u32(kbars), q_bar = kbar0 + 16u * STAGES;
+  auto kbar = [&](int i) { return kbar0 + 8u * (wg * STAGES + i % STAGES); };  // my tile i's
 
-  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last).
+  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last); TMA:
+  // by thread 0 of my warpgroup, completing kbar(i).
   auto load_kv = [&](int i) {
+    if constexpr (TMA) {
+      if (i < my_n) {
+        const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+        mbar_expect_tx(kbar(i), 2 * Tr::KV_BYTES);
+        tma_tile<BN, HD>(sK, maps->k, kbar(i), (wg + 2 * i) * BN, hk, b);
+        tma_tile<BN, HD>(sK + Tr::KV_BYTES, maps->v, kbar(i), (wg + 2 * i) * BN, hk, b);
+      }
+      return;
+    }
     if (i < my_n) {
       const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
       const int k0 = (wg + 2 * i) * BN, keys = min(BN, p.nk - k0);
@@ -725,9 +798,26 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
     const int k0 = t * BN;
     return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
   };
-  load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+  if constexpr (TMA) {
+    if (tid == 0) {
 #pragma unroll
-  for (int i = 0; i < AHEAD; ++i) load_kv(i);
+      for (int i = 0; i < 2 * STAGES + 1; ++i) mbar_init(kbar0 + 8u * i, 1);
+      fence_mbar_init();
+      if (n_tiles > 0) {  // warpgroup 0 waits for Q
+        mbar_expect_tx(q_bar, Tr::Q_BYTES);
+        tma_tile<BM, HD>(sQ, maps->q, q_bar, q0, h, b);
+      }
+    }
+    __syncthreads();  // the barriers are initialized
+    if (t128 == 0) {
+#pragma unroll
+      for (int i = 0; i < AHEAD; ++i) load_kv(i);
+    }
+  } else {
+    load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+#pragma unroll
+    for (int i = 0; i < AHEAD; ++i) load_kv(i);
+  }
 
   float o[HD / 2];
 #pragma unroll
@@ -739,11 +829,19 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   uint32_t pa[BN / 16][4];
 
   // my first tile (and Q, loaded by both warpgroups): a block barrier
-  cp_async_wait<AHEAD - 1>();
-  fence_proxy_async();
+  if constexpr (!TMA) {
+    cp_async_wait<AHEAD - 1>();
+    fence_proxy_async();
+  }
   __syncthreads();
   if (my_n > 0) {
-    load_kv(AHEAD);
+    if constexpr (TMA) {
+      if (t128 == 0) load_kv(AHEAD);
+      mbar_wait(q_bar, 0);
+      mbar_wait(kbar(0), 0);
+    } else {
+      load_kv(AHEAD);
+    }
     wgmma_fence();
     issue_qk<T, HD, BM, BN>(s, sQ, sRing, 0);
     wgmma_commit();
@@ -759,11 +857,18 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   const int steps = (n_tiles + 1) / 2;
   for (int i = 1; i < steps; ++i) {
     // my tile i landed; my warpgroup is past tile i - 2's P·V
-    cp_async_wait<AHEAD - 1>();
-    fence_proxy_async();
+    if constexpr (!TMA) {
+      cp_async_wait<AHEAD - 1>();
+      fence_proxy_async();
+    }
     __syncthreads();
     if (i >= my_n) continue;
-    load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    if constexpr (TMA) {
+      if (t128 == 0) load_kv(i + AHEAD);  // into the stage of my tile i - 2
+      mbar_wait(kbar(i), (i / STAGES) & 1);
+    } else {
+      load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    }
     const int t = wg + 2 * i;
     const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
     const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;

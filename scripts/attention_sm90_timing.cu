@@ -34,7 +34,12 @@
   ATTN_WST(T, TNAME, 128, 2, 128, 3, 1, 0)     \
   ATTN_WST(T, TNAME, 128, 2, 64, 6, 1, 0)      \
   ATTN_WST(T, TNAME, 64, 2, 64, 6, 0, 1)       \
-  ATTN_WST(T, TNAME, 64, 2, 128, 4, 0, 1)
+  ATTN_WST(T, TNAME, 64, 2, 128, 4, 0, 1)      \
+  ATTN_SM90KST(T, TNAME, 64, 64, 4)            \
+  ATTN_SM90KST(T, TNAME, 64, 64, 5)            \
+  ATTN_SM90KST(T, TNAME, 64, 128, 3)           \
+  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 0)     \
+  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 8)
 ATTN_ROUND5(__half, f16)
 ATTN_ROUND5(__nv_bfloat16, bf16)
 
@@ -85,12 +90,19 @@ struct Variant {
 #define WT(D, C, N, S, P, K)                                                                                \
   {"wst_d" #D "_c" #C "_n" #N "_s" #S "_p" #P "_k" #K, nullptr, nullptr, D, C, N, S, 1, 1, P, K, 1, 0,      \
    attn_wst_f16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K, attn_wst_bf16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K}
+#define VKT(D, N, S)                                                                                 \
+  {"sm90kst_d" #D "_n" #N "_s" #S, nullptr, nullptr, D, 2, N, S, 1, 0, 0, 0, 0, 1,                   \
+   attn_sm90kst_f16_d##D##_n##N##_s##S, attn_sm90kst_bf16_d##D##_n##N##_s##S}
+#define VTZ(D, W, N, S, Z)                                                                                   \
+  {"sm90t_d" #D "_w" #W "_n" #N "_s" #S "_z" #Z, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,              \
+   attn_sm90t_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90t_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
     VK(64, 64, 4),  V(64, 1, 64, 3, 0), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
     // round 5: TMA loads
     VT(128, 2, 64, 6), VT(128, 2, 64, 5), WT(128, 2, 128, 3, 0, 0), WT(128, 2, 128, 3, 1, 0),
     WT(128, 2, 64, 6, 1, 0), WT(64, 2, 64, 6, 0, 1), WT(64, 2, 128, 4, 0, 1),
+    VKT(64, 64, 4), VKT(64, 64, 5), VKT(64, 128, 3), VTZ(128, 2, 128, 3, 0), VTZ(128, 2, 128, 3, 8),
 };
 static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
@@ -312,6 +324,95 @@ static float time_launches(const std::function<void()>& fn, int iters) {
   return ms * 1000.0f / iters;
 }
 
+// ---- op vs kernel: the crate's PTX through the driver's JIT (as the op loads it) vs this
+// binary's nvcc SASS, short (50 launches) and sustained (ITERS launches) timings ----
+static void* driver_fn(const char* name) {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult q;
+  CK(cudaGetDriverEntryPointByVersion(name, &f, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || f == nullptr) {
+    fprintf(stderr, "%s not found\n", name);
+    exit(1);
+  }
+  return f;
+}
+#define CU(x)                                                                 \
+  do {                                                                        \
+    CUresult r_ = (x);                                                        \
+    if (r_ != CUDA_SUCCESS) {                                                 \
+      fprintf(stderr, "driver error %d at %s:%d: %s\n", int(r_), __FILE__, __LINE__, #x); \
+      exit(1);                                                                \
+    }                                                                         \
+  } while (0)
+
+static int gap_mode(const char* ptx_path, int iters) {
+  typedef CUresult (*LoadData)(CUmodule*, const void*);
+  typedef CUresult (*GetFunction)(CUfunction*, CUmodule, const char*);
+  typedef CUresult (*FuncSetAttr)(CUfunction, CUfunction_attribute, int);
+  typedef CUresult (*FuncGetAttr)(int*, CUfunction_attribute, CUfunction);
+  typedef CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                   CUstream, void**, void**);
+  auto load = (LoadData)driver_fn("cuModuleLoadData");
+  auto get = (GetFunction)driver_fn("cuModuleGetFunction");
+  auto set_attr = (FuncSetAttr)driver_fn("cuFuncSetAttribute");
+  auto get_attr = (FuncGetAttr)driver_fn("cuFuncGetAttribute");
+  auto launch = (LaunchKernel)driver_fn("cuLaunchKernel");
+  FILE* f = fopen(ptx_path, "rb");
+  if (f == nullptr) {
+    fprintf(stderr, "cannot open %s\n", ptx_path);
+    return 1;
+  }
+  std::string ptx;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) ptx.append(buf, n);
+  fclose(f);
+  CK(cudaFree(nullptr));  // the primary context, current for the driver calls
+  CUmodule mod;
+  CU(load(&mod, ptx.c_str()));
+  const Problem pr{1, 32, 32, 4096, 4096, 128, true, false, false};
+  Buffers bf = make(pr);
+  const Ref ref = reference(pr, bf, 256);
+  const double flops = 4.0 * pr.b * pr.hq * double(pr.nq) * pr.nk * pr.d * 0.5;
+  for (const Variant& v : VARIANTS) {
+    // the crate's D = 128 instances
+    if (strcmp(v.name, "sm90_d128_w2_n128_s3_o1") != 0 && strcmp(v.name, "sm90t_d128_w2_n128_s3") != 0) continue;
+    char name[128];
+    if (v.t16) snprintf(name, sizeof name, "attn_sm90t_f16_d128_w%d_n%d_s%d", v.wgs, v.bn, v.stages);
+    else snprintf(name, sizeof name, "attn_sm90_f16_d128_w%d_n%d_s%d_o%d", v.wgs, v.bn, v.stages, v.overlap);
+    CUfunction fn;
+    if (get(&fn, mod, name) != CUDA_SUCCESS) continue;  // not a crate instance
+    CU(set_attr(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem()));
+    int regs = 0;
+    CU(get_attr(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, fn));
+    cudaFuncAttributes fa;
+    CK(cudaFuncGetAttributes(&fa, v.t16 ? (const void*)v.t16 : (const void*)v.f16));
+    const TmaMaps& maps = maps_for(bf, v.bm(), v.bn);
+    Params p = bf.p;
+    TmaMaps m = maps;
+    void* args_t[] = {&p, &m};
+    void* args_c[] = {&p};
+    const unsigned gx = pr.b * pr.hq, gy = (pr.nq + v.bm() - 1) / v.bm();
+    auto jit = [&] {
+      CU(launch(fn, gx, gy, 1, v.threads(), 1, 1, v.smem(), nullptr, v.t16 ? args_t : args_c, nullptr));
+    };
+    auto sass = [&] { launch_sm90(v, pr, bf); };
+    for (int round = 0; round < 2; ++round) {
+      for (int which = 0; which < 2; ++which) {
+        const std::function<void()> fnc = which ? std::function<void()>(jit) : std::function<void()>(sass);
+        const float s50 = time_launches(fnc, 50);
+        const float sl = time_launches(fnc, iters);
+        int nan = 0;
+        const double err = check(pr, bf, ref, nan);
+        printf("gap %-26s %-4s regs %3d  50 launches %7.1f us  %d launches %7.1f us (%5.1f TFLOP/s)  err %.2e nan %d\n",
+               v.name, which ? "jit" : "sass", which ? regs : fa.numRegs, s50, iters, sl, flops / sl * 1e-6, err, nan);
+      }
+    }
+  }
+  release(bf);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a killed run keeps what it printed
   // argv[2]: only the instances whose name contains it (the portable baseline always runs)
@@ -329,6 +430,7 @@ int main(int argc, char** argv) {
     CK(cudaFuncSetAttribute(v.f16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
     CK(cudaFuncSetAttribute(v.bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
   }
+  if (argc > 2 && strcmp(argv[1], "--gap") == 0) return gap_mode(argv[2], argc > 3 ? atoi(argv[3]) : 1000);
 
   const bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // small cases only, no timing
   const bool time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
