@@ -53,6 +53,19 @@ static_assert(sizeof(TmaMaps) == 384, "TmaMaps mirrors the three CUtensorMaps of
                                                                     const __grid_constant__ TmaMaps maps) { \
     tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST, LAZY>(p, maps);                                  \
   }
+// ... without block barriers (FREE): attn_sm90tf_..._s<ST> (softmax_tile), attn_sm90tfz_..._z<LAZY>
+#define ATTN_SM90TF(T, TNAME, HD, WGS, BN, ST)                                                      \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, true>::THREADS, 1)        \
+      attn_sm90tf_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST(const __grid_constant__ Params p,        \
+                                                           const __grid_constant__ TmaMaps maps) {  \
+    tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST, -1, true>(p, maps);                       \
+  }
+#define ATTN_SM90TFZ(T, TNAME, HD, WGS, BN, ST, LAZY)                                                       \
+  extern "C" __global__ void __launch_bounds__(Sm90Traits<HD, WGS, BN, ST, true>::THREADS, 1)                \
+      attn_sm90tfz_##TNAME##_d##HD##_w##WGS##_n##BN##_s##ST##_z##LAZY(const __grid_constant__ Params p,      \
+                                                                      const __grid_constant__ TmaMaps maps) { \
+    tg::attn90::attn_prefill_sm90_tma<T, HD, WGS, BN, ST, LAZY, true>(p, maps);                              \
+  }
 // Warp-specialized instances (scripts/attention_sm90_timing.cu only: measured slower): attn_ws_<dtype>_d<HD>_c<consumer warpgroups>_n<BN>_s<STAGES>_p<PINGPONG>_k<KSPLIT>
 //   (_r1: a producer warpgroup giving registers to the consumers; _r0: a producer warp)
 #define ATTN_WS(T, TNAME, HD, CWG, BN, ST, PP, KS, R)                                                              \

@@ -579,7 +579,9 @@ __device__ __forceinline__ void tma_tile(uint32_t dst, const TmaDesc& map, uint3
 // t + 1), against one step for the cp.async kernel's joint K/V stages.
 // LAZY >= 0: softmax_tile_pos where the scale is positive (O rescaled only when a row's reference
 // max moved); -1: softmax_tile.
-template <typename T, int HD, int WGS, int BN, int STAGES, int LAZY = -1>
+// FREE: no block barrier per step: the last warp done with a K (V) stage (a shared counter per
+// stage) refills it with K (V) of tile t + STAGES; the warpgroups drift apart freely.
+template <typename T, int HD, int WGS, int BN, int STAGES, int LAZY = -1, bool FREE = false>
 __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const TmaMaps& maps) {
   const TmaDesc &tq = maps.q, &tk = maps.k, &tv = maps.v;
   using Tr = Sm90Traits<HD, WGS, BN, STAGES, true>;
@@ -587,6 +589,7 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
   static_assert(STAGES >= 3, "V of tile t - 1 in use while V of tile t + 1 loads");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bars[2 * STAGES + 1];  // K full [STAGES], V full [STAGES], Q
+  __shared__ uint32_t frees[FREE ? 2 * STAGES : 1];        // FREE: warps done with K [s], V [s]
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sKV = sQ + Tr::Q_BYTES;
   const uint32_t bar_k = smem_u32(bars), bar_v = bar_k + 8u * STAGES, bar_q = bar_k + 16u * STAGES;
@@ -622,6 +625,21 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
     const int k0 = t * BN;
     return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
   };
+  // FREE: this warp is done with K (which = 0) or V (1) of tile t; the last of the block's warps
+  // refills the stage with tile t + STAGES
+  auto release = [&](int which, int t) {
+    __syncwarp();
+    if (lane == 0) {
+      uint32_t* ctr = &frees[which * STAGES + t % STAGES];
+      uint32_t old;
+      asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;\n" : "=r"(old) : "r"(smem_u32(ctr)) : "memory");
+      if (old == 4 * WGS - 1) {
+        *ctr = 0;
+        if (which == 0) load_k(t + STAGES);
+        else load_v(t + STAGES);
+      }
+    }
+  };
   const bool pos = LAZY >= 0 && p.scale_log2 > 0.0f;
   // the softmax of tile t; false: O needs no rescale (every alpha of the warp is 1)
   auto softmax = [&](float(&s)[BN / 2], float(&m)[2], float(&l)[2], float(&alpha)[2], int t, const int(&rowi)[2]) {
@@ -638,6 +656,10 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
     tma_prefetch_desc(tv);
 #pragma unroll
     for (int s = 0; s < 2 * STAGES + 1; ++s) mbar_init(bar_k + 8u * s, 1);
+    if constexpr (FREE) {
+#pragma unroll
+      for (int s = 0; s < 2 * STAGES; ++s) frees[s] = 0;
+    }
     fence_mbar_init();
     if (n_tiles > 0) {
       mbar_expect_tx(bar_q, Tr::Q_BYTES);
@@ -645,7 +667,7 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
 #pragma unroll
       for (int t = 0; t < STAGES; ++t) load_k(t);  // the K ring full
 #pragma unroll
-      for (int t = 0; t < STAGES - 1; ++t) load_v(t);  // the V ring but one stage
+      for (int t = 0; t < (FREE ? STAGES : STAGES - 1); ++t) load_v(t);  // the V ring (but one stage)
     }
   }
 
@@ -667,13 +689,16 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(s);
+    if constexpr (FREE) release(0, 0);
     softmax(s, m, l, alpha, 0, rowi);
     pack_p<T, BN>(pa, s);
     for (int t = 1; t < n_tiles; ++t) {
-      __syncthreads();  // every warpgroup is past Q·Kᵀ of tile t - 1 and P·V of tile t - 2
-      if (tid == 0) {
-        load_k(t + STAGES - 1);  // into the stage of K(t - 1)
-        load_v(t + STAGES - 2);  // into the stage of V(t - 2)
+      if constexpr (!FREE) {
+        __syncthreads();  // every warpgroup is past Q·Kᵀ of tile t - 1 and P·V of tile t - 2
+        if (tid == 0) {
+          load_k(t + STAGES - 1);  // into the stage of K(t - 1)
+          load_v(t + STAGES - 2);  // into the stage of V(t - 2)
+        }
       }
       wait_k(t);
       wait_v(t - 1);
@@ -687,9 +712,11 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
       wgmma_commit();
       wgmma_wait<1>();  // Q·Kᵀ done; P·V still running
       fence_regs(s);
+      if constexpr (FREE) release(0, t);
       const bool moved = softmax(s, m, l, alpha, t, rowi);
       wgmma_wait<0>();
       fence_regs(o);
+      if constexpr (FREE) release(1, t - 1);
       if (moved) rescale<HD>(o, alpha);
       pack_p<T, BN>(pa, s);
     }

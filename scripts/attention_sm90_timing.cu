@@ -39,7 +39,9 @@
   ATTN_SM90KST(T, TNAME, 64, 64, 5)            \
   ATTN_SM90KST(T, TNAME, 64, 128, 3)           \
   ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 0)     \
-  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 8)
+  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 8)     \
+  ATTN_SM90TF(T, TNAME, 128, 2, 128, 3)        \
+  ATTN_SM90TFZ(T, TNAME, 128, 2, 128, 3, 8)
 ATTN_ROUND5(__half, f16)
 ATTN_ROUND5(__nv_bfloat16, bf16)
 
@@ -96,6 +98,12 @@ struct Variant {
 #define VTZ(D, W, N, S, Z)                                                                                   \
   {"sm90t_d" #D "_w" #W "_n" #N "_s" #S "_z" #Z, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,              \
    attn_sm90t_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90t_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
+#define VTF(D, W, N, S)                                                                                      \
+  {"sm90tf_d" #D "_w" #W "_n" #N "_s" #S, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,                     \
+   attn_sm90tf_f16_d##D##_w##W##_n##N##_s##S, attn_sm90tf_bf16_d##D##_w##W##_n##N##_s##S}
+#define VTFZ(D, W, N, S, Z)                                                                                  \
+  {"sm90tfz_d" #D "_w" #W "_n" #N "_s" #S "_z" #Z, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,             \
+   attn_sm90tfz_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90tfz_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
     VK(64, 64, 4),  V(64, 1, 64, 3, 0), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
@@ -103,6 +111,7 @@ static Variant VARIANTS[] = {
     VT(128, 2, 64, 6), VT(128, 2, 64, 5), WT(128, 2, 128, 3, 0, 0), WT(128, 2, 128, 3, 1, 0),
     WT(128, 2, 64, 6, 1, 0), WT(64, 2, 64, 6, 0, 1), WT(64, 2, 128, 4, 0, 1),
     VKT(64, 64, 4), VKT(64, 64, 5), VKT(64, 128, 3), VTZ(128, 2, 128, 3, 0), VTZ(128, 2, 128, 3, 8),
+    VTF(128, 2, 128, 3),      VTFZ(128, 2, 128, 3, 8),
 };
 static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
