@@ -83,8 +83,9 @@ impl Sm90Block {
 /// - D = 128: two warpgroups, 128-key tiles, overlapped, everywhere measured ([1,32,4096,128]
 ///   417-434 µs vs 456.1 not overlapped, 474.9 with 64-key tiles; [4,32,1024,128] 147-150; the
 ///   round-4 alternatives, a warp-specialized kernel and an L2 head-group block order, were slower);
-///   round 5: the same step with TMA loads (`tma`, one thread issues them; see the round-5 section
-///   of benchmarks/attention-sm90.md for its numbers).
+///   round 5: the same step with TMA loads (`tma`: thread 0 issues them, K and V two tiles ahead):
+///   [1,32,4096,128] 291.0 µs vs 425.1 with cp.async, non-causal 528.2 vs 795.9, [4,32,1024,128]
+///   111.9 vs 146.8 (one run, 50 launches; sustained runs hit the 700 W cap: ~335).
 /// - D = 64, a grid of at most two blocks per SM: bound by its longest walk, which the in-block key
 ///   split (two warpgroups on 64 rows, 64-key tiles, 4 stages each) halves: [1,8,2048,64] 27.1 µs
 ///   vs 32.3 for one warpgroup with 128-key tiles, [1,8,1024,64] 14.1 vs 16.2, [1,8,512,64] 9.0 vs
