@@ -3,6 +3,7 @@
 //   attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES>_o<OVERLAP>[_g<MB>]
 //   attn_sm90ks_<dtype>_d<HD>_n<BN>_s<STAGES>          (in-block key split)
 //   attn_sm90t_<dtype>_d<HD>_w<warpgroups>_n<BN>_s<STAGES> (overlapped, TMA loads; takes TmaMaps)
+//   attn_sm90tfz_..._z<LAZY> (TMA, no block barriers, lazy rescale), attn_wst_... (warp-specialized, TMA)
 // The instance list is mirrored in src/attention/sm90.rs.
 #include "attention_sm90.cuh"
 
@@ -85,8 +86,9 @@ static_assert(sizeof(TmaMaps) == 384, "TmaMaps mirrors the three CUtensorMaps of
 #define ATTN_SM90_ALL(T, TNAME)                                          \
   ATTN_SM90(T, TNAME, 64, 1, 64, 3, 0)                                   \
   ATTN_SM90(T, TNAME, 128, 2, 128, 3, 1)                                 \
-  ATTN_SM90T(T, TNAME, 128, 2, 128, 3)                                   \
-  ATTN_SM90KS(T, TNAME, 64, 64, 4)
+  ATTN_SM90TFZ(T, TNAME, 128, 2, 128, 3, 8)                              \
+  ATTN_SM90KS(T, TNAME, 64, 64, 4)                                       \
+  ATTN_WST(T, TNAME, 64, 2, 64, 6, 0, 1)
 
 ATTN_SM90_ALL(__half, f16)
 ATTN_SM90_ALL(__nv_bfloat16, bf16)

@@ -28,20 +28,19 @@
 // instances beyond the crate's, for comparison (round 5: TMA loads)
 #define ATTN_ROUND5(T, TNAME)                  \
   ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)        \
+  ATTN_SM90T(T, TNAME, 128, 2, 128, 3)         \
   ATTN_SM90T(T, TNAME, 128, 2, 64, 6)          \
   ATTN_SM90T(T, TNAME, 128, 2, 64, 5)          \
   ATTN_WST(T, TNAME, 128, 2, 128, 3, 0, 0)     \
   ATTN_WST(T, TNAME, 128, 2, 128, 3, 1, 0)     \
   ATTN_WST(T, TNAME, 128, 2, 64, 6, 1, 0)      \
-  ATTN_WST(T, TNAME, 64, 2, 64, 6, 0, 1)       \
   ATTN_WST(T, TNAME, 64, 2, 128, 4, 0, 1)      \
   ATTN_SM90KST(T, TNAME, 64, 64, 4)            \
   ATTN_SM90KST(T, TNAME, 64, 64, 5)            \
   ATTN_SM90KST(T, TNAME, 64, 128, 3)           \
   ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 0)     \
   ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 8)     \
-  ATTN_SM90TF(T, TNAME, 128, 2, 128, 3)        \
-  ATTN_SM90TFZ(T, TNAME, 128, 2, 128, 3, 8)
+  ATTN_SM90TF(T, TNAME, 128, 2, 128, 3)
 ATTN_ROUND5(__half, f16)
 ATTN_ROUND5(__nv_bfloat16, bf16)
 
@@ -106,12 +105,13 @@ struct Variant {
    attn_sm90tfz_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90tfz_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
-    VK(64, 64, 4),  V(64, 1, 64, 3, 0), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
+    WT(64, 2, 64, 6, 0, 1), V(64, 1, 64, 3, 0), VTFZ(128, 2, 128, 3, 8),
+    // rounds 3-5 crate instances (cp.async / TMA fallbacks and earlier choices)
+    VK(64, 64, 4), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
     // round 5: TMA loads
     VT(128, 2, 64, 6), VT(128, 2, 64, 5), WT(128, 2, 128, 3, 0, 0), WT(128, 2, 128, 3, 1, 0),
-    WT(128, 2, 64, 6, 1, 0), WT(64, 2, 64, 6, 0, 1), WT(64, 2, 128, 4, 0, 1),
-    VKT(64, 64, 4), VKT(64, 64, 5), VKT(64, 128, 3), VTZ(128, 2, 128, 3, 0), VTZ(128, 2, 128, 3, 8),
-    VTF(128, 2, 128, 3),      VTFZ(128, 2, 128, 3, 8),
+    WT(128, 2, 64, 6, 1, 0), WT(64, 2, 128, 4, 0, 1), VKT(64, 64, 4), VKT(64, 64, 5), VKT(64, 128, 3),
+    VTZ(128, 2, 128, 3, 0), VTZ(128, 2, 128, 3, 8), VTF(128, 2, 128, 3),
 };
 static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
@@ -384,11 +384,11 @@ static int gap_mode(const char* ptx_path, int iters) {
   const Ref ref = reference(pr, bf, 256);
   const double flops = 4.0 * pr.b * pr.hq * double(pr.nq) * pr.nk * pr.d * 0.5;
   for (const Variant& v : VARIANTS) {
-    // the crate's D = 128 instances
-    if (strcmp(v.name, "sm90_d128_w2_n128_s3_o1") != 0 && strcmp(v.name, "sm90t_d128_w2_n128_s3") != 0) continue;
+    // the crate's D = 128 instances: attn_<kind>_f16_<rest> for the variant <kind>_<rest>
+    if (v.d != 128) continue;
+    const char* us = strchr(v.name, '_');
     char name[128];
-    if (v.t16) snprintf(name, sizeof name, "attn_sm90t_f16_d128_w%d_n%d_s%d", v.wgs, v.bn, v.stages);
-    else snprintf(name, sizeof name, "attn_sm90_f16_d128_w%d_n%d_s%d_o%d", v.wgs, v.bn, v.stages, v.overlap);
+    snprintf(name, sizeof name, "attn_%.*s_f16%s", int(us - v.name), v.name, us);
     CUfunction fn;
     if (get(&fn, mod, name) != CUDA_SUCCESS) continue;  // not a crate instance
     CU(set_attr(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem()));

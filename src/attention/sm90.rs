@@ -14,7 +14,8 @@ pub(crate) const WARPGROUP_ROWS: usize = 64;
 /// One instance (the `ATTN_SM90_ALL` list in kernels/attention_sm90.cu):
 /// `attn_sm90_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>_o<overlap>[_g<group_mb>]`, with
 /// `key_split` `attn_sm90ks_<dtype>_d<HD>_n<block_n>_s<stages>`, with `tma`
-/// `attn_sm90t_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>` (overlapped).
+/// `attn_sm90t_<dtype>_d<HD>_w<warpgroups>_n<block_n>_s<stages>` (overlapped; `barrier_free`:
+/// `attn_sm90tfz_..._z8`), with `producer` `attn_wst_<dtype>_d<HD>_c<warpgroups>_n<block_n>_s<stages>_p0_k<key_split>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sm90Block {
     /// Warpgroups (of 4 warps) per block, 64 query rows each (with `key_split`: 2, on the same 64
@@ -34,6 +35,12 @@ pub(crate) struct Sm90Block {
     /// Q, K and V loaded by the copy engine (TMA, tensor maps passed as a second parameter), with
     /// separate K and V rings of `stages` tiles; overlapped, no key split.
     pub tma: bool,
+    /// With `tma`: no block barrier per step (the last warp done with a K or V stage refills it)
+    /// and O rescaled only where a row max grew by more than 2^8 (`softmax_tile_pos`, LAZY = 8).
+    pub barrier_free: bool,
+    /// With `tma`: warp-specialized, a producer warpgroup (one thread issues the loads) besides the
+    /// `warpgroups` consumer warpgroups, which with `key_split` share 64 rows and one ring.
+    pub producer: bool,
 }
 
 impl Sm90Block {
@@ -48,19 +55,39 @@ impl Sm90Block {
 
     /// Threads per block.
     pub fn threads(&self) -> usize {
-        self.warpgroups * 128
+        (self.warpgroups + usize::from(self.producer)) * 128
     }
 
     /// Dynamic shared memory (`Sm90Traits::SMEM_BYTES`, `KsTraits::SMEM_BYTES`): the Q tile,
     /// `stages` K and V tiles (per warpgroup with `key_split`; 16-bit elements) and 1 KB to align
     /// the swizzle atoms.
     pub fn smem_bytes(&self, head_dim: usize) -> usize {
+        if self.producer {
+            // `WsTraits::SMEM_BYTES`: Q, one ring, the key split's partials (m, l, O of 128 threads)
+            let partials = if self.key_split { (head_dim / 2 + 4) * 128 * 4 } else { 0 };
+            return (self.block_m() + self.stages * 2 * self.block_n) * head_dim * 2 + partials + 1024;
+        }
         let rings = if self.key_split { self.warpgroups } else { 1 };
         (self.block_m() + rings * self.stages * 2 * self.block_n) * head_dim * 2 + 1024
     }
 
     /// The kernel's entry point for dtype `suffix` ("f16", "bf16").
     pub fn kernel_name(&self, suffix: &str, head_dim: usize) -> String {
+        if self.producer {
+            return format!(
+                "attn_wst_{suffix}_d{head_dim}_c{}_n{}_s{}_p0_k{}",
+                self.warpgroups,
+                self.block_n,
+                self.stages,
+                u8::from(self.key_split)
+            );
+        }
+        if self.tma && self.barrier_free {
+            return format!(
+                "attn_sm90tfz_{suffix}_d{head_dim}_w{}_n{}_s{}_z8",
+                self.warpgroups, self.block_n, self.stages
+            );
+        }
         if self.tma {
             return format!("attn_sm90t_{suffix}_d{head_dim}_w{}_n{}_s{}", self.warpgroups, self.block_n, self.stages);
         }
@@ -93,16 +120,35 @@ impl Sm90Block {
 /// - D = 64, larger grids: throughput-bound; three blocks of 64-key tiles per SM pay
 ///   ([16,8,512,64] 28.7 vs 35.0 with 128-key tiles, 48.6 with the key split).
 pub(crate) fn choose_block(head_dim: usize, b: usize, hq: usize, nq: usize, sm: usize) -> Sm90Block {
-    let base =
-        Sm90Block { warpgroups: 1, block_n: 64, stages: 3, overlap: false, key_split: false, group_mb: 0, tma: false };
+    let base = Sm90Block {
+        warpgroups: 1,
+        block_n: 64,
+        stages: 3,
+        overlap: false,
+        key_split: false,
+        group_mb: 0,
+        tma: false,
+        barrier_free: false,
+        producer: false,
+    };
     if head_dim > 64 {
-        return Sm90Block { warpgroups: 2, block_n: 128, overlap: true, tma: true, ..base };
+        return Sm90Block { warpgroups: 2, block_n: 128, overlap: true, tma: true, barrier_free: true, ..base };
     }
     let blocks = b * hq * nq.div_ceil(WARPGROUP_ROWS);
     if blocks <= 2 * sm.max(1) {
-        Sm90Block { warpgroups: 2, stages: 4, overlap: true, key_split: true, ..base }
+        Sm90Block { warpgroups: 2, stages: 6, overlap: true, key_split: true, tma: true, producer: true, ..base }
     } else {
         base
+    }
+}
+
+/// The cp.async instance taking `block`'s calls where the driver refuses a tensor map: the same
+/// block shape, or for the warp-specialized key split the cp.async key split (round 4).
+pub(crate) fn without_tma(block: Sm90Block) -> Sm90Block {
+    if block.producer {
+        Sm90Block { stages: 4, tma: false, producer: false, ..block }
+    } else {
+        Sm90Block { tma: false, barrier_free: false, ..block }
     }
 }
 
@@ -228,7 +274,7 @@ mod cuda {
         let mut block = super::choose_block(prob.d, prob.b, prob.hq, prob.nq, sm_count(dev)?);
         let maps = if block.tma { tensor_maps(params, prob, &block) } else { None };
         if block.tma && maps.is_none() {
-            block.tma = false; // the same block shape with cp.async loads
+            block = super::without_tma(block);
         }
         let q_blocks = prob.nq.div_ceil(block.block_m());
         if q_blocks > MAX_GRID_YZ {
@@ -253,7 +299,7 @@ mod cuda {
                 let mut b = stream.launch_builder(&func);
                 b.arg(params);
                 b.arg(&maps);
-                // SAFETY: the attn_sm90t entries take `tg::attn::Params` and `tg::attn90::TmaMaps` by
+                // SAFETY: the TMA entries take `tg::attn::Params` and `tg::attn90::TmaMaps` by
                 // value, which `AttnParams` and `TmaMaps` mirror; the maps describe the live Q, K and V
                 // buffers the params point to.
                 unsafe { b.launch(cfg) }.w()?;
@@ -280,7 +326,12 @@ mod tests {
                 assert_eq!(blk.block_n % 16, 0, "{blk:?}");
                 assert!(blk.warpgroups >= 1 && blk.warpgroups <= 2, "{blk:?}");
                 assert!(!blk.key_split || (blk.warpgroups == 2 && blk.overlap), "{blk:?}");
-                assert!(!blk.tma || (blk.overlap && !blk.key_split && blk.group_mb == 0), "{blk:?}");
+                assert!(!blk.tma || (blk.overlap && blk.group_mb == 0), "{blk:?}");
+                assert!(!blk.key_split || blk.producer || !blk.tma, "{blk:?}");
+                assert!(!(blk.barrier_free || blk.producer) || blk.tma, "{blk:?}");
+                let cp = without_tma(blk);
+                assert!(!cp.tma && !cp.barrier_free && !cp.producer && cp.block_m() == blk.block_m(), "{blk:?}");
+                assert!(cp.smem_bytes(d) <= 227 * 1024, "{cp:?} D={d}");
             }
         }
     }
@@ -289,26 +340,34 @@ mod tests {
     fn picks_the_measured_instances() {
         // the issue's shapes
         let name = |d, b, hq, nq| choose_block(d, b, hq, nq, H100_SMS).kernel_name("f16", d);
-        assert_eq!(name(128, 1, 32, 4096), "attn_sm90t_f16_d128_w2_n128_s3");
+        assert_eq!(name(128, 1, 32, 4096), "attn_sm90tfz_f16_d128_w2_n128_s3_z8");
         // where the driver refuses a tensor map: the same block with cp.async loads
-        let cp = Sm90Block { tma: false, ..choose_block(128, 1, 32, 4096, H100_SMS) };
+        let cp = without_tma(choose_block(128, 1, 32, 4096, H100_SMS));
         assert_eq!(cp.kernel_name("f16", 128), "attn_sm90_f16_d128_w2_n128_s3_o1");
-        assert_eq!(name(64, 1, 8, 2048), "attn_sm90ks_f16_d64_n64_s4");
+        // the round-5 crate instance (TMA, block barriers) still names itself
+        let t = Sm90Block { barrier_free: false, ..choose_block(128, 1, 32, 4096, H100_SMS) };
+        assert_eq!(t.kernel_name("f16", 128), "attn_sm90t_f16_d128_w2_n128_s3");
+        assert_eq!(name(64, 1, 8, 2048), "attn_wst_f16_d64_c2_n64_s6_p0_k1");
         assert_eq!(name(64, 16, 8, 512), "attn_sm90_f16_d64_w1_n64_s3_o0");
-        assert_eq!(name(64, 1, 8, 512), "attn_sm90ks_f16_d64_n64_s4");
+        assert_eq!(name(64, 1, 8, 512), "attn_wst_f16_d64_c2_n64_s6_p0_k1");
+        let ks = without_tma(choose_block(64, 1, 8, 512, H100_SMS));
+        assert_eq!(ks.kernel_name("f16", 64), "attn_sm90ks_f16_d64_n64_s4");
         // up to two blocks of 64 rows per SM: the key split
-        assert_eq!(name(64, 1, 8, 2112), "attn_sm90ks_f16_d64_n64_s4");
+        assert_eq!(name(64, 1, 8, 2112), "attn_wst_f16_d64_c2_n64_s6_p0_k1");
         assert_eq!(name(64, 1, 8, 2113), "attn_sm90_f16_d64_w1_n64_s3_o0");
         assert_eq!(choose_block(64, 1, 8, 512, H100_SMS).block_m(), 64);
         // the harness-only block order still names its instances
-        let g = Sm90Block { group_mb: 16, tma: false, ..choose_block(128, 1, 32, 4096, H100_SMS) };
+        let g = Sm90Block { group_mb: 16, ..without_tma(choose_block(128, 1, 32, 4096, H100_SMS)) };
         assert_eq!(g.kernel_name("bf16", 128), "attn_sm90_bf16_d128_w2_n128_s3_o1_g16");
     }
 
     #[test]
     fn shared_memory_mirrors_the_kernels() {
-        // Sm90Traits / KsTraits::SMEM_BYTES
-        let ks = choose_block(64, 1, 8, 512, H100_SMS);
+        // Sm90Traits / KsTraits / WsTraits::SMEM_BYTES
+        let ws = choose_block(64, 1, 8, 512, H100_SMS);
+        assert_eq!(ws.smem_bytes(64), 64 * 64 * 2 + 6 * 2 * 64 * 64 * 2 + (32 + 4) * 128 * 4 + 1024);
+        assert_eq!(ws.threads(), 384);
+        let ks = without_tma(ws);
         assert_eq!(ks.smem_bytes(64), 64 * 64 * 2 + 2 * 4 * 2 * 64 * 64 * 2 + 1024);
         let d128 = choose_block(128, 1, 32, 4096, H100_SMS);
         assert_eq!(d128.smem_bytes(128), 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 1024);
