@@ -633,8 +633,7 @@ __device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const Tma
       uint32_t* ctr = &frees[which * STAGES + t % STAGES];
       uint32_t old;
       asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;\n" : "=r"(old) : "r"(smem_u32(ctr)) : "memory");
-      if (old == 4 * WGS - 1) {
-        *ctr = 0;
+      if (old % (4 * WGS) == 4 * WGS - 1) {  // never reset: 4 * WGS arrivals per use of the stage
         if (which == 0) load_k(t + STAGES);
         else load_v(t + STAGES);
       }
