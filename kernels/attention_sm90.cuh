@@ -275,6 +275,53 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&m)[2], 
   }
 }
 
+// softmax_tile for a positive scale (the caller checks), FlashAttention-3/4 style: the row max
+// taken on the raw scores, the scale folded into the exponent's FMA (ex2(s * scale - ref)), and
+// the reference max kept while the row max grows by at most LAZY (log2 units; 0: always moved):
+// alpha is then exactly 1 and the caller may skip rescaling O (rows of a warp all at 1: returns
+// false). Exact either way: O and l share the reference, normalized at the end; scores then reach
+// at most 2^LAZY, far inside f16/bf16 and f32.
+template <int BN, int LAZY>
+__device__ __forceinline__ bool softmax_tile_pos(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                 const Params& p, bool need_mask, int k0, const int (&rowi)[2],
+                                                 int quad) {
+  const float scale = p.scale_log2;
+  if (need_mask) {
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int key = k0 + (i / 4) * 8 + 2 * quad + (i & 1);
+      const int row = rowi[(i / 2) & 1];
+      if (key >= p.nk || (p.causal && key > row + p.causal_offset)) s[i] = -INFINITY;
+    }
+  }
+  bool moved = false;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[hf], mx * scale);
+    // keep the reference (alpha = 1) while the max grew by at most LAZY; -inf - -inf is NaN: moved
+    const bool keep = m_new - m[hf] <= float(LAZY);
+    const float ref_new = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: exp2(-inf) = 0
+    alpha[hf] = keep ? 1.0f : fast_exp2(m[hf] - ref_new);
+    if (!keep) m[hf] = m_new;
+    moved |= !keep;
+    const float ref = m[hf] == -INFINITY ? 0.0f : m[hf];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      s[4 * j + 2 * hf] = fast_exp2(fmaf(s[4 * j + 2 * hf], scale, -ref));
+      s[4 * j + 2 * hf + 1] = fast_exp2(fmaf(s[4 * j + 2 * hf + 1], scale, -ref));
+      sum += s[4 * j + 2 * hf] + s[4 * j + 2 * hf + 1];
+    }
+    l[hf] = l[hf] * alpha[hf] + sum;  // this thread's part; the quad adds them at the end
+  }
+  return __any_sync(0xffffffffu, moved);
+}
+
 template <int HD> __device__ __forceinline__ void rescale(float (&o)[HD / 2], const float (&alpha)[2]) {
 #pragma unroll
   for (int j = 0; j < HD / 8; ++j) {
@@ -479,6 +526,228 @@ __device__ __forceinline__ void attn_prefill_sm90(const Params& p) {
 }
 
 
+// ---- TMA (cp.async.bulk.tensor) -----------------------------------------------------------------
+// A CUtensorMap (cuda.h; encoded on the host with cuTensorMapEncodeTiled), opaque: 128 bytes,
+// passed by value as a __grid_constant__ kernel parameter. The maps of these kernels describe a
+// [B, H, N, D] operand as a 4-D tensor (D, N, H, B) of 16-bit elements with the operand's strides,
+// a box of 64 columns x ROWS rows (one 128-byte-swizzled chunk of a tile: TMA's SWIZZLE_128B
+// writes the layout `swizzled` addresses), zero-filled past N.
+struct alignas(64) TmaDesc {
+  unsigned long long opaque[16];
+};
+// The maps of Q (box rows: the block's query rows), K and V (box rows: a key tile), one kernel
+// parameter.
+struct TmaMaps {
+  TmaDesc q, k, v;
+};
+
+// Makes the mbarrier inits visible to the async proxy (the copy engine).
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Arrives on `bar` and adds `bytes` to the transaction count its phase waits for.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// One box at coordinates (c0 column, c1 row, c2 head, c3 batch) -> shared memory `dst` (1024-byte
+// aligned), completing `bytes` (the whole box, zero-filled rows included) on `bar`.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const TmaDesc& map, uint32_t bar, int c0, int c1, int c2,
+                                            int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_desc(const TmaDesc& map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map)) : "memory");
+}
+// ROWS x HD tile (HD / 64 boxes of 64 columns, chunk c at dst + c * ROWS * 128) of rows r0.. of
+// head `h`, batch `b`.
+template <int ROWS, int HD>
+__device__ __forceinline__ void tma_tile(uint32_t dst, const TmaDesc& map, uint32_t bar, int r0, int h, int b) {
+#pragma unroll
+  for (int c = 0; c < HD / 64; ++c) tma_load_4d(dst + c * (ROWS * 128), map, bar, c * 64, r0, h, b);
+}
+
+// ---- TMA variant of the overlapped kernel ------------------------------------------------------
+// attn_prefill_sm90's overlapped step (OVERLAP = true), loads by the copy engine: thread 0 issues
+// Q and every K and V tile with cp.async.bulk.tensor (one instruction per 64-column chunk; zero
+// fill past the last key/query), each tile completing its own mbarrier; the other threads issue no
+// loads and wait on the barrier of the tile they need. K and V have rings of STAGES tiles each
+// (same shared memory as before): at step t the block barrier says every warpgroup is past Q·Kᵀ of
+// tile t - 1 and P·V of tile t - 2, so thread 0 then issues K(t + STAGES - 1) and V(t + STAGES -
+// 2) into their stages: both land STAGES - 1 steps before their use (P·V of tile t runs in step
+// t + 1), against one step for the cp.async kernel's joint K/V stages.
+// LAZY >= 0: softmax_tile_pos where the scale is positive (O rescaled only when a row's reference
+// max moved); -1: softmax_tile.
+// FREE: no block barrier per step: the last warp done with a K (V) stage (a shared counter per
+// stage) refills it with K (V) of tile t + STAGES; the warpgroups drift apart freely.
+template <typename T, int HD, int WGS, int BN, int STAGES, int LAZY = -1, bool FREE = false>
+__device__ __forceinline__ void attn_prefill_sm90_tma(const Params& p, const TmaMaps& maps) {
+  const TmaDesc &tq = maps.q, &tk = maps.k, &tv = maps.v;
+  using Tr = Sm90Traits<HD, WGS, BN, STAGES, true>;
+  constexpr int BM = Tr::BM;
+  static_assert(STAGES >= 3, "V of tile t - 1 in use while V of tile t + 1 loads");
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t bars[2 * STAGES + 1];  // K full [STAGES], V full [STAGES], Q
+  __shared__ uint32_t frees[FREE ? 2 * STAGES : 1];        // FREE: warps done with K [s], V [s]
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sKV = sQ + Tr::Q_BYTES;
+  const uint32_t bar_k = smem_u32(bars), bar_v = bar_k + 8u * STAGES, bar_q = bar_k + 16u * STAGES;
+
+  const int tid = threadIdx.x, wg = tid / 128, warp = tid / 32 % 4, lane = tid % 32, quad = lane % 4;
+  int bh, q_block;
+  block_coords<0>(p, bh, q_block);
+  const int h = bh % p.hq, b = bh / p.hq;
+  const int q0 = q_block * BM, rows = min(BM, p.nq - q0);
+  const int hk = h / (p.hq / p.hkv);
+  const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
+  const int n_tiles = tg::ceil_div(key_end, BN);
+
+  // thread 0 only: tile t's K (V) into stage t % STAGES of the K (V) ring
+  auto load_k = [&](int t) {
+    if (t < n_tiles) {
+      const int s = t % STAGES;
+      mbar_expect_tx(bar_k + 8u * s, Tr::KV_BYTES);
+      tma_tile<BN, HD>(sKV + s * Tr::STAGE_BYTES, tk, bar_k + 8u * s, t * BN, hk, b);
+    }
+  };
+  auto load_v = [&](int t) {
+    if (t < n_tiles) {
+      const int s = t % STAGES;
+      mbar_expect_tx(bar_v + 8u * s, Tr::KV_BYTES);
+      tma_tile<BN, HD>(sKV + s * Tr::STAGE_BYTES + Tr::KV_BYTES, tv, bar_v + 8u * s, t * BN, hk, b);
+    }
+  };
+  // tile t's stage completes once per round of the ring: phase parity (t / STAGES) & 1
+  auto wait_k = [&](int t) { mbar_wait(bar_k + 8u * (t % STAGES), (t / STAGES) & 1); };
+  auto wait_v = [&](int t) { mbar_wait(bar_v + 8u * (t % STAGES), (t / STAGES) & 1); };
+  auto need_mask = [&](int t) {
+    const int k0 = t * BN;
+    return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
+  };
+  // FREE: this warp is done with K (which = 0) or V (1) of tile t; the last of the block's warps
+  // refills the stage with tile t + STAGES
+  auto release = [&](int which, int t) {
+    __syncwarp();
+    if (lane == 0) {
+      uint32_t* ctr = &frees[which * STAGES + t % STAGES];
+      uint32_t old;
+      asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;\n" : "=r"(old) : "r"(smem_u32(ctr)) : "memory");
+      if (old % (4 * WGS) == 4 * WGS - 1) {  // never reset: 4 * WGS arrivals per use of the stage
+        if (which == 0) load_k(t + STAGES);
+        else load_v(t + STAGES);
+      }
+    }
+  };
+  const bool pos = LAZY >= 0 && p.scale_log2 > 0.0f;
+  // the softmax of tile t; false: O needs no rescale (every alpha of the warp is 1)
+  auto softmax = [&](float(&s)[BN / 2], float(&m)[2], float(&l)[2], float(&alpha)[2], int t, const int(&rowi)[2]) {
+    if constexpr (LAZY >= 0) {
+      if (pos) return softmax_tile_pos<BN, LAZY>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    }
+    softmax_tile<BN>(s, m, l, alpha, p, need_mask(t), t * BN, rowi, quad);
+    return true;
+  };
+
+  if (tid == 0) {
+    tma_prefetch_desc(tq);
+    tma_prefetch_desc(tk);
+    tma_prefetch_desc(tv);
+#pragma unroll
+    for (int s = 0; s < 2 * STAGES + 1; ++s) mbar_init(bar_k + 8u * s, 1);
+    if constexpr (FREE) {
+#pragma unroll
+      for (int s = 0; s < 2 * STAGES; ++s) frees[s] = 0;
+    }
+    fence_mbar_init();
+    if (n_tiles > 0) {
+      mbar_expect_tx(bar_q, Tr::Q_BYTES);
+      tma_tile<BM, HD>(sQ, tq, bar_q, q0, h, b);
+#pragma unroll
+      for (int t = 0; t < STAGES; ++t) load_k(t);  // the K ring full
+#pragma unroll
+      for (int t = 0; t < (FREE ? STAGES : STAGES - 1); ++t) load_v(t);  // the V ring (but one stage)
+    }
+  }
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  const int row0 = q0 + wg * 64 + warp * 16 + lane / 4;
+  const int rowi[2] = {row0, row0 + 8};
+  float s[BN / 2];
+  uint32_t pa[BN / 16][4];
+
+  __syncthreads();  // the barriers are initialized
+  if (n_tiles > 0) {
+    mbar_wait(bar_q, 0);
+    wait_k(0);
+    wgmma_fence();
+    issue_qk<T, HD, BM, BN>(s, sQ, sKV, wg);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+    if constexpr (FREE) release(0, 0);
+    softmax(s, m, l, alpha, 0, rowi);
+    pack_p<T, BN>(pa, s);
+    for (int t = 1; t < n_tiles; ++t) {
+      if constexpr (!FREE) {
+        __syncthreads();  // every warpgroup is past Q·Kᵀ of tile t - 1 and P·V of tile t - 2
+        if (tid == 0) {
+          load_k(t + STAGES - 1);  // into the stage of K(t - 1)
+          load_v(t + STAGES - 2);  // into the stage of V(t - 2)
+        }
+      }
+      wait_k(t);
+      wait_v(t - 1);
+      const uint32_t sK = sKV + (t % STAGES) * Tr::STAGE_BYTES;
+      const uint32_t sV_prev = sKV + ((t - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
+      fence_regs(o);
+      wgmma_fence();
+      issue_qk<T, HD, BM, BN>(s, sQ, sK, wg);
+      wgmma_commit();
+      issue_pv<T, HD, BN>(o, pa, sV_prev);
+      wgmma_commit();
+      wgmma_wait<1>();  // Q·Kᵀ done; P·V still running
+      fence_regs(s);
+      if constexpr (FREE) release(0, t);
+      const bool moved = softmax(s, m, l, alpha, t, rowi);
+      wgmma_wait<0>();
+      fence_regs(o);
+      if constexpr (FREE) release(1, t - 1);
+      if (moved) rescale<HD>(o, alpha);
+      pack_p<T, BN>(pa, s);
+    }
+    wait_v(n_tiles - 1);
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv<T, HD, BN>(o, pa, sKV + ((n_tiles - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+
+  // epilogue: finish the row sums over the quad, normalize, store
+  T* og = static_cast<T*>(p.o) + int64_t(b * p.hq + h) * p.nq * HD;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float sum = l[hf];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key gives 0
+    const int i = rowi[hf];
+    if (i < p.nq) {
+#pragma unroll
+      for (int j = 0; j < HD / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(og + int64_t(i) * HD + 8 * j + 2 * quad) =
+            pack2<T>(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
+
 // ---- in-block key split ------------------------------------------------------------------------
 // Two warpgroups on the same 64 query rows, each walking half of the key tiles (warpgroup w takes
 // tiles w, w + 2, ...) through its own STAGES-deep cp.async ring, loaded by its own 128 threads and
@@ -503,11 +772,14 @@ template <int HD, int BN, int STAGES> struct KsTraits {
   static_assert(SMEM_BYTES <= 227 * 1024, "over the sm_90 shared memory per block");
 };
 
-template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0>
-__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
+// TMA: Q and each warpgroup's tiles loaded by the copy engine (thread 0 of the warpgroup issues
+// them, each tile completing an mbarrier of its warpgroup's ring; `maps`), no cp.async.
+template <typename T, int HD, int BN, int STAGES, int GROUP_MB = 0, bool TMA = false>
+__device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p, const TmaMaps* maps = nullptr) {
   using Tr = KsTraits<HD, BN, STAGES>;
   constexpr int BM = Tr::BM, AHEAD = Tr::AHEAD;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t kbars[TMA ? 2 * STAGES + 1 : 1];  // [warpgroup][stage], Q
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const int tid = threadIdx.x, wg = tid / 128, t128 = tid % 128, warp = t128 / 32, lane = tid % 32, quad = lane % 4;
   const uint32_t sRing = sQ + Tr::Q_BYTES + wg * Tr::RING_BYTES;
@@ -525,9 +797,21 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   const int key_end = p.causal ? max(0, min(p.nk, q0 + rows + p.causal_offset)) : p.nk;
   const int n_tiles = tg::ceil_div(key_end, BN);
   const int my_n = n_tiles > wg ? (n_tiles - wg + 1) / 2 : 0;  // my tiles: wg + 2 i, i < my_n
+  const uint32_t kbar0 = smem_u32(kbars), q_bar = kbar0 + 16u * STAGES;
+  auto kbar = [&](int i) { return kbar0 + 8u * (wg * STAGES + i % STAGES); };  // my tile i's
 
-  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last).
+  // My i-th tile's K and V into my stage i % STAGES, one cp.async group (empty past my last); TMA:
+  // by thread 0 of my warpgroup, completing kbar(i).
   auto load_kv = [&](int i) {
+    if constexpr (TMA) {
+      if (i < my_n) {
+        const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
+        mbar_expect_tx(kbar(i), 2 * Tr::KV_BYTES);
+        tma_tile<BN, HD>(sK, maps->k, kbar(i), (wg + 2 * i) * BN, hk, b);
+        tma_tile<BN, HD>(sK + Tr::KV_BYTES, maps->v, kbar(i), (wg + 2 * i) * BN, hk, b);
+      }
+      return;
+    }
     if (i < my_n) {
       const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
       const int k0 = (wg + 2 * i) * BN, keys = min(BN, p.nk - k0);
@@ -540,9 +824,26 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
     const int k0 = t * BN;
     return k0 + BN > p.nk || (p.causal && k0 + BN - 1 > q0 + p.causal_offset);
   };
-  load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+  if constexpr (TMA) {
+    if (tid == 0) {
 #pragma unroll
-  for (int i = 0; i < AHEAD; ++i) load_kv(i);
+      for (int i = 0; i < 2 * STAGES + 1; ++i) mbar_init(kbar0 + 8u * i, 1);
+      fence_mbar_init();
+      if (n_tiles > 0) {  // warpgroup 0 waits for Q
+        mbar_expect_tx(q_bar, Tr::Q_BYTES);
+        tma_tile<BM, HD>(sQ, maps->q, q_bar, q0, h, b);
+      }
+    }
+    __syncthreads();  // the barriers are initialized
+    if (t128 == 0) {
+#pragma unroll
+      for (int i = 0; i < AHEAD; ++i) load_kv(i);
+    }
+  } else {
+    load_tile_by<BM, HD, 256>(tid, sQ, qg, p.q_sn, rows);  // both warpgroups' Q: joins the first group
+#pragma unroll
+    for (int i = 0; i < AHEAD; ++i) load_kv(i);
+  }
 
   float o[HD / 2];
 #pragma unroll
@@ -554,11 +855,19 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   uint32_t pa[BN / 16][4];
 
   // my first tile (and Q, loaded by both warpgroups): a block barrier
-  cp_async_wait<AHEAD - 1>();
-  fence_proxy_async();
+  if constexpr (!TMA) {
+    cp_async_wait<AHEAD - 1>();
+    fence_proxy_async();
+  }
   __syncthreads();
   if (my_n > 0) {
-    load_kv(AHEAD);
+    if constexpr (TMA) {
+      if (t128 == 0) load_kv(AHEAD);
+      mbar_wait(q_bar, 0);
+      mbar_wait(kbar(0), 0);
+    } else {
+      load_kv(AHEAD);
+    }
     wgmma_fence();
     issue_qk<T, HD, BM, BN>(s, sQ, sRing, 0);
     wgmma_commit();
@@ -574,11 +883,18 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
   const int steps = (n_tiles + 1) / 2;
   for (int i = 1; i < steps; ++i) {
     // my tile i landed; my warpgroup is past tile i - 2's P·V
-    cp_async_wait<AHEAD - 1>();
-    fence_proxy_async();
+    if constexpr (!TMA) {
+      cp_async_wait<AHEAD - 1>();
+      fence_proxy_async();
+    }
     __syncthreads();
     if (i >= my_n) continue;
-    load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    if constexpr (TMA) {
+      if (t128 == 0) load_kv(i + AHEAD);  // into the stage of my tile i - 2
+      mbar_wait(kbar(i), (i / STAGES) & 1);
+    } else {
+      load_kv(i + AHEAD);  // into the stage of my tile i - 2
+    }
     const int t = wg + 2 * i;
     const uint32_t sK = sRing + (i % STAGES) * Tr::STAGE_BYTES;
     const uint32_t sV_prev = sRing + ((i - 1) % STAGES) * Tr::STAGE_BYTES + Tr::KV_BYTES;
@@ -667,12 +983,13 @@ __device__ __forceinline__ void attn_prefill_sm90_ks(const Params& p) {
 // inside the block: half the walk per warpgroup, no second launch, no global scratch).
 // REGS: the producer is a whole warpgroup that gives registers to the consumers (setmaxnreg:
 // ptxas sizes a block of 288 threads as 384, 168 registers each, too few for D = 128).
-template <int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS> struct WsTraits {
+// TMA: the producer is one thread issuing cp.async.bulk.tensor (TmaMaps), which needs few registers.
+template <int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS, bool TMA = false> struct WsTraits {
   static constexpr int BM = KSPLIT ? 64 : 64 * CWG;  // query rows per block
   static constexpr int CONSUMERS = 128 * CWG;
   static constexpr int PRODUCERS = REGS ? 128 : 32;
   static constexpr int THREADS = CONSUMERS + PRODUCERS;
-  static constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = CWG == 2 ? 232 : 240;
+  static constexpr int PRODUCER_REGS = TMA ? 24 : 40, CONSUMER_REGS = CWG == 2 && !TMA ? 232 : 240;
   static constexpr int Q_BYTES = BM * HD * 2;
   static constexpr int KV_BYTES = BN * HD * 2;
   static constexpr int STAGE_BYTES = 2 * KV_BYTES;
@@ -700,9 +1017,9 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
-template <typename T, int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS>
-__device__ __forceinline__ void attn_prefill_ws(const Params& p) {
-  using Tr = WsTraits<HD, CWG, BN, STAGES, PINGPONG, KSPLIT, REGS>;
+template <typename T, int HD, int CWG, int BN, int STAGES, bool PINGPONG, bool KSPLIT, bool REGS, bool TMA = false>
+__device__ __forceinline__ void attn_prefill_ws(const Params& p, const TmaMaps* maps = nullptr) {
+  using Tr = WsTraits<HD, CWG, BN, STAGES, PINGPONG, KSPLIT, REGS, TMA>;
   constexpr int BM = Tr::BM;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // mbarriers: full K [STAGES], full V [STAGES], empty [STAGES], Q
@@ -725,11 +1042,12 @@ __device__ __forceinline__ void attn_prefill_ws(const Params& p) {
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full_k(s), Tr::PRODUCERS);
-      mbar_init(full_v(s), Tr::PRODUCERS);
+      mbar_init(full_k(s), TMA ? 1 : Tr::PRODUCERS);
+      mbar_init(full_v(s), TMA ? 1 : Tr::PRODUCERS);
       mbar_init(empty(s), Tr::EMPTY_COUNT);
     }
-    mbar_init(q_bar, Tr::PRODUCERS);
+    mbar_init(q_bar, TMA ? 1 : Tr::PRODUCERS);
+    if constexpr (TMA) fence_mbar_init();
   }
   __syncthreads();
 
@@ -737,6 +1055,24 @@ __device__ __forceinline__ void attn_prefill_ws(const Params& p) {
     if constexpr (REGS) setmaxnreg_dec<Tr::PRODUCER_REGS>();
     constexpr int NP = Tr::PRODUCERS;
     const int lane = tid - Tr::CONSUMERS;
+    if constexpr (TMA) {
+      // one thread issues every load; each tile the consumers use completes its barrier, so none is
+      // in flight when the block exits (Q only when some warpgroup waits for it)
+      if (lane == 0 && n_tiles > 0) {
+        mbar_expect_tx(q_bar, Tr::Q_BYTES);
+        tma_tile<BM, HD>(sQ, maps->q, q_bar, q0, h, b);
+        for (int t = 0; t < n_tiles; ++t) {
+          const int s = t % STAGES, round = t / STAGES;
+          if (round > 0) mbar_wait(empty(s), (round - 1) & 1);
+          const uint32_t sK = sKV + s * Tr::STAGE_BYTES;
+          mbar_expect_tx(full_k(s), Tr::KV_BYTES);
+          tma_tile<BN, HD>(sK, maps->k, full_k(s), t * BN, hk, b);
+          mbar_expect_tx(full_v(s), Tr::KV_BYTES);
+          tma_tile<BN, HD>(sK + Tr::KV_BYTES, maps->v, full_v(s), t * BN, hk, b);
+        }
+      }
+      return;
+    }
     const T* qg = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + int64_t(q0) * p.q_sn;
     const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
     const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
@@ -783,7 +1119,7 @@ __device__ __forceinline__ void attn_prefill_ws(const Params& p) {
     const int t = first + i * stride, tp = t - stride;
     if constexpr (QK) mbar_wait(full_k(t % STAGES), (t / STAGES) & 1);
     if constexpr (PV) mbar_wait(full_v(tp % STAGES), (tp / STAGES) & 1);
-    fence_proxy_async();  // the copies' shared-memory writes, ordered before the tensor cores read
+    if constexpr (!TMA) fence_proxy_async();  // the copies' shared-memory writes, before the tensor cores read
     if constexpr (PINGPONG) named_sync(1 + wg, 256);
     fence_regs(o);
     wgmma_fence();

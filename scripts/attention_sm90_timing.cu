@@ -17,35 +17,32 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <map>
+#include <utility>
+#include <cuda.h>
 
 #define TG_SM90_DEBUG  // the kernel dumps the raw scores of its first tile when p.o_partial is set
 #include "attention.cu"
 #include "attention_sm90.cu"
 
-// instances beyond the crate's, for comparison
-#define ATTN_WS_EXTRA(T, TNAME)                 \
-  ATTN_WS(T, TNAME, 128, 2, 128, 3, 0, 0, 1)    \
-  ATTN_WS(T, TNAME, 128, 2, 128, 3, 1, 0, 1)    \
-  ATTN_WS(T, TNAME, 128, 2, 64, 6, 1, 0, 1)     \
-  ATTN_WS(T, TNAME, 64, 1, 128, 3, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 1, 128, 4, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 1, 0, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 4, 0, 1, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 128, 6, 0, 1, 0)     \
-  ATTN_WS(T, TNAME, 64, 2, 64, 6, 0, 1, 0)
-#define ATTN_ROUND4(T, TNAME)                  \
+// instances beyond the crate's, for comparison (round 5: TMA loads)
+#define ATTN_ROUND5(T, TNAME)                  \
   ATTN_SM90(T, TNAME, 64, 1, 128, 3, 1)        \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 8)   \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 16)  \
-  ATTN_SM90G(T, TNAME, 128, 2, 128, 3, 1, 32)  \
-  ATTN_SM90G(T, TNAME, 64, 1, 128, 3, 1, 16)   \
-  ATTN_SM90KS(T, TNAME, 64, 128, 3)            \
-  ATTN_SM90KS(T, TNAME, 64, 64, 3)
-ATTN_ROUND4(__half, f16)
-ATTN_ROUND4(__nv_bfloat16, bf16)
-ATTN_WS_EXTRA(__half, f16)
-ATTN_WS_EXTRA(__nv_bfloat16, bf16)
+  ATTN_SM90T(T, TNAME, 128, 2, 128, 3)         \
+  ATTN_SM90T(T, TNAME, 128, 2, 64, 6)          \
+  ATTN_SM90T(T, TNAME, 128, 2, 64, 5)          \
+  ATTN_WST(T, TNAME, 128, 2, 128, 3, 0, 0)     \
+  ATTN_WST(T, TNAME, 128, 2, 128, 3, 1, 0)     \
+  ATTN_WST(T, TNAME, 128, 2, 64, 6, 1, 0)      \
+  ATTN_WST(T, TNAME, 64, 2, 128, 4, 0, 1)      \
+  ATTN_SM90KST(T, TNAME, 64, 64, 4)            \
+  ATTN_SM90KST(T, TNAME, 64, 64, 5)            \
+  ATTN_SM90KST(T, TNAME, 64, 128, 3)           \
+  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 0)     \
+  ATTN_SM90TZ(T, TNAME, 128, 2, 128, 3, 8)     \
+  ATTN_SM90TF(T, TNAME, 128, 2, 128, 3)
+ATTN_ROUND5(__half, f16)
+ATTN_ROUND5(__nv_bfloat16, bf16)
 
 #define CK(x)                                                                               \
   do {                                                                                      \
@@ -57,6 +54,8 @@ ATTN_WS_EXTRA(__nv_bfloat16, bf16)
   } while (0)
 
 typedef void (*KernelFn)(Params);
+typedef void (*KernelTma)(Params, tg::attn90::TmaMaps);
+using tg::attn90::TmaMaps;
 
 struct Variant {
   const char* name;
@@ -64,6 +63,7 @@ struct Variant {
   int d, wgs, bn, stages, overlap;
   int ws = 0, pp = 0, ks = 0, regs = 0;  // warp-specialized kernel: consumer warpgroups = wgs
   int cks = 0;                           // attn_prefill_sm90_ks (wgs = 2: two rings)
+  KernelTma t16 = nullptr, tb16 = nullptr;  // TMA instances (then f16/bf16 are null)
   int bm() const { return (ws && ks) || cks ? 64 : 64 * wgs; }
   int threads() const { return ws ? 128 * wgs + (regs ? 128 : 32) : 128 * wgs; }
   int smem() const {
@@ -85,16 +85,33 @@ struct Variant {
 #define VK(D, N, S)                                                                                          \
   {"sm90ks_d" #D "_n" #N "_s" #S, attn_sm90ks_f16_d##D##_n##N##_s##S, attn_sm90ks_bf16_d##D##_n##N##_s##S, D, 2, \
    N, S, 1, 0, 0, 0, 0, 1}
+#define VT(D, W, N, S)                                                                                     \
+  {"sm90t_d" #D "_w" #W "_n" #N "_s" #S, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,                  \
+   attn_sm90t_f16_d##D##_w##W##_n##N##_s##S, attn_sm90t_bf16_d##D##_w##W##_n##N##_s##S}
+#define WT(D, C, N, S, P, K)                                                                                \
+  {"wst_d" #D "_c" #C "_n" #N "_s" #S "_p" #P "_k" #K, nullptr, nullptr, D, C, N, S, 1, 1, P, K, 1, 0,      \
+   attn_wst_f16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K, attn_wst_bf16_d##D##_c##C##_n##N##_s##S##_p##P##_k##K}
+#define VKT(D, N, S)                                                                                 \
+  {"sm90kst_d" #D "_n" #N "_s" #S, nullptr, nullptr, D, 2, N, S, 1, 0, 0, 0, 0, 1,                   \
+   attn_sm90kst_f16_d##D##_n##N##_s##S, attn_sm90kst_bf16_d##D##_n##N##_s##S}
+#define VTZ(D, W, N, S, Z)                                                                                   \
+  {"sm90t_d" #D "_w" #W "_n" #N "_s" #S "_z" #Z, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,              \
+   attn_sm90t_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90t_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
+#define VTF(D, W, N, S)                                                                                      \
+  {"sm90tf_d" #D "_w" #W "_n" #N "_s" #S, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,                     \
+   attn_sm90tf_f16_d##D##_w##W##_n##N##_s##S, attn_sm90tf_bf16_d##D##_w##W##_n##N##_s##S}
+#define VTFZ(D, W, N, S, Z)                                                                                  \
+  {"sm90tfz_d" #D "_w" #W "_n" #N "_s" #S "_z" #Z, nullptr, nullptr, D, W, N, S, 1, 0, 0, 0, 0, 0,             \
+   attn_sm90tfz_f16_d##D##_w##W##_n##N##_s##S##_z##Z, attn_sm90tfz_bf16_d##D##_w##W##_n##N##_s##S##_z##Z}
 static Variant VARIANTS[] = {
     // the crate's instances first (sm90::choose_block), then the comparison ones
-    VK(64, 64, 4),             V(64, 1, 64, 3, 0),        V(128, 2, 128, 3, 1),
-    V(64, 1, 128, 3, 1),       VK(64, 128, 3),            VK(64, 64, 3),             VG(64, 1, 128, 3, 1, 16),
-    VG(128, 2, 128, 3, 1, 8),  VG(128, 2, 128, 3, 1, 16), VG(128, 2, 128, 3, 1, 32),
-    // warp-specialized (round 4, measured slower)
-    W(128, 2, 128, 3, 0, 0, 1), W(128, 2, 128, 3, 1, 0, 1), W(128, 2, 64, 6, 1, 0, 1),
-    W(64, 1, 128, 3, 0, 0, 0),  W(64, 1, 128, 4, 0, 0, 0),  W(64, 2, 128, 4, 0, 0, 0),
-    W(64, 2, 128, 4, 1, 0, 0),  W(64, 2, 128, 4, 0, 1, 0),  W(64, 2, 128, 6, 0, 1, 0),
-    W(64, 2, 64, 6, 0, 1, 0),
+    WT(64, 2, 64, 6, 0, 1), V(64, 1, 64, 3, 0), VTFZ(128, 2, 128, 3, 8),
+    // rounds 3-5 crate instances (cp.async / TMA fallbacks and earlier choices)
+    VK(64, 64, 4), V(128, 2, 128, 3, 1), VT(128, 2, 128, 3), V(64, 1, 128, 3, 1),
+    // round 5: TMA loads
+    VT(128, 2, 64, 6), VT(128, 2, 64, 5), WT(128, 2, 128, 3, 0, 0), WT(128, 2, 128, 3, 1, 0),
+    WT(128, 2, 64, 6, 1, 0), WT(64, 2, 128, 4, 0, 1), VKT(64, 64, 4), VKT(64, 64, 5), VKT(64, 128, 3),
+    VTZ(128, 2, 128, 3, 0), VTZ(128, 2, 128, 3, 8), VTF(128, 2, 128, 3),
 };
 static const int FIRST_D128 = 2;  // index of the first D = 128 instance (printed on every case)
 
@@ -130,7 +147,46 @@ struct Buffers {
   std::vector<uint16_t> q, k, v;  // host, in the (possibly strided) physical layout
   uint16_t *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr;
   Params p{};
+  std::map<std::pair<int, int>, TmaMaps> maps;  // by (Q box rows, K/V box rows)
 };
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda)
+typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiled encode_tiled() {
+  static EncodeTiled f = nullptr;
+  if (f == nullptr) {
+    cudaDriverEntryPointQueryResult q;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&f), 12000,
+                                        cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || f == nullptr) {
+      fprintf(stderr, "cuTensorMapEncodeTiled not found\n");
+      exit(1);
+    }
+  }
+  return f;
+}
+// [B, H, N, D] (element strides sb, sh, sn; D stride 1) as the 4-D tensor (D, N, H, B), boxes of 64
+// columns x `box_rows` rows, 128-byte swizzle, zero fill (the crate's sm90::tensor_map).
+static tg::attn90::TmaDesc tensor_map(const void* ptr, int b, int h, int n, int d, int64_t sb, int64_t sh,
+                                      int64_t sn, int box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(n), cuuint64_t(h), cuuint64_t(b)};
+  const cuuint64_t strides[3] = {cuuint64_t(sn) * 2, cuuint64_t(sh) * 2, cuuint64_t(sb) * 2};
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1}, elem[4] = {1, 1, 1, 1};
+  const CUresult r = encode_tiled()(&m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, const_cast<void*>(ptr), dims, strides, box,
+                                    elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    fprintf(stderr, "cuTensorMapEncodeTiled failed: %d\n", int(r));
+    exit(1);
+  }
+  tg::attn90::TmaDesc t;
+  static_assert(sizeof(t) == sizeof(m), "CUtensorMap is 128 bytes");
+  memcpy(&t, &m, sizeof(m));
+  return t;
+}
 
 static std::mt19937_64 rng(uint64_t(time(nullptr)) ^ 0x5eedULL);
 
@@ -172,10 +228,27 @@ static void release(Buffers& bf) {
   cudaFree(bf.dq); cudaFree(bf.dk); cudaFree(bf.dv); cudaFree(bf.dout);
 }
 
-static void launch_sm90(const Variant& v, const Problem& pr, const Params& p) {
-  KernelFn f = pr.bf16 ? v.bf16 : v.f16;
+static const TmaMaps& maps_for(Buffers& bf, int bm, int bn) {
+  auto it = bf.maps.find({bm, bn});
+  if (it != bf.maps.end()) return it->second;
+  const Params& p = bf.p;
+  TmaMaps m;
+  m.q = tensor_map(p.q, p.b, p.hq, p.nq, p.d, p.q_sb, p.q_sh, p.q_sn, bm);
+  m.k = tensor_map(p.k, p.b, p.hkv, p.nk, p.d, p.k_sb, p.k_sh, p.k_sn, bn);
+  m.v = tensor_map(p.v, p.b, p.hkv, p.nk, p.d, p.v_sb, p.v_sh, p.v_sn, bn);
+  return bf.maps[{bm, bn}] = m;
+}
+
+static void launch_sm90(const Variant& v, const Problem& pr, Buffers& bf) {
   dim3 grid(pr.b * pr.hq, (pr.nq + v.bm() - 1) / v.bm());
-  f<<<grid, v.threads(), v.smem()>>>(p);
+  if (v.t16 != nullptr) {
+    const TmaMaps& m = maps_for(bf, v.bm(), v.bn);
+    KernelTma f = pr.bf16 ? v.tb16 : v.t16;
+    f<<<grid, v.threads(), v.smem()>>>(bf.p, m);
+    return;
+  }
+  KernelFn f = pr.bf16 ? v.bf16 : v.f16;
+  f<<<grid, v.threads(), v.smem()>>>(bf.p);
 }
 
 // f64 reference of the checked rows: every row when small, else a random sample
@@ -260,6 +333,95 @@ static float time_launches(const std::function<void()>& fn, int iters) {
   return ms * 1000.0f / iters;
 }
 
+// ---- op vs kernel: the crate's PTX through the driver's JIT (as the op loads it) vs this
+// binary's nvcc SASS, short (50 launches) and sustained (ITERS launches) timings ----
+static void* driver_fn(const char* name) {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult q;
+  CK(cudaGetDriverEntryPointByVersion(name, &f, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || f == nullptr) {
+    fprintf(stderr, "%s not found\n", name);
+    exit(1);
+  }
+  return f;
+}
+#define CU(x)                                                                 \
+  do {                                                                        \
+    CUresult r_ = (x);                                                        \
+    if (r_ != CUDA_SUCCESS) {                                                 \
+      fprintf(stderr, "driver error %d at %s:%d: %s\n", int(r_), __FILE__, __LINE__, #x); \
+      exit(1);                                                                \
+    }                                                                         \
+  } while (0)
+
+static int gap_mode(const char* ptx_path, int iters) {
+  typedef CUresult (*LoadData)(CUmodule*, const void*);
+  typedef CUresult (*GetFunction)(CUfunction*, CUmodule, const char*);
+  typedef CUresult (*FuncSetAttr)(CUfunction, CUfunction_attribute, int);
+  typedef CUresult (*FuncGetAttr)(int*, CUfunction_attribute, CUfunction);
+  typedef CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                   CUstream, void**, void**);
+  auto load = (LoadData)driver_fn("cuModuleLoadData");
+  auto get = (GetFunction)driver_fn("cuModuleGetFunction");
+  auto set_attr = (FuncSetAttr)driver_fn("cuFuncSetAttribute");
+  auto get_attr = (FuncGetAttr)driver_fn("cuFuncGetAttribute");
+  auto launch = (LaunchKernel)driver_fn("cuLaunchKernel");
+  FILE* f = fopen(ptx_path, "rb");
+  if (f == nullptr) {
+    fprintf(stderr, "cannot open %s\n", ptx_path);
+    return 1;
+  }
+  std::string ptx;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) ptx.append(buf, n);
+  fclose(f);
+  CK(cudaFree(nullptr));  // the primary context, current for the driver calls
+  CUmodule mod;
+  CU(load(&mod, ptx.c_str()));
+  const Problem pr{1, 32, 32, 4096, 4096, 128, true, false, false};
+  Buffers bf = make(pr);
+  const Ref ref = reference(pr, bf, 256);
+  const double flops = 4.0 * pr.b * pr.hq * double(pr.nq) * pr.nk * pr.d * 0.5;
+  for (const Variant& v : VARIANTS) {
+    // the crate's D = 128 instances: attn_<kind>_f16_<rest> for the variant <kind>_<rest>
+    if (v.d != 128) continue;
+    const char* us = strchr(v.name, '_');
+    char name[128];
+    snprintf(name, sizeof name, "attn_%.*s_f16%s", int(us - v.name), v.name, us);
+    CUfunction fn;
+    if (get(&fn, mod, name) != CUDA_SUCCESS) continue;  // not a crate instance
+    CU(set_attr(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.smem()));
+    int regs = 0;
+    CU(get_attr(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, fn));
+    cudaFuncAttributes fa;
+    CK(cudaFuncGetAttributes(&fa, v.t16 ? (const void*)v.t16 : (const void*)v.f16));
+    const TmaMaps& maps = maps_for(bf, v.bm(), v.bn);
+    Params p = bf.p;
+    TmaMaps m = maps;
+    void* args_t[] = {&p, &m};
+    void* args_c[] = {&p};
+    const unsigned gx = pr.b * pr.hq, gy = (pr.nq + v.bm() - 1) / v.bm();
+    auto jit = [&] {
+      CU(launch(fn, gx, gy, 1, v.threads(), 1, 1, v.smem(), nullptr, v.t16 ? args_t : args_c, nullptr));
+    };
+    auto sass = [&] { launch_sm90(v, pr, bf); };
+    for (int round = 0; round < 2; ++round) {
+      for (int which = 0; which < 2; ++which) {
+        const std::function<void()> fnc = which ? std::function<void()>(jit) : std::function<void()>(sass);
+        const float s50 = time_launches(fnc, 50);
+        const float sl = time_launches(fnc, iters);
+        int nan = 0;
+        const double err = check(pr, bf, ref, nan);
+        printf("gap %-26s %-4s regs %3d  50 launches %7.1f us  %d launches %7.1f us (%5.1f TFLOP/s)  err %.2e nan %d\n",
+               v.name, which ? "jit" : "sass", which ? regs : fa.numRegs, s50, iters, sl, flops / sl * 1e-6, err, nan);
+      }
+    }
+  }
+  release(bf);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a killed run keeps what it printed
   // argv[2]: only the instances whose name contains it (the portable baseline always runs)
@@ -269,9 +431,15 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
   for (auto& v : VARIANTS) {
+    if (v.t16 != nullptr) {
+      CK(cudaFuncSetAttribute(v.t16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
+      CK(cudaFuncSetAttribute(v.tb16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
+      continue;
+    }
     CK(cudaFuncSetAttribute(v.f16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
     CK(cudaFuncSetAttribute(v.bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem()));
   }
+  if (argc > 2 && strcmp(argv[1], "--gap") == 0) return gap_mode(argv[2], argc > 3 ? atoi(argv[3]) : 1000);
 
   const bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // small cases only, no timing
   const bool time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
@@ -279,14 +447,14 @@ int main(int argc, char** argv) {
 
   // ---- the raw scores of one tile (non-overlapped variants dump them) ----
   for (const Variant& v : VARIANTS) {
-    if (v.overlap || v.ws || time_only || race || skip(v)) continue;
+    if (v.overlap || v.ws || v.t16 || time_only || race || skip(v)) continue;
     Problem pr{1, 1, 1, v.bm(), v.bn, v.d, false, false, false};
     Buffers bf = make(pr);
     float* dbg;
     CK(cudaMalloc(&dbg, sizeof(float) * v.bm() * v.bn));
     CK(cudaMemset(dbg, 0xFF, sizeof(float) * v.bm() * v.bn));
     bf.p.o_partial = dbg;
-    launch_sm90(v, pr, bf.p);
+    launch_sm90(v, pr, bf);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     std::vector<float> got(v.bm() * v.bn);
@@ -339,7 +507,7 @@ int main(int argc, char** argv) {
       if (v.d != pr.d || skip(v)) continue;
       const size_t n_out = size_t(pr.b) * pr.hq * pr.nq * pr.d;
       CK(cudaMemset(bf.dout, 0xFF, n_out * 2));  // poison: unwritten outputs read as NaN
-      launch_sm90(v, pr, bf.p);
+      launch_sm90(v, pr, bf);
       CK(cudaGetLastError());
       CK(cudaDeviceSynchronize());
       int nan = 0;
@@ -387,7 +555,7 @@ int main(int argc, char** argv) {
     }
     for (const Variant& v : VARIANTS) {
       if (v.d != pr.d || skip(v)) continue;
-      const float us = time_launches([&] { launch_sm90(v, pr, bf.p); }, 50);
+      const float us = time_launches([&] { launch_sm90(v, pr, bf); }, 50);
       int nan = 0;
       const double err = check(pr, bf, ref, nan);
       printf("  %-36s %9.1f us  %6.1f TFLOP/s  (max err %.2e, nan %d)\n", v.name, us, flops / us * 1e-6, err, nan);

@@ -598,6 +598,7 @@ fn hopper_race_subset() -> Result<()> {
         case(3, 4, 2, 300, 77, 64),   // 60 blocks: key split, GQA, causal rows with no key
         case(1, 40, 8, 500, 200, 64), // 320 blocks: one warpgroup, 64-key tiles, three blocks per SM
         case(1, 2, 1, 200, 260, 128), // D = 128
+        case(1, 1, 1, 130, 700, 128), // D = 128, 6 key tiles: the K and V rings wrap twice
     ] {
         let (q, k, v) = inputs(c, DType::F16, &gpu)?;
         for causal in [false, true] {

@@ -21,38 +21,38 @@ type Arg<'a> = (&'a CudaStorage, &'a Layout);
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct AttnParams {
-    q: u64,           // [B, Hq, Nq, D] (strides below, in elements; D stride 1)
-    k: u64,           // [B, Hkv, Nk, D]
-    v: u64,           // [B, Hkv, Nk, D]
-    o: u64,           // [B, Hq, Nq, D] contiguous
-    o_partial: u64,   // f32 [num_splits, B, Hq, Nq, D]
-    lse_partial: u64, // f32 [num_splits, B, Hq, Nq]
-    q_sb: i64,
-    q_sh: i64,
-    q_sn: i64,
-    k_sb: i64,
-    k_sh: i64,
-    k_sn: i64,
-    v_sb: i64,
-    v_sh: i64,
-    v_sn: i64,
-    b: i32,
-    hq: i32,
-    hkv: i32,
-    nq: i32,
-    nk: i32,
-    d: i32,
-    causal: i32,
-    causal_offset: i32,
-    scale_log2: f32,
-    drop_threshold: u32,
-    drop_scale: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    num_splits: i32,
-    keys_per_split: i32,
-    pad: i32,
-    counters: u64, // u32 [B * Hq] (decode with splits)
+    pub(super) q: u64,           // [B, Hq, Nq, D] (strides below, in elements; D stride 1)
+    pub(super) k: u64,           // [B, Hkv, Nk, D]
+    pub(super) v: u64,           // [B, Hkv, Nk, D]
+    pub(super) o: u64,           // [B, Hq, Nq, D] contiguous
+    pub(super) o_partial: u64,   // f32 [num_splits, B, Hq, Nq, D]
+    pub(super) lse_partial: u64, // f32 [num_splits, B, Hq, Nq]
+    pub(super) q_sb: i64,
+    pub(super) q_sh: i64,
+    pub(super) q_sn: i64,
+    pub(super) k_sb: i64,
+    pub(super) k_sh: i64,
+    pub(super) k_sn: i64,
+    pub(super) v_sb: i64,
+    pub(super) v_sh: i64,
+    pub(super) v_sn: i64,
+    pub(super) b: i32,
+    pub(super) hq: i32,
+    pub(super) hkv: i32,
+    pub(super) nq: i32,
+    pub(super) nk: i32,
+    pub(super) d: i32,
+    pub(super) causal: i32,
+    pub(super) causal_offset: i32,
+    pub(super) scale_log2: f32,
+    pub(super) drop_threshold: u32,
+    pub(super) drop_scale: f32,
+    pub(super) seed_lo: u32,
+    pub(super) seed_hi: u32,
+    pub(super) num_splits: i32,
+    pub(super) keys_per_split: i32,
+    pub(super) pad: i32,
+    pub(super) counters: u64, // u32 [B * Hq] (decode with splits)
 }
 const _: () = assert!(std::mem::size_of::<AttnParams>() == 192, "mirrors tg::attn::Params");
 
