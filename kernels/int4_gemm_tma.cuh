@@ -81,7 +81,10 @@ template <int BN, int CW, int STAGES, int RAW> struct TmaSmem {
 };
 
 // DIAG (harness-only; 0 = real): 2 = no weight dequantization / stores (loads + wgmma), 3 = no wgmma.
-template <typename T, int BN, int CW, int STAGES, int RAW, int PW, bool SYM, int REGS_P = 0, int REGS_C = 0, int DIAG = 0>
+// EARLY: the consumers wait for each stage's wgmmas and release it at once (no group in flight
+// across stages) instead of releasing the previous stage after issuing the next.
+template <typename T, int BN, int CW, int STAGES, int RAW, int PW, bool SYM, int REGS_P = 0, int REGS_C = 0, int DIAG = 0,
+          bool EARLY = false>
 __device__ __forceinline__ void int4_gemm_tma(const TmaMaps& maps, T* __restrict__ y, WsDims d,
                                               const T* __restrict__ bias = nullptr, int act = (int)tg::Act::Identity) {
   using T2 = typename tg::int4_ws::Pair<T>::type;
@@ -212,9 +215,15 @@ __device__ __forceinline__ void int4_gemm_tma(const TmaMaps& maps, T* __restrict
         if (DIAG != 3) WgmmaSS<T, BN>::run(acc, make_desc(xa + kk * 32), make_desc(wb + kk * 32));
       }
       tg::int4_ws::wgmma_commit();
-      tg::int4_ws::wgmma_wait<1>();
-      tg::int4_ws::fence_regs(acc);
-      if (q > 0) mbar_arrive(empty_bar + 8 * ((q - 1) % STAGES));
+      if constexpr (EARLY) {
+        tg::int4_ws::wgmma_wait<0>();
+        tg::int4_ws::fence_regs(acc);
+        mbar_arrive(empty_bar + 8 * s);
+      } else {
+        tg::int4_ws::wgmma_wait<1>();
+        tg::int4_ws::fence_regs(acc);
+        if (q > 0) mbar_arrive(empty_bar + 8 * ((q - 1) % STAGES));
+      }
     }
     tg::int4_ws::wgmma_wait<0>();
     tg::int4_ws::fence_regs(acc);

@@ -231,9 +231,9 @@ static float time_cublas(int M, int N, int K, int bf, int iters) {
 // ---- TMA variants (kernels/int4_gemm_tma.cuh) ----------------------------------------------------
 using tg::int4_tma::TmaMaps;
 using tg::int4_ws::WsDims;
-template <typename T, int BN, int CW, int ST, int RAW, int PW, bool SYM, int RP, int RC, int DIAG>
+template <typename T, int BN, int CW, int ST, int RAW, int PW, bool SYM, int RP, int RC, int DIAG, bool EARLY = false>
 __global__ void __launch_bounds__(128 * (CW + PW), 1) ktma(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
-  tg::int4_tma::int4_gemm_tma<T, BN, CW, ST, RAW, PW, SYM, RP, RC, DIAG>(maps, y, d);
+  tg::int4_tma::int4_gemm_tma<T, BN, CW, ST, RAW, PW, SYM, RP, RC, DIAG, EARLY>(maps, y, d);
 }
 typedef void (*TFn)(TmaMaps, void*, WsDims);
 struct TVar { const char* name; TFn f[2][2]; int bm, bn, threads, smem; };
@@ -242,10 +242,14 @@ struct TVar { const char* name; TFn f[2][2]; int bm, bn, threads, smem; };
    {(TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, true, RP, RC, DG>, (TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, false, RP, RC, DG>}}, \
   64 * CW, BN, 128 * (CW + PW), tg::int4_tma::TmaSmem<BN, CW, ST, RAW>::BYTES}
 #define T0(BN, CW, ST, RAW, PW, RP, RC) TV(BN, CW, ST, RAW, PW, RP, RC, 0, "t" #BN "c" #CW "s" #ST "r" #RAW "p" #PW)
+#define TE(BN, CW, ST, RAW, PW) {"t" #BN "c" #CW "s" #ST "r" #RAW "p" #PW "e", \
+  {{(TFn)ktma<__half, BN, CW, ST, RAW, PW, true, 0, 0, 0, true>, (TFn)ktma<__half, BN, CW, ST, RAW, PW, false, 0, 0, 0, true>}, \
+   {(TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, true, 0, 0, 0, true>, (TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, false, 0, 0, 0, true>}}, \
+  64 * CW, BN, 128 * (CW + PW), tg::int4_tma::TmaSmem<BN, CW, ST, RAW>::BYTES}
 static TVar TVARS[] = {
   T0(168, 2, 4, 3, 1, 0, 0), T0(168, 2, 5, 3, 1, 0, 0), T0(168, 2, 4, 3, 2, 0, 0), T0(168, 2, 5, 3, 2, 0, 0),
   T0(128, 2, 5, 3, 1, 0, 0), T0(128, 2, 5, 3, 2, 0, 0),
-  T0(128, 4, 4, 3, 1, 0, 0),
+  T0(128, 4, 4, 3, 1, 0, 0), TE(168, 2, 4, 3, 2), TE(168, 2, 5, 3, 2),
 };
 constexpr int NT = sizeof(TVARS) / sizeof(TVARS[0]);
 static TVar TDVARS[] = {
