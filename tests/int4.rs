@@ -153,8 +153,8 @@ fn matmul_tensor_core_path() -> Result<()> {
 }
 
 /// Above CUDA_TC_MAX_M (f16 / bf16): on Hopper the TMA warp-specialized wgmma GEMM for N % 8 == 0
-/// (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns), elsewhere (and N odd)
-/// dequantize + matmul. M not a multiple of 128, N a multiple of 8 but not of the column block, N
+/// up to CUDA_WS_MAX_M rows (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns),
+/// elsewhere (N odd, M=513) dequantize + matmul. M not a multiple of 128, N a multiple of 8 but not of the column block, N
 /// below one column block (N=16: boxes larger than the tensor), both column blocks (N=11008 and
 /// 132 SMs pick 168 columns, the smaller N 128), K with a tail chunk of 3 words (K=96: two 64-wide
 /// stages, the second partly past K, zero-filled by the copy engine), 1 word (K=160) and 2 words

@@ -41,8 +41,9 @@ use crate::Activation;
 
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
 /// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), above it
-/// the Hopper TMA + `wgmma` GEMM on compute capability 9.0 (f16 / bf16, N % 8 == 0), else dequantizes the weight to
-/// the activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul.
+/// up to [`CUDA_WS_MAX_M`] the Hopper TMA + `wgmma` GEMM on compute capability 9.0 (f16 / bf16,
+/// N % 8 == 0), else dequantizes the weight to the activation dtype in a scratch buffer and calls
+/// candle's (cuBLAS) matmul.
 pub const CUDA_FUSED_MAX_M: usize = 16;
 
 /// Activation rows up to which f16 / bf16 activations take the tensor-core GEMM with in-loop
@@ -50,6 +51,13 @@ pub const CUDA_FUSED_MAX_M: usize = 16;
 /// time, same run): K=4096 -> N=11008 M=192 56 against 86 µs for dequantize + cuBLAS, M=256 92
 /// against 88; K=11008 -> N=4096 M=256 77 against 102; K=N=2048 M=256 14.5 against 13.7.
 pub const CUDA_TC_MAX_M: usize = 192;
+
+/// Activation rows up to which f16 / bf16 activations on Hopper (compute capability 9.0, N % 8 ==
+/// 0) take the TMA + `wgmma` GEMM (kernels/int4_gemm_tma.cuh) above [`CUDA_TC_MAX_M`] rather than
+/// dequantize + cuBLAS. Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md
+/// round 7): M=256 53.1 against 87.2, M=384 95.7 against 93.9, M=512 104.3 against 106.1, M=1024
+/// 202.8 against 161.0; per call (criterion, same run) M=512 114.9 against 129.2.
+pub const CUDA_WS_MAX_M: usize = 512;
 
 /// Which CUDA kernel(s) an `int4_matmul` of `m` rows and `n` output columns in `dtype` runs
 /// (`hopper`: the device has compute capability 9.0, where the sm_90a `wgmma` GEMM loads).
@@ -59,8 +67,8 @@ pub(crate) enum CudaPath {
     SmallM,
     /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
     TensorCore,
-    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_TC_MAX_M`] on
-    /// Hopper, N % 8 == 0 (the scales' tensor map needs 16-byte rows).
+    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_TC_MAX_M`] up to
+    /// [`CUDA_WS_MAX_M`] on Hopper, N % 8 == 0 (the scales' tensor map needs 16-byte rows).
     Wgmma,
     /// `int4_dequant_*` into a scratch weight, then candle's matmul.
     DequantizeMatmul,
@@ -71,7 +79,7 @@ pub(crate) fn cuda_path(m: usize, n: usize, dtype: DType, hopper: bool) -> CudaP
         CudaPath::SmallM
     } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
         CudaPath::TensorCore
-    } else if hopper && is_half_float(dtype) && n % 8 == 0 {
+    } else if m <= CUDA_WS_MAX_M && hopper && is_half_float(dtype) && n % 8 == 0 {
         CudaPath::Wgmma
     } else {
         CudaPath::DequantizeMatmul
@@ -96,7 +104,7 @@ fn is_hopper(dev: &candle_core::Device) -> Result<bool> {
 /// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
 /// by the weight dequantized to the activation dtype (one rounding per weight; bf16: the scale
 /// is rounded to bf16 first in the tensor-core GEMMs: M ≤ [`CUDA_TC_MAX_M`], and f16 / bf16 above
-/// it on Hopper), with f32 accumulation.
+/// it up to [`CUDA_WS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     int4_linear_impl("int4_matmul", x, w, None, Activation::Identity)
 }
@@ -106,7 +114,8 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
 /// bias and the activation run in f32 in the matmul's epilogue (CUDA: the kernels' output loop;
 /// CPU: the output loop), before the output's one rounding to `x`'s dtype; numerics otherwise as
 /// [`int4_matmul`]. On CUDA past the fused kernels' row limits (f32 above
-/// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`] except on Hopper) it is candle's
+/// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`] except on Hopper up to
+/// [`CUDA_WS_MAX_M`] rows with N % 8 == 0) it is candle's
 /// matmul on the dequantized weight followed by [`bias_act`](crate::bias_act).
 ///
 /// ```
@@ -363,7 +372,9 @@ mod tests {
                 assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), CudaPath::TensorCore);
                 let large = if hopper { CudaPath::Wgmma } else { CudaPath::DequantizeMatmul };
                 assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), large);
-                assert_eq!(cuda_path(4096, 64, dtype, hopper), large);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), large);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
+                assert_eq!(cuda_path(4096, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 // N % 8 != 0: no tensor map of the scales, dequantize + matmul
                 assert_eq!(cuda_path(512, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
             }
