@@ -41,6 +41,15 @@ fn bench(c: &mut Criterion) {
                         b.iter_custom(|iters| common::time_iters(&dev, iters, || int4_matmul(&xb, &q)))
                     });
                 }
+                if dev.is_cuda() && m > tiny_gemm::quant::CUDA_TC_MAX_M {
+                    // the large-M path off Hopper (and on Hopper before the TMA + wgmma GEMM): the weight
+                    // dequantized per call, then candle's matmul
+                    g.bench_function(format!("int4_{dtype:?}_dequantize_matmul"), |b| {
+                        b.iter_custom(|iters| {
+                            common::time_iters(&dev, iters, || xd.matmul(&q.dequantize_to(dtype)?.t()?))
+                        })
+                    });
+                }
                 g.bench_function(format!("candle_{dtype:?}_matmul"), |b| {
                     b.iter_custom(|iters| common::time_iters(&dev, iters, || xd.matmul(&w_dense.t()?)))
                 });

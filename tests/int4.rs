@@ -135,7 +135,8 @@ fn matmul_tensor_core_path() -> Result<()> {
         // LLM-sized K, split 8 ways (22 and 8 column blocks); the second with a K tail chunk
         check_matmul(&dev, 64, 2752, 4096, Int4Config::default(), DType::F16)?;
         check_matmul(&dev, 17, 1000, 4160, Int4Config { group_size: 64, symmetric: false }, DType::BF16)?;
-        // above CUDA_TC_MAX_M and f32: dequantize + matmul
+        // above CUDA_TC_MAX_M: the Hopper wgmma GEMM on compute capability 9.0, else (and f32)
+        // dequantize + matmul
         for (m, dtype) in [(tc_max + 1, DType::F16), (1023, DType::BF16), (40, DType::F32)] {
             check_matmul(&dev, m, 24, 256, Int4Config::default(), dtype)?;
         }
@@ -147,6 +148,48 @@ fn matmul_tensor_core_path() -> Result<()> {
         let y = int4_matmul(&xo, &q)?;
         assert_eq!(y.dims(), [2, 20, 72]);
         assert_matches_dequantized(&xo.contiguous()?, &q, &y, "offset 3-D f16 x")?;
+    }
+    Ok(())
+}
+
+/// Above CUDA_TC_MAX_M (f16 / bf16): on Hopper the TMA warp-specialized wgmma GEMM for N % 8 == 0
+/// up to CUDA_WS_MAX_M rows (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns),
+/// elsewhere (N odd, M=513) dequantize + matmul. M not a multiple of 128, N a multiple of 8 but not of the column block, N
+/// below one column block (N=16: boxes larger than the tensor), both column blocks (N=11008 and
+/// 132 SMs pick 168 columns, the smaller N 128), K with a tail chunk of 3 words (K=96: two 64-wide
+/// stages, the second partly past K, zero-filled by the copy engine), 1 word (K=160) and 2 words
+/// (one stage; group sizes 32 and 64), every group size, sym and asym. CUDA only.
+#[test]
+fn matmul_hopper_wgmma_path() -> Result<()> {
+    let tc_max = tiny_gemm::quant::CUDA_TC_MAX_M;
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for cfg in configs() {
+            let gs = cfg.group_size;
+            for (m, n, k) in [(tc_max + 1, 1000, 3 * gs), (300, 344, 14 * gs), (257, 1352, 5 * gs), (200, 16, 2 * gs)] {
+                for dtype in [DType::F16, DType::BF16] {
+                    check_matmul(&dev, m, n, k, cfg, dtype)?;
+                }
+            }
+        }
+        check_matmul(&dev, 256, 4096, 1024, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 513, 1352, 4160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
+        // 132 SMs: 168-column blocks (66 column blocks x 2 row blocks = one wave); N % 168 != 0,
+        // N odd with a 3-word K tail, N % 8 == 0 with a 1-word tail
+        check_matmul(&dev, 256, 11008, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 193, 11001, 96, Int4Config { group_size: 32, symmetric: true }, DType::BF16)?;
+        check_matmul(&dev, 200, 11000, 160, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+        // N odd: dequantize + matmul on every device
+        check_matmul(&dev, 300, 1001, 256, Int4Config::default(), DType::F16)?;
+    }
+    Ok(())
+}
+
+/// A small Hopper-path problem for compute-sanitizer racecheck (the producer / consumer mbarrier
+/// ring, several blocks, a K tail): M=200, N=344, K=416.
+#[test]
+fn matmul_hopper_wgmma_small() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        check_matmul(&dev, 200, 344, 416, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
     }
     Ok(())
 }

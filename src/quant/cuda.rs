@@ -1,23 +1,26 @@
-//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu): dtype dispatch,
-//! launch shape, launches.
+//! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu,
+//! kernels/int4_gemm_tma_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::{choose_gemm_config, choose_tc_config};
+use super::launch::{choose_gemm_config, choose_tc_config, choose_ws_config};
 use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
 use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
 const TC_MODULE: &str = "int4_gemm_tc";
+const WS_MODULE: &str = "int4_gemm_tma_sm90";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
 /// Dynamic shared memory a kernel may use without opting in.
@@ -50,6 +53,18 @@ struct TcDims {
 }
 // SAFETY: plain-old-data, layout identical to the C struct (five ints).
 unsafe impl DeviceRepr for TcDims {}
+
+/// Mirrors `WsDims` in kernels/int4_gemm_ws.cuh (the TMA kernel takes it too).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct WsDims {
+    m: i32,
+    n: i32,
+    k: i32,
+    group_size: i32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct (four ints).
+unsafe impl DeviceRepr for WsDims {}
 
 fn i32_dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("int4: {what}={v} exceeds the kernel's i32 range")))
@@ -87,6 +102,22 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
     let n = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?.max(1) as usize;
     cache.insert(ctx.ordinal(), n);
     Ok(n)
+}
+
+/// Whether `dev` has compute capability 9.0 (H100 / H200: the sm_90a PTX loads there), queried once
+/// per device ordinal.
+pub(super) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, bool>>> = OnceLock::new();
+    let ctx = dev.cuda_stream().context().clone();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&yes) = cache.get(&ctx.ordinal()) {
+        return Ok(yes);
+    }
+    let major = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()?;
+    let minor = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()?;
+    let yes = (major, minor) == (9, 0);
+    cache.insert(ctx.ordinal(), yes);
+    Ok(yes)
 }
 
 /// The `act` argument of the kernels: `tg::Act`'s numbering in kernels/common.cuh.
@@ -131,9 +162,10 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
     }
-    match super::cuda_path(m, x.dtype()) {
+    match super::cuda_path(m, w.n, x.dtype(), is_sm90(dev)?) {
         super::CudaPath::SmallM => {}
         super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
+        super::CudaPath::Wgmma => return matmul_ws::<T>(w, x, l, bias, act),
         super::CudaPath::DequantizeMatmul => {
             bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
         }
@@ -268,6 +300,150 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
     if let Some(partial) = &partial {
         reduce::<T>(dev, sfx, partial, &y, (m, n, cfg.splits), bias, act)?;
     }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+}
+
+/// `tg::int4_tma::TmaMaps` (kernels/int4_gemm_tma.cuh): the CUtensorMaps of x, the packed weight,
+/// the scales and the zeros (the scales' again when symmetric).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TmaMaps {
+    x: [u64; 16],
+    w: [u64; 16],
+    s: [u64; 16],
+    z: [u64; 16],
+}
+const _: () = assert!(std::mem::size_of::<TmaMaps>() == 512, "mirrors tg::int4_tma::TmaMaps");
+// SAFETY: plain old data with the C layout of `tg::int4_tma::TmaMaps`.
+unsafe impl DeviceRepr for TmaMaps {}
+
+/// The 2-D tensor map of `rows` rows of `cols` elements (`elem_bytes` each, rows `stride_bytes`
+/// apart) at `ptr`, boxes of `box_cols` x `box_rows`, zero fill past the edges; `swizzle`: 128-byte
+/// swizzle (the wgmma K-major layout) or none. `None` where the driver refuses it.
+#[allow(clippy::too_many_arguments)]
+fn tensor_map_2d(
+    ptr: u64,
+    elem_bytes: usize,
+    cols: usize,
+    rows: usize,
+    stride_bytes: usize,
+    box_cols: usize,
+    box_rows: usize,
+    swizzle: bool,
+) -> Option<[u64; 16]> {
+    if ptr % 16 != 0 || stride_bytes % 16 != 0 {
+        return None;
+    }
+    let ty = if elem_bytes == 4 {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32
+    } else {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16
+    };
+    let dims = [cols as u64, rows as u64];
+    let strides = [stride_bytes as u64];
+    let boxes = [box_cols as u32, box_rows as u32];
+    let elem = [1u32; 2];
+    let sw = if swizzle {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+    } else {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE
+    };
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
+    // SAFETY: the output is a CUtensorMap; the arrays have the lengths rank 2 asks for.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            ty,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sw,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return None;
+    }
+    // SAFETY: written by the successful call.
+    Some(unsafe { map.assume_init() }.opaque)
+}
+
+/// The Hopper TMA + `wgmma` GEMM (`int4_gemm_tma_*`, f16 / bf16 activations, compute capability
+/// 9.0, N % 8 == 0), the bias and the activation in its epilogue.
+fn matmul_ws<T: CudaDType + DeviceRepr>(
+    w: &Int4Weight,
+    x: &CudaStorage,
+    l: &Layout,
+    bias: Option<&CudaView<T>>,
+    act: Activation,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (m, n, k) = (l.dims()[0], w.n, w.k);
+    let cfg = choose_ws_config(m, n, sm_count(dev)?);
+    let gs = w.cfg.group_size;
+    let dims = WsDims { m: i32_dim(m, "M")?, n: i32_dim(n, "N")?, k: i32_dim(k, "K")?, group_size: gs as i32 };
+    // grid.y (column blocks) is limited to 65535
+    if cfg.n_blocks > 65535 {
+        bail!("int4_matmul: N={n} needs {} column blocks, more than the 65535 the kernel's grid takes", cfg.n_blocks);
+    }
+    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
+    let xs = contiguous_view::<T>(x, l)?;
+    let y = alloc_output::<T>(dev, m * n)?;
+    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let gemm = load_func(
+        dev,
+        WS_MODULE,
+        ptx::INT4_GEMM_TMA_SM90,
+        &format!("int4_gemm_tma_{sfx}_{}_{sym}", cfg.variant.name()),
+    )?;
+    let smem = cfg.variant.smem_bytes();
+    gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    let (bn, tiles) = (cfg.variant.block_n(), n.div_ceil(super::format::TILE_N));
+    let srows = super::launch::WsVariant::scale_rows(gs);
+    with_views(w, |p, s, z| {
+        let stream = dev.cuda_stream();
+        let (x_ptr, _xg) = xs.device_ptr(&stream);
+        let (p_ptr, _pg) = p.device_ptr(&stream);
+        let (s_ptr, _sg) = s.device_ptr(&stream);
+        let z_ptr = z.as_ref().map(|z| z.device_ptr(&stream));
+        let zp = z_ptr.as_ref().map_or(s_ptr, |z| z.0);
+        let maps = (|| {
+            Some(TmaMaps {
+                x: tensor_map_2d(x_ptr, 2, k, m, k * 2, 64, 128, true)?,
+                w: tensor_map_2d(p_ptr, 4, k, tiles, k * 4, 128, bn / super::format::TILE_N, false)?,
+                s: tensor_map_2d(s_ptr, 2, n, k / gs, n * 2, bn, srows, false)?,
+                z: tensor_map_2d(zp, 2, n, k / gs, n * 2, bn, srows, false)?,
+            })
+        })();
+        let Some(maps) = maps else {
+            bail!("int4_matmul: the driver refused a tensor map (M={m}, N={n}, K={k}, group size {gs})");
+        };
+        let null = 0u64; // a null pointer: no bias
+        let mut b = stream.launch_builder(&gemm);
+        b.arg(&maps).arg(&y).arg(&dims);
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        let act = act_code(act);
+        b.arg(&act);
+        let lc = LaunchConfig {
+            grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
+            block_dim: (cfg.variant.threads() as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: argument types and count match `int4_gemm_tma_<T>_<variant>_<sym>` in
+        // kernels/int4_gemm_tma_sm90.cu; the maps describe the live x, packed weight, scales and
+        // zeros (views held until after the launch), every extent as `dims` describes it (checked by
+        // int4_matmul / the format), and `smem` is the variant's layout (`TmaSmem`).
+        unsafe { b.launch(lc) }.w()?;
+        Ok(())
+    })?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
 }
 

@@ -40,9 +40,10 @@ use crate::cpu::{dispatch_float, is_half_float};
 use crate::Activation;
 
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
-/// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), else
-/// dequantizes the weight to the activation dtype in a scratch buffer and calls candle's (cuBLAS)
-/// matmul.
+/// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), above it
+/// up to [`CUDA_WS_MAX_M`] the Hopper TMA + `wgmma` GEMM on compute capability 9.0 (f16 / bf16,
+/// N % 8 == 0), else dequantizes the weight to the activation dtype in a scratch buffer and calls
+/// candle's (cuBLAS) matmul.
 pub const CUDA_FUSED_MAX_M: usize = 16;
 
 /// Activation rows up to which f16 / bf16 activations take the tensor-core GEMM with in-loop
@@ -51,24 +52,46 @@ pub const CUDA_FUSED_MAX_M: usize = 16;
 /// against 88; K=11008 -> N=4096 M=256 77 against 102; K=N=2048 M=256 14.5 against 13.7.
 pub const CUDA_TC_MAX_M: usize = 192;
 
-/// Which CUDA kernel(s) an `int4_matmul` of `m` rows in `dtype` runs.
+/// Activation rows up to which f16 / bf16 activations on Hopper (compute capability 9.0, N % 8 ==
+/// 0) take the TMA + `wgmma` GEMM (kernels/int4_gemm_tma.cuh) above [`CUDA_TC_MAX_M`] rather than
+/// dequantize + cuBLAS. Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md
+/// round 7): M=256 53.1 against 87.2, M=384 95.7 against 93.9, M=512 104.3 against 106.1, M=1024
+/// 202.8 against 161.0; per call (criterion, same run) M=512 114.9 against 129.2.
+pub const CUDA_WS_MAX_M: usize = 512;
+
+/// Which CUDA kernel(s) an `int4_matmul` of `m` rows and `n` output columns in `dtype` runs
+/// (`hopper`: the device has compute capability 9.0, where the sm_90a `wgmma` GEMM loads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CudaPath {
     /// `int4_gemm_*` (kernels/int4_gemm.cu), M <= [`CUDA_FUSED_MAX_M`].
     SmallM,
     /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
     TensorCore,
+    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_TC_MAX_M`] up to
+    /// [`CUDA_WS_MAX_M`] on Hopper, N % 8 == 0 (the scales' tensor map needs 16-byte rows).
+    Wgmma,
     /// `int4_dequant_*` into a scratch weight, then candle's matmul.
     DequantizeMatmul,
 }
 
-pub(crate) fn cuda_path(m: usize, dtype: DType) -> CudaPath {
+pub(crate) fn cuda_path(m: usize, n: usize, dtype: DType, hopper: bool) -> CudaPath {
     if m <= CUDA_FUSED_MAX_M {
         CudaPath::SmallM
     } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
         CudaPath::TensorCore
+    } else if m <= CUDA_WS_MAX_M && hopper && is_half_float(dtype) && n % 8 == 0 {
+        CudaPath::Wgmma
     } else {
         CudaPath::DequantizeMatmul
+    }
+}
+
+/// Whether `dev` is a CUDA device of compute capability 9.0 (the sm_90a kernels load there).
+fn is_hopper(dev: &candle_core::Device) -> Result<bool> {
+    match dev {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => cuda::is_sm90(d),
+        _ => Ok(false),
     }
 }
 
@@ -80,8 +103,8 @@ pub(crate) fn cuda_path(m: usize, dtype: DType) -> CudaPath {
 /// `q − z` (f16 / bf16) with f32 accumulation and each group's sum is scaled once; f32
 /// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
 /// by the weight dequantized to the activation dtype (one rounding per weight; bf16: the scale
-/// is rounded to bf16 first in the tensor-core GEMM, M ≤ [`CUDA_TC_MAX_M`]), with f32
-/// accumulation.
+/// is rounded to bf16 first in the tensor-core GEMMs: M ≤ [`CUDA_TC_MAX_M`], and f16 / bf16 above
+/// it up to [`CUDA_WS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     int4_linear_impl("int4_matmul", x, w, None, Activation::Identity)
 }
@@ -91,8 +114,9 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
 /// bias and the activation run in f32 in the matmul's epilogue (CUDA: the kernels' output loop;
 /// CPU: the output loop), before the output's one rounding to `x`'s dtype; numerics otherwise as
 /// [`int4_matmul`]. On CUDA past the fused kernels' row limits (f32 above
-/// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`]) it is candle's matmul on the
-/// dequantized weight followed by [`bias_act`](crate::bias_act).
+/// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`] except on Hopper up to
+/// [`CUDA_WS_MAX_M`] rows with N % 8 == 0) it is candle's
+/// matmul on the dequantized weight followed by [`bias_act`](crate::bias_act).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -151,19 +175,20 @@ fn int4_linear_impl(
         x2 = x2.force_contiguous()?; // a fresh buffer: the kernel's vector loads want an aligned start
     }
     let op = Int4MatMul { w: w.clone(), act };
-    let y = if x.device().is_cuda() && cuda_path(m, x.dtype()) == CudaPath::DequantizeMatmul {
-        let y = x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?;
-        if bias.is_none() && act == Activation::Identity {
-            y
+    let y =
+        if x.device().is_cuda() && cuda_path(m, w.n, x.dtype(), is_hopper(x.device())?) == CudaPath::DequantizeMatmul {
+            let y = x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?;
+            if bias.is_none() && act == Activation::Identity {
+                y
+            } else {
+                crate::bias_act(&y, bias, act)?
+            }
         } else {
-            crate::bias_act(&y, bias, act)?
-        }
-    } else {
-        match bias {
-            None => x2.apply_op1_no_bwd(&op)?,
-            Some(b) => x2.apply_op2_no_bwd(&b.contiguous()?, &op)?,
-        }
-    };
+            match bias {
+                None => x2.apply_op1_no_bwd(&op)?,
+                Some(b) => x2.apply_op2_no_bwd(&b.contiguous()?, &op)?,
+            }
+        };
     y.reshape(out_dims)
 }
 
@@ -339,14 +364,23 @@ mod tests {
 
     #[test]
     fn cuda_path_by_rows_and_dtype() {
-        assert_eq!(cuda_path(1, DType::F32), CudaPath::SmallM);
-        assert_eq!(cuda_path(16, DType::BF16), CudaPath::SmallM);
-        for dtype in [DType::F16, DType::BF16] {
-            assert_eq!(cuda_path(17, dtype), CudaPath::TensorCore);
-            assert_eq!(cuda_path(CUDA_TC_MAX_M, dtype), CudaPath::TensorCore);
-            assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, dtype), CudaPath::DequantizeMatmul);
+        for hopper in [false, true] {
+            assert_eq!(cuda_path(1, 64, DType::F32, hopper), CudaPath::SmallM);
+            assert_eq!(cuda_path(16, 64, DType::BF16, hopper), CudaPath::SmallM);
+            for dtype in [DType::F16, DType::BF16] {
+                assert_eq!(cuda_path(17, 64, dtype, hopper), CudaPath::TensorCore);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), CudaPath::TensorCore);
+                let large = if hopper { CudaPath::Wgmma } else { CudaPath::DequantizeMatmul };
+                assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), large);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), large);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
+                assert_eq!(cuda_path(4096, 64, dtype, hopper), CudaPath::DequantizeMatmul);
+                // N % 8 != 0: no tensor map of the scales, dequantize + matmul
+                assert_eq!(cuda_path(512, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
+            }
+            // f32 activations: the tensor-core GEMMs take 2-byte operands only
+            assert_eq!(cuda_path(17, 64, DType::F32, hopper), CudaPath::DequantizeMatmul);
+            assert_eq!(cuda_path(512, 64, DType::F32, hopper), CudaPath::DequantizeMatmul);
         }
-        // f32 activations: the tensor-core GEMM takes 2-byte operands only
-        assert_eq!(cuda_path(17, DType::F32), CudaPath::DequantizeMatmul);
     }
 }
