@@ -221,8 +221,8 @@ pub(crate) enum WsVariant {
 impl WsVariant {
     pub fn name(self) -> &'static str {
         match self {
-            Self::N168 => "n168c2s4r3p2",
-            Self::N128 => "n128c2s5r3p2",
+            Self::N168 => "n168c2s4r3p2e",
+            Self::N128 => "n128c2s5r3p2e",
         }
     }
     /// Output columns per block (`BN`).
