@@ -307,7 +307,7 @@ __device__ void ffn_coop(const CoopParams& p) {
 }  // namespace ffn
 
 #ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
-// Entry points (launch cooperatively; src/ffn/cuda.rs `choose_coop_units` picks one), up to 8 * NT
+// Entry points (launch cooperatively; src/ffn/cuda.rs `choose_coop_launch` picks one), up to 8 * NT
 // tokens. H100 kernel times: benchmarks/ffn.md round 5.
 //   ffn_coop_<dtype>_<act>_nt<NT>       16 output rows per phase-2 unit, L1-cached hidden loads
 //                                        (4096x11008 M = 16: 69.68 vs 71.68 µs with __ldcg)
