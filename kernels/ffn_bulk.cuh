@@ -34,7 +34,7 @@ struct BulkParams {
 
 constexpr int CONSUMERS = 8;
 constexpr int BULK_THREADS = (CONSUMERS + 1) * 32;
-constexpr int SPIN_LIMIT = 1 << 22;  // a wait that long is a bug: trap instead of hanging the harness
+constexpr int SPIN_LIMIT = 1 << 28;  // a wait that long (seconds) is a bug: trap instead of hanging
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
