@@ -307,19 +307,29 @@ __device__ void ffn_coop(const CoopParams& p) {
 }  // namespace ffn
 
 #ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
-// Entry points: ffn_coop_<dtype>_<act>_nt<NT> (up to 8 * NT tokens; 16 output rows per phase-2 unit)
-// and ffn_coop_<dtype>_<act>_nt<NT>_r8 (8 rows per unit, 8 chunks per W2 batch: the same W2 loads
-// per lane, spread over twice the blocks; src/ffn/cuda.rs `choose_coop_rows`); launch cooperatively.
-#define FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, SUFFIX, R2, PRE)                                  \
-  extern "C" __global__ void __launch_bounds__(ffn::COOP_THREADS, ffn::COOP_MIN_BLOCKS)          \
+// Entry points (launch cooperatively; src/ffn/cuda.rs `choose_coop_launch` picks one), up to 8 * NT
+// tokens. H100 kernel times: benchmarks/ffn.md round 5.
+//   ffn_coop_<dtype>_<act>_nt<NT>       16 output rows per phase-2 unit, L1-cached hidden loads
+//                                        (4096x11008 M = 16: 69.68 vs 71.68 µs with __ldcg)
+//   ffn_coop_<dtype>_<act>_nt<NT>_r8    8 rows per unit, 8 chunks per W2 batch: the same W2 loads
+//                                        per lane, spread over twice the blocks
+//   ffn_coop_<dtype>_<act>_nt<NT>_pr8   8 rows per unit, 12 chunks per W2 batch, phase-1 row-group
+//                                        pairs, one block per SM (up to 255 registers): a grid of one
+//                                        block per SM covering 1-2 rounds of row groups in one
+//                                        (768x3072 M = 1: 7.22 vs 7.98 µs for _r8 on 192 blocks)
+#define FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, SUFFIX, MIN_BLOCKS, ...)                          \
+  extern "C" __global__ void __launch_bounds__(ffn::COOP_THREADS, MIN_BLOCKS)                    \
       ffn_coop_##TNAME##_##ANAME##_nt##NT##SUFFIX(const ffn::CoopParams p) {                      \
-    ffn::ffn_coop<T, tg::Act::A, NT, R2, PRE>(p);                                                 \
+    ffn::ffn_coop<T, tg::Act::A, NT, __VA_ARGS__>(p);                                             \
   }
-#define FFN_COOP_TILES(T, TNAME, A, ANAME)                        \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 1, , ffn::ROWS, ffn::COOP_PRE) \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 2, , ffn::ROWS, ffn::COOP_PRE) \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 1, _r8, 8, 8)                 \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, 2, _r8, 8, 8)
+// template knobs: R2, PRE, PAIR1, HL1
+#define FFN_COOP_TILE(T, TNAME, A, ANAME, NT)                                                       \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, , ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true) \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _r8, ffn::COOP_MIN_BLOCKS, 8, 8, false, false)              \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _pr8, 1, 8, 12, true, false)
+#define FFN_COOP_TILES(T, TNAME, A, ANAME) \
+  FFN_COOP_TILE(T, TNAME, A, ANAME, 1)     \
+  FFN_COOP_TILE(T, TNAME, A, ANAME, 2)
 #define FFN_COOP_ALL_ACTS(T, TNAME)             \
   FFN_COOP_TILES(T, TNAME, Gelu, gelu)          \
   FFN_COOP_TILES(T, TNAME, GeluTanh, gelu_tanh) \

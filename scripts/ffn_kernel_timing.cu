@@ -11,12 +11,16 @@
 // one-launch kernel and the two projections). `./ffn_timing r5` (round 5, benchmarks/ffn.md): the
 // cooperative FFN's variants (CVARS) x grid x phase-2 K splits, each checked first; `r5ncu` launches
 // a short list of configs 3 times each for `ncu --metrics gpu__time_duration.sum --cache-control
-// none --clock-control none`. (Round 4's `r4` sweep is in git history.)
+// none --clock-control none`. (Round 4's `r4` sweep is in git history.) `./ffn_timing r6 base|all|<variant>`
+// (round 6): the bulk-copy cooperative FFN of scripts/ffn_bulk.cuh (BVARS), each variant checked on
+// the f64 cases at 3 split choices first, then timed at 4096x11008 next to the crate's kernel; `base`
+// adds the bandwidth ceilings (plain loads, bulk-copy rings) and checks the crate's kernel.
 // Link flags on the build machine's pip CUDA: add -L$CUDA_ROOT/lib.
 #define FFN_NO_ENTRIES
 #include "ffn.cu"
 #include "ffn_fused.cu"
 #include "ffn_coop.cu"
+#include "ffn_bulk.cuh"
 #include "bias_act.cu"
 #include <cstdio>
 #include <cstdlib>
@@ -421,6 +425,139 @@ static int round5(bool ncu) {
   return 0;
 }
 
+
+// Round 6: the bulk-copy cooperative FFN (scripts/ffn_bulk.cuh) vs the crate's kernel. Variants
+// (BVARS): R1 / R2 rows per phase-1 / phase-2 unit, KT columns per tile, STAGES ring depth, EF
+// evict-first L2 policy on the weight copies, DYN dynamic unit queue.
+template <int NT, int R1, int R2, int KT, int ST, bool EF, bool DYN>
+__global__ void __launch_bounds__(ffnb::BULK_THREADS, 1) kbulk(const ffnb::BulkParams p) {
+  ffnb::ffn_bulk<__half, tg::Act::Gelu, NT, R1, R2, KT, ST, EF, DYN>(p);
+}
+typedef void (*KBulk)(const ffnb::BulkParams);
+struct BulkVar { const char* name; KBulk f1, f2; int r2, smem; };
+#define BV(NAME, R1, R2, KT, ST, EF, DYN) \
+  {NAME, kbulk<1, R1, R2, KT, ST, EF, DYN>, kbulk<2, R1, R2, KT, ST, EF, DYN>, R2, ffnb::bulk_smem<KT, R1, R2, ST>()}
+static BulkVar BVARS[] = {
+  BV("b16", 16, 16, 512, 12, false, false),
+  BV("b16d", 16, 16, 512, 12, false, true),
+  BV("b8d", 16, 8, 512, 12, false, true),
+  BV("b16def", 16, 16, 512, 12, true, true),
+  BV("b16d6", 16, 16, 512, 6, false, true),
+  BV("b16dk1", 16, 16, 1024, 6, false, true),
+  BV("b32d", 32, 32, 512, 6, false, true),
+  BV("b32x16d", 32, 16, 512, 6, false, true),
+};
+static unsigned* g_words;  // [0] grid barrier, [1..2] unit queues
+static void launch_bulk(const ffn::CoopParams& cp, int blocks, const BulkVar& v) {
+  ffnb::BulkParams bp{cp, g_words, g_words + 1};
+  void* args[] = {(void*)&bp};
+  CK(cudaLaunchCooperativeKernel((const void*)(cp.m <= 8 ? v.f1 : v.f2), blocks, ffnb::BULK_THREADS, args, v.smem, 0));
+}
+static bool check_bulk(const Coop& sc, int blocks, const BulkVar& v, int force_splits) {
+  bool ok = true;
+  for (auto& c : coop_cases()) {
+    const int m = c.m, d = c.d, h = c.h, o = c.o;
+    std::vector<__half> first;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaMemset(c.y, 0xff, (size_t)m * o * 2));
+      launch_bulk(coop_params(sc, c.x, c.w1, c.b1, c.w2, c.b2, c.y, m, d, h, o, blocks, force_splits, v.r2), blocks, v);
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> hy((size_t)m * o);
+      CK(cudaMemcpy(hy.data(), c.y, hy.size() * 2, cudaMemcpyDeviceToHost));
+      double worst = 0;
+      for (size_t i = 0; i < hy.size(); ++i) {
+        double e = fabs(__half2float(hy[i]) - c.ref[i]) / (8e-3 + 8e-3 * fabs(c.ref[i]));
+        if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
+      }
+      if (worst > 1.0) { printf("CHECK FAIL bulk %s splits=%d G=%d m=%d d=%d h=%d worst/tol=%.3f\n", v.name, force_splits, blocks, m, d, h, worst); ok = false; }
+      if (rep == 0) first = hy;
+      else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL bulk %s G=%d m=%d d=%d h=%d not repeatable\n", v.name, blocks, m, d, h); ok = false; }
+    }
+  }
+  printf("bulk checks %s splits=%d (G=%d): %s\n", v.name, force_splits, blocks, ok ? "ok" : "FAILED");
+  return ok;
+}
+// `which`: "base" (bandwidth ceilings + the crate's kernel), a BVARS name, or "all"
+static int round6(const char* which) {
+  const bool all = !strcmp(which, "all"), base = all || !strcmp(which, "base");
+  Coop sc;
+  CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
+  CK(cudaMalloc(&g_words, 64)); CK(cudaMemset(g_words, 0, 64));
+  CK(cudaMalloc(&sc.hidden, 1 << 20));
+  std::vector<BulkVar*> vars;
+  for (auto& v : BVARS) if (all || !strcmp(which, v.name)) vars.push_back(&v);
+  for (auto* v : vars) {
+    CK(cudaFuncSetAttribute((const void*)v->f1, cudaFuncAttributeMaxDynamicSharedMemorySize, v->smem));
+    CK(cudaFuncSetAttribute((const void*)v->f2, cudaFuncAttributeMaxDynamicSharedMemorySize, v->smem));
+    cudaFuncAttributes a1, a2;
+    CK(cudaFuncGetAttributes(&a1, v->f1)); CK(cudaFuncGetAttributes(&a2, v->f2));
+    int o1 = 0, o2 = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o1, v->f1, ffnb::BULK_THREADS, v->smem));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o2, v->f2, ffnb::BULK_THREADS, v->smem));
+    printf("bulk var %-8s smem %d+%zu nt1 regs %d local %zu blocks/SM %d | nt2 regs %d local %zu blocks/SM %d\n", v->name,
+           v->smem, a2.sharedSizeBytes, a1.numRegs, a1.localSizeBytes, o1, a2.numRegs, a2.localSizeBytes, o2);
+    if (o1 < 1 || o2 < 1) { printf("bulk var %s does not fit\n", v->name); return 1; }
+  }
+  std::vector<BulkVar*> good;
+  for (auto* v : vars) {
+    bool ok = true;
+    for (int fs : {0, 1, 3}) ok = check_bulk(sc, g_sms, *v, fs) && ok;
+    if (ok) good.push_back(v);
+  }
+  if (base && !check_coop(sc, 2 * g_sms, CVARS[1])) return 1;
+  std::mt19937 rng(1);
+  const int D = 4096, H = 11008, MMAX = 16;
+  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
+  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
+  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
+  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
+  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  sc.hidden = hid;
+  const double bytes = 2.0 * H * D * 2;
+  if (base) {
+    uint4* sink;
+    CK(cudaMalloc(&sink, 64));
+    const int64_t nb = (int64_t)H * D * 2;
+    double rd = time_us([&] { kread<<<g_sms * 8, 512>>>((const uint4*)w1, nb / 16, sink); }, 50);
+    printf("r6 read 90.2 MB ldg: %.2f us = %.2f TB/s\n", rd, nb / rd / 1e6);
+    auto rb = [&](auto k, int chunk, int st, const char* name) {
+      CK(cudaFuncSetAttribute((const void*)k, cudaFuncAttributeMaxDynamicSharedMemorySize, chunk * st));
+      double t = time_us([&] { k<<<g_sms, 64, chunk * st>>>((const unsigned char*)w1, nb); }, 50);
+      printf("r6 read 90.2 MB bulk %s: %.2f us = %.2f TB/s\n", name, t, nb / t / 1e6);
+    };
+    rb(ffnb::kread_bulk<16384, 12>, 16384, 12, "16KBx12");
+    rb(ffnb::kread_bulk<8192, 24>, 8192, 24, "8KBx24");
+    rb(ffnb::kread_bulk<32768, 6>, 32768, 6, "32KBx6");
+    rb(ffnb::kread_bulk<16384, 4>, 16384, 4, "16KBx4");
+  }
+  for (int m : {1, 4, 16}) {
+    // the crate's config for 4096x11008 (16-row units, L1-cached hidden, 2 blocks / SM, auto splits)
+    ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, 2 * g_sms, 0, 16);
+    double tc = time_us([&] { launch_coop(cp, 2 * g_sms, CVARS[1]); }, 100);
+    printf("r6 4096x11008 m=%-2d crate(hl1) G=%d splits=%d %.2f us = %.2f TB/s\n", m, 2 * g_sms, cp.splits, tc, bytes / tc / 1e6);
+    for (auto* v : good) {
+      for (int fs : {0, 2, 4}) {
+        ffn::CoopParams bp = coop_params(sc, x, w1, b1, w2, b2, y, m, D, H, D, g_sms, fs, v->r2);
+        if (fs && bp.splits != fs) continue;
+        double tb = time_us([&] { launch_bulk(bp, g_sms, *v); }, 100);
+        printf("r6 4096x11008 m=%-2d bulk %-8s G=%d splits=%d%s %.2f us = %.2f TB/s\n", m, v->name, g_sms, bp.splits,
+               fs ? "" : "(auto)", tb, bytes / tb / 1e6);
+      }
+    }
+  }
+  for (auto dh : {std::pair<int, int>{512, 2048}, {768, 3072}}) {
+    const int d = dh.first, hd = dh.second;
+    for (int m : {1, 16}) {
+      for (auto* v : good) {
+        ffn::CoopParams bp = coop_params(sc, x, w1, b1, w2, b2, y, m, d, hd, d, g_sms, 0, v->r2);
+        double tb = time_us([&] { launch_bulk(bp, g_sms, *v); }, 300);
+        printf("r6 %dx%d m=%-2d bulk %-8s G=%d splits=%d %.2f us\n", d, hd, m, v->name, g_sms, bp.splits, tb);
+      }
+    }
+  }
+  return good.size() == vars.size() ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a run cut by `timeout` keeps the lines printed so far
   NCU = argc > 1 && !strcmp(argv[1], "ncu");
@@ -442,6 +579,7 @@ int main(int argc, char** argv) {
     printf("var %-9s regs %3d  blocks/SM: %d (8 warps) %d (4 warps)\n", v.name, at.numRegs, occ8, occ4);
   }
   if (R5) return round5(R5NCU);
+  if (argc > 2 && !strcmp(argv[1], "r6")) return round6(argv[2]);
   if (!NCU && !check_variants()) return 1;
   int occ_coop1 = 0, occ_coop2 = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ_coop1, kcoop<1>, ffn::COOP_THREADS, 0));

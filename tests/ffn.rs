@@ -487,7 +487,8 @@ fn cooperative_ffn_matches_reference() -> Result<()> {
 
 /// The cooperative FFN where the row groups outnumber the grid: 273 output row groups (> 2 blocks x
 /// 132 SMs): one K split, blocks loop over groups; 273 hidden row groups: blocks loop in phase 1;
-/// plus an awkward small shape and the seed's. Small: the GPU runs use it under compute-sanitizer.
+/// plus awkward small shapes (72x2200: phase-1 row-group pairs on an H100) and the seed's. Small:
+/// the GPU runs use it under compute-sanitizer.
 #[cfg(feature = "cuda")]
 #[test]
 fn cooperative_ffn_grid_loops() -> Result<()> {
@@ -495,6 +496,9 @@ fn cooperative_ffn_grid_loops() -> Result<()> {
     check_forced(coop, 4360, 264, &[1, 3], &[Activation::Silu])?;
     check_forced(coop, 64, 4360, &[2], &[Activation::GeluTanh])?;
     check_forced(coop, 72, 136, &[1, 9], &[Activation::Gelu])?;
+    // 138 hidden row groups (the last one partial) on an H100's 132 SMs: the paired entries, 6
+    // blocks taking two row groups in phase 1, 9 output units of 8 rows
+    check_forced(coop, 72, 2200, &[1, 9], &[Activation::Gelu])?;
     check_forced(coop, 512, 2048, &[1], &[Activation::Gelu])
 }
 

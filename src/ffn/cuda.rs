@@ -597,6 +597,19 @@ pub(crate) struct CoopConfig {
     pub k_per_split: usize,
     /// f32 partial sums: `groups * splits * m * rows` (0 when `splits == 1`).
     pub partial_len: usize,
+    /// The `_pr8` entries: phase-1 row-group pairs, one block per SM (see [`choose_coop_launch`]).
+    pub paired: bool,
+}
+
+impl CoopConfig {
+    /// Entry-point suffix (kernels/ffn_coop.cu): `""` (16-row units), `"_r8"` or `"_pr8"`.
+    fn suffix(&self) -> &'static str {
+        match (self.paired, self.rows) {
+            (true, _) => "_pr8",
+            (false, COOP_NARROW_ROWS) => "_r8",
+            _ => "",
+        }
+    }
 }
 
 /// Phase 2 of the cooperative FFN keeps one K split (no cross-block reduction) while a warp's share
@@ -653,7 +666,35 @@ pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) ->
     let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let splits = h.div_ceil(k_per_split).max(1);
     let partial_len = if splits > 1 { groups * splits * m * rows } else { 0 };
-    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len }
+    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len, paired: false }
+}
+
+/// 32-wide chunks per warp per W2 batch of the paired entries (`_pr8`); mirrors their PRE.
+const COOP_PAIRED_PRE: usize = 12;
+
+/// The cooperative launch for `m` tokens, hidden size `h`, output size `o` on `sms` SMs, where the
+/// 16-row / `_r8` entries fit `per_sm` blocks per SM ([`choose_coop_blocks_per_sm`]). Where phase 1's
+/// `ceil(h / 16)` row groups need one to two rounds of one block per SM, 8-row output units fit one
+/// round and a warp's share of H fits one W2 batch of [`COOP_PAIRED_PRE`] chunks (768x3072), the
+/// paired entries (`_pr8`) on one block per SM: phase 1 takes row groups `b` and `b + sms` together,
+/// phase 2 one 8-row unit per block, one split. H100 kernel time (f16, benchmarks/ffn.md round 5):
+/// 768x3072 M = 1 7.22 µs vs 7.98 for `_r8` on 192 blocks (8.88 for the round-4 config), M = 4 7.52
+/// vs 8.37, M = 16 9.00 vs 9.84. Otherwise [`choose_coop_grid`] and [`choose_coop_config`].
+pub(crate) fn choose_coop_launch(m: usize, h: usize, o: usize, sms: usize, per_sm: usize) -> CoopConfig {
+    let groups1 = h.div_ceil(ROWS);
+    let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
+    let sms = sms.max(1);
+    let paired = groups1 > sms
+        && groups1 <= 2 * sms
+        && o.div_ceil(COOP_NARROW_ROWS) <= sms
+        && chunks_per_warp <= COOP_PAIRED_PRE;
+    if !paired {
+        return choose_coop_config(m, h, o, choose_coop_grid(h, sms, per_sm));
+    }
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+    let k_per_split = h.div_ceil(CHUNK_K).max(1) * CHUNK_K;
+    let groups = o.div_ceil(COOP_NARROW_ROWS).max(1);
+    CoopConfig { nt, blocks: sms, rows: COOP_NARROW_ROWS, groups, splits: 1, k_per_split, partial_len: 0, paired }
 }
 
 /// Co-resident blocks per SM for the cooperative FFN with hidden size `h` on `sms` SMs, where the
@@ -765,19 +806,23 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_config(a.m, a.h, a.o, choose_coop_grid(a.h, sms, per_sm));
+    let cfg = choose_coop_launch(a.m, a.h, a.o, sms, per_sm);
     debug_assert_eq!(cfg.nt, nt);
-    let func = if cfg.rows == ROWS {
-        func
-    } else {
-        let key = ("ffn_coop_r8", a.dtype, a.epi.act(), false, nt, true);
-        let narrow = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
-            Ok(format!("ffn_coop_{}_{}_nt{nt}_r8", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
-        })?;
-        if coop_blocks_per_sm(a.dev, key, &narrow)? < per_sm {
-            bail!("fused_ffn: the narrow cooperative FFN kernel does not fit {per_sm} blocks per SM on this device");
+    let func = match cfg.suffix() {
+        "" => func,
+        suffix => {
+            let key = (if cfg.paired { "ffn_coop_pr8" } else { "ffn_coop_r8" }, a.dtype, a.epi.act(), false, nt, true);
+            let f = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
+                Ok(format!("ffn_coop_{}_{}_nt{nt}{suffix}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
+            })?;
+            if coop_blocks_per_sm(a.dev, key, &f)? * sms < cfg.blocks {
+                bail!(
+                    "fused_ffn: the cooperative FFN kernel `{suffix}` does not fit {} blocks on this device",
+                    cfg.blocks
+                );
+            }
+            f
         }
-        narrow
     };
 
     static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
@@ -1006,6 +1051,31 @@ mod tests {
         assert_eq!(choose_coop_rows(16, 3072, 768, 2 * H100_SMS), ROWS);
         assert_eq!(choose_coop_rows(1, 4096, 1024, 2 * H100_SMS), ROWS);
         assert_eq!(choose_coop_rows(16, 2048, 512, H100_SMS), COOP_NARROW_ROWS);
+    }
+
+    #[test]
+    fn coop_launch_pairs_one_to_two_rounds() {
+        // 768x3072: 192 row groups on 132 SMs, 96 units of 8, 12 chunks per warp: paired, any M
+        for m in [1, 4, 16] {
+            let c = choose_coop_launch(m, 3072, 768, H100_SMS, 2);
+            assert_eq!(c.suffix(), "_pr8");
+            assert_eq!((c.blocks, c.rows, c.groups, c.splits, c.k_per_split, c.partial_len), (132, 8, 96, 1, 3072, 0));
+            assert_eq!(c.nt, m.div_ceil(TOKENS));
+        }
+        // one round already (512x2048): 8-row units on one block per SM
+        let c = choose_coop_launch(1, 2048, 512, H100_SMS, 1);
+        assert_eq!((c.suffix(), c.blocks, c.splits), ("_r8", 132, 1));
+        // 1024x4096: 16 chunks per warp, more than one batch: 16-row units with K splits on 256 blocks
+        let c = choose_coop_launch(1, 4096, 1024, H100_SMS, 2);
+        assert_eq!((c.suffix(), c.blocks, c.splits), ("", 256, 4));
+        // LLaMA-7B: more than two rounds of row groups
+        let c = choose_coop_launch(16, 11008, 4096, H100_SMS, 2);
+        assert_eq!((c.suffix(), c.blocks, c.splits), ("", 264, 1));
+        // a wide output (more 8-row units than SMs): not paired
+        assert!(!choose_coop_launch(1, 3072, 8 * H100_SMS + 8, H100_SMS, 2).paired);
+        // a partial H tile: k_per_split covers H in whole chunks
+        let c = choose_coop_launch(1, 3000, 768, H100_SMS, 2);
+        assert!(c.paired && c.k_per_split >= 3000 && c.k_per_split % CHUNK_K == 0, "{c:?}");
     }
 
     #[test]
