@@ -1,4 +1,4 @@
-// W4A16 GEMM for Hopper (sm_90a only; harness-only for now: scripts/int4_wgmma_harness.cu):
+// W4A16 GEMM for Hopper (sm_90a only; harness-only: scripts/int4_tma_harness.cu times it):
 // y[M, N] = x[M, K] . W^T with W in the packed INT4 format of int4_format.cuh.
 //
 // Machete-style: the weights are wgmma's 64-row A operand, dequantized in registers (each warp of
@@ -10,7 +10,7 @@
 // quad (two shuffles per word) before the dequantization puts the weights in natural k order, so
 // x needs no permutation. A block: WG warpgroups (64 weight rows each) x BX activation rows,
 // a STAGES-deep cp.async pipeline over 128-wide K chunks (x tile, weight tiles, scales / zeros),
-// f32 accumulators. No K split. Status (H100, scripts/int4_wgmma_harness.cu, benchmarks/int4.md):
+// f32 accumulators. No K split. Status (H100, benchmarks/int4.md helper round 2):
 // correct, but slower than the mma.sync GEMM (K=4096 -> N=11008, M=512: 198 us against 158, and
 // dequantize + cuBLAS 105): each chunk's dequantization and wgmmas are serialized per warpgroup.
 #pragma once

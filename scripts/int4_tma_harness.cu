@@ -1,7 +1,8 @@
 // Standalone harness for the TMA warp-specialized Hopper W4A16 GEMM (kernels/int4_gemm_tma.cuh: the
 // copy engine loads x, packed tiles and scales; producer warps dequantize into shared memory;
 // consumer warpgroups run SS wgmma), next to round 6's cp.async version (kernels/int4_gemm_ws.cuh).
-// Derived from scripts/int4_ws_harness.cu: correctness against an f64 CPU reference (f16 / bf16, sym / asym, group sizes 32 / 64 /
+// It replaces the round-2 and round-6 harnesses (int4_wgmma_harness.cu, int4_ws_harness.cu; in git
+// history before the 5th session's cleanup) and times their kernels too. Correctness against an f64 CPU reference (f16 / bf16, sym / asym, group sizes 32 / 64 /
 // 128, M and N not multiples of the block, N odd and N % 8 != 0, K with tail chunks), then
 // kernel-only timing (CUDA events) next to cuBLAS f16 GemmEx on the dense weight, int4_dequant +
 // cuBLAS (the crate's path for M > 192), the crate's mma.sync GEMM (int4_gemm_tc m64n128) and the
