@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     result, CudaFunction, CudaModule, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig,
 };
@@ -18,6 +19,31 @@ pub mod ptx {
 
 /// Loaded modules, one per (device, kernels/*.cu file).
 type ModuleCache = HashMap<(DeviceId, &'static str), Arc<CudaModule>>;
+
+/// A device attribute of `dev`, queried from the driver once per (device, attribute): a driver call
+/// per launch shows in the µs-scale calls.
+fn device_attribute(dev: &CudaDevice, attr: CUdevice_attribute) -> Result<i32> {
+    static CACHE: OnceLock<Mutex<HashMap<(DeviceId, CUdevice_attribute), i32>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&v) = cache.get(&(dev.id(), attr)) {
+        return Ok(v);
+    }
+    let v = dev.cuda_stream().context().attribute(attr).w()?;
+    cache.insert((dev.id(), attr), v);
+    Ok(v)
+}
+
+/// The device's SM count (at least 1).
+pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    Ok(device_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize)
+}
+
+/// Whether `dev` has compute capability 9.0 (H100 / H200), where the sm_90a PTX (`wgmma`, TMA) loads.
+pub(crate) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
+    let major = device_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = device_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    Ok((major, minor) == (9, 0))
+}
 
 /// Loads `fn_name` from the PTX module `ptx` (named `module`, e.g. "bias_act"), loading the
 /// module on first use per device. Launch it on candle's stream:

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -13,6 +13,7 @@ use candle_core::{backend::BackendStorage, bail, CudaDevice, CudaStorage, DType,
 
 use super::config::{self, Plan};
 use super::{philox, Problem, Strides};
+pub(super) use crate::cuda::sm_count;
 use crate::cuda::{alloc_output, dtype_suffix, load_func, ptx};
 
 type Arg<'a> = (&'a CudaStorage, &'a Layout);
@@ -71,19 +72,6 @@ pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage
         DType::BF16 => fwd_t::<half::bf16>(prob, q, k, v),
         dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_attention")),
     }
-}
-
-/// The device's SM count, queried once per device.
-pub(super) fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
-    let mut sms = SMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&n) = sms.get(&dev.id()) {
-        return Ok(n);
-    }
-    let n = dev.cuda_stream().context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?;
-    let n = n.max(1) as usize;
-    sms.insert(dev.id(), n);
-    Ok(n)
 }
 
 /// Opts `func` into `bytes` of dynamic shared memory, once per (device, kernel).

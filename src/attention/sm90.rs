@@ -169,34 +169,15 @@ pub(crate) use cuda::{is_sm90, launch};
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-
-    use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute};
+    use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::cuda_backend::cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{DeviceId, WrapErr};
+    use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, CudaDevice, Result};
 
     use super::super::cuda::{ensure_smem, launch as launch_params, sm_count, AttnParams, MAX_GRID_YZ};
     use super::super::Problem;
+    pub(crate) use crate::cuda::is_sm90;
     use crate::cuda::{load_func, ptx};
-
-    /// Whether `dev` has compute capability 9.0 (H100/H200: the sm_90a PTX loads there), queried
-    /// once per device.
-    pub(crate) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
-        static CAPS: OnceLock<Mutex<HashMap<DeviceId, bool>>> = OnceLock::new();
-        let mut caps = CAPS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&yes) = caps.get(&dev.id()) {
-            return Ok(yes);
-        }
-        let stream = dev.cuda_stream();
-        let ctx = stream.context();
-        let major = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()?;
-        let minor = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()?;
-        let yes = (major, minor) == (9, 0);
-        caps.insert(dev.id(), yes);
-        Ok(yes)
-    }
 
     /// `tg::attn90::TmaMaps` (kernels/attention_sm90.cuh): the CUtensorMaps of Q, K and V.
     #[repr(C, align(64))]

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -12,7 +11,7 @@ use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
 use super::{weight_layout, Epilogue, FfnKernel, WeightLayout};
-use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx};
+use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx, sm_count};
 use crate::Activation;
 
 /// Output features per block (the mma's M side); mirrors `ffn::ROWS`.
@@ -96,19 +95,6 @@ fn entry(
     let f = load_func(dev, module, ptx, &name()?)?;
     cache.insert((dev.id(), key), f.clone());
     Ok(f)
-}
-
-/// The device's SM count, queried once per device (a driver call per launch shows at M = 1).
-fn sm_count(dev: &candle_core::CudaDevice) -> Result<usize> {
-    static SMS: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
-    let mut cache = SMS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&n) = cache.get(&dev.id()) {
-        return Ok(n);
-    }
-    let attr = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-    let n = (dev.cuda_stream().context().attribute(attr).w()?).max(1) as usize;
-    cache.insert(dev.id(), n);
-    Ok(n)
 }
 
 /// Device pointers of one projection launch.

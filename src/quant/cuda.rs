@@ -1,9 +1,6 @@
 //! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu,
 //! kernels/int4_gemm_tma_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -15,7 +12,8 @@ use half::f16;
 
 use super::format::Int4Weight;
 use super::launch::{choose_gemm_config, choose_tc_config, choose_ws_config};
-use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx};
+pub(super) use crate::cuda::is_sm90;
+use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx, sm_count};
 use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
@@ -89,35 +87,6 @@ fn cuda_of(s: &Storage) -> Result<&CudaStorage> {
         Storage::Cuda(c) => Ok(c),
         _ => bail!("int4: weight tensors are not on a CUDA device"),
     }
-}
-
-/// SMs of `dev`, queried once per device ordinal.
-fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    static CACHE: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
-    let ctx = dev.cuda_stream().context().clone();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&n) = cache.get(&ctx.ordinal()) {
-        return Ok(n);
-    }
-    let n = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).w()?.max(1) as usize;
-    cache.insert(ctx.ordinal(), n);
-    Ok(n)
-}
-
-/// Whether `dev` has compute capability 9.0 (H100 / H200: the sm_90a PTX loads there), queried once
-/// per device ordinal.
-pub(super) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
-    static CACHE: OnceLock<Mutex<HashMap<usize, bool>>> = OnceLock::new();
-    let ctx = dev.cuda_stream().context().clone();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(&yes) = cache.get(&ctx.ordinal()) {
-        return Ok(yes);
-    }
-    let major = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).w()?;
-    let minor = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).w()?;
-    let yes = (major, minor) == (9, 0);
-    cache.insert(ctx.ordinal(), yes);
-    Ok(yes)
 }
 
 /// The `act` argument of the kernels: `tg::Act`'s numbering in kernels/common.cuh.
