@@ -1,10 +1,10 @@
 //! Small helpers shared by every op's CUDA path: the embedded PTX, function loading, typed
 //! slices at a layout's offset, output allocation (poisoned in tests) and launch shapes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
     result, CudaFunction, CudaModule, CudaSlice, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig,
 };
@@ -43,6 +43,88 @@ pub(crate) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
     let major = device_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
     let minor = device_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     Ok((major, minor) == (9, 0))
+}
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+
+/// Opts `func` (the entry `name`) into `bytes` of dynamic shared memory, once per (device, entry):
+/// the attribute call is a driver call, which shows in µs-scale calls.
+pub(crate) fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
+    if bytes <= DEFAULT_SMEM_LIMIT {
+        return Ok(());
+    }
+    static DONE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let key = format!("{:?}/{name}", dev.id());
+    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if !done.contains(&key) {
+        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).w()?;
+        done.insert(key);
+    }
+    Ok(())
+}
+
+/// Element type of a [`tensor_map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapElem {
+    U16,
+    U32,
+}
+
+/// The `CUtensorMap` (its 128 bytes, as the kernels take it by value) of a tensor at `ptr` with
+/// `dims` (innermost first), byte `strides` of the outer dims, boxes of `boxes` elements, 128-byte
+/// swizzle (the layout wgmma's K-major descriptors read) or none, zero fill past the edges. `None`
+/// where the driver refuses it (unaligned pointer or stride, box too large, ...) or the array
+/// lengths do not fit one rank (1-5); the caller then takes a path without TMA or reports the error.
+pub(crate) fn tensor_map(
+    ptr: u64,
+    elem: MapElem,
+    dims: &[u64],
+    strides: &[u64],
+    boxes: &[u32],
+    swizzle_128b: bool,
+) -> Option<[u64; 16]> {
+    let rank = dims.len();
+    if strides.len() + 1 != rank || boxes.len() != rank || !(1..=5).contains(&rank) {
+        return None;
+    }
+    if ptr % 16 != 0 || strides.iter().any(|&s| s % 16 != 0 || s >= 1 << 40) {
+        return None;
+    }
+    let ty = match elem {
+        MapElem::U16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+        MapElem::U32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+    };
+    let swizzle = if swizzle_128b {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+    } else {
+        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE
+    };
+    let elem_strides = [1u32; 5];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
+    // SAFETY: the output is a CUtensorMap; `dims`, `boxes` and `elem_strides` hold at least `rank`
+    // entries and `strides` rank - 1 (checked above), as the driver reads them.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            ty,
+            rank as u32,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return None;
+    }
+    // SAFETY: written by the successful call.
+    Some(unsafe { map.assume_init() }.opaque)
 }
 
 /// Loads `fn_name` from the PTX module `ptx` (named `module`, e.g. "bias_act"), loading the

@@ -1,10 +1,9 @@
 //! CUDA glue: picks the kernel ([`super::config`]), fills the `#[repr(C)]` params mirrored by
 //! `tg::attn::Params` in `kernels/attention.cuh`, launches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -13,8 +12,8 @@ use candle_core::{backend::BackendStorage, bail, CudaDevice, CudaStorage, DType,
 
 use super::config::{self, Plan};
 use super::{philox, Problem, Strides};
-pub(super) use crate::cuda::sm_count;
 use crate::cuda::{alloc_output, dtype_suffix, load_func, ptx};
+pub(super) use crate::cuda::{ensure_smem, sm_count};
 
 type Arg<'a> = (&'a CudaStorage, &'a Layout);
 
@@ -62,8 +61,6 @@ unsafe impl DeviceRepr for AttnParams {}
 
 /// Largest grid y/z dimension.
 pub(super) const MAX_GRID_YZ: usize = 65_535;
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 
 pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage, Shape)> {
     match q.0.dtype() {
@@ -72,21 +69,6 @@ pub(super) fn fwd(prob: &Problem, q: Arg, k: Arg, v: Arg) -> Result<(CudaStorage
         DType::BF16 => fwd_t::<half::bf16>(prob, q, k, v),
         dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "fused_attention")),
     }
-}
-
-/// Opts `func` into `bytes` of dynamic shared memory, once per (device, kernel).
-pub(super) fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
-    if bytes <= DEFAULT_SMEM_LIMIT {
-        return Ok(());
-    }
-    static DONE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let key = format!("{:?}/{name}", dev.id());
-    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if !done.contains(&key) {
-        func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).w()?;
-        done.insert(key);
-    }
-    Ok(())
 }
 
 /// The decode entry `attn_decode_<suffix>_d<head_dim>`, looked up once per (device, dtype, head

@@ -169,7 +169,6 @@ pub(crate) use cuda::{is_sm90, launch};
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::cuda_backend::cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{bail, CudaDevice, Result};
@@ -177,7 +176,7 @@ mod cuda {
     use super::super::cuda::{ensure_smem, launch as launch_params, sm_count, AttnParams, MAX_GRID_YZ};
     use super::super::Problem;
     pub(crate) use crate::cuda::is_sm90;
-    use crate::cuda::{load_func, ptx};
+    use crate::cuda::{load_func, ptx, MapElem};
 
     /// `tg::attn90::TmaMaps` (kernels/attention_sm90.cuh): the CUtensorMaps of Q, K and V.
     #[repr(C, align(64))]
@@ -203,34 +202,7 @@ mod cuda {
         let sb = if b == 1 { sh * h as u64 } else { u64::try_from(sb).ok()? };
         let dims = [d as u64, n as u64, h as u64, b as u64];
         let strides = [sn * 2, sh * 2, sb * 2];
-        if strides.iter().any(|&s| s % 16 != 0 || s >= 1 << 40) || ptr % 16 != 0 {
-            return None;
-        }
-        let boxes = [64u32, box_rows as u32, 1, 1];
-        let elem = [1u32; 4];
-        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
-        // SAFETY: the output is a CUtensorMap; the four arrays have the lengths rank 4 asks for.
-        let r = unsafe {
-            sys::cuTensorMapEncodeTiled(
-                map.as_mut_ptr(),
-                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
-                4,
-                ptr as *mut std::ffi::c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
-                elem.as_ptr(),
-                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-            )
-        };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return None;
-        }
-        // SAFETY: written by the successful call.
-        Some(unsafe { map.assume_init() }.opaque)
+        crate::cuda::tensor_map(ptr, MapElem::U16, &dims, &strides, &[64, box_rows as u32, 1, 1], true)
     }
 
     /// The tensor maps of a call's Q, K and V for `block`, `None` if any is refused.

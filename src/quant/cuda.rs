@@ -2,7 +2,6 @@
 //! kernels/int4_gemm_tma_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::{self, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -13,7 +12,10 @@ use half::f16;
 use super::format::Int4Weight;
 use super::launch::{choose_gemm_config, choose_tc_config, choose_ws_config};
 pub(super) use crate::cuda::is_sm90;
-use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, elementwise_config, load_func, ptx, sm_count};
+use crate::cuda::{
+    alloc_output, contiguous_view, dtype_suffix, elementwise_config, ensure_smem, load_func, ptx, sm_count, tensor_map,
+    MapElem,
+};
 use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
@@ -21,8 +23,6 @@ const TC_MODULE: &str = "int4_gemm_tc";
 const WS_MODULE: &str = "int4_gemm_tma_sm90";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
-/// Dynamic shared memory a kernel may use without opting in.
-const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 /// `act_code(Activation::Identity)`: the GEMM's activation when `int4_reduce` runs the epilogue.
 const ACT_IDENTITY: i32 = 4;
 
@@ -153,11 +153,10 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     // f32 partials only with several K splits; one split writes y directly (a null `float*`)
     let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name()))?;
+    let name = format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name());
+    let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &name)?;
     let smem = cfg.smem_bytes(w.cfg.group_size, w.cfg.symmetric);
-    if smem > DEFAULT_SMEM_LIMIT {
-        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-    }
+    ensure_smem(dev, &gemm, &name, smem)?;
     with_views(w, |p, s, z| {
         let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
@@ -226,12 +225,10 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
     let y = alloc_output::<T>(dev, m * n)?;
     let partial = if cfg.splits > 1 { Some(alloc_output::<f32>(dev, cfg.splits * m * n)?) } else { None };
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let gemm =
-        load_func(dev, TC_MODULE, ptx::INT4_GEMM_TC, &format!("int4_gemm_tc_{sfx}_{}_{sym}", cfg.variant.name()))?;
+    let name = format!("int4_gemm_tc_{sfx}_{}_{sym}", cfg.variant.name());
+    let gemm = load_func(dev, TC_MODULE, ptx::INT4_GEMM_TC, &name)?;
     let smem = cfg.variant.smem_bytes();
-    if smem > DEFAULT_SMEM_LIMIT {
-        gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
-    }
+    ensure_smem(dev, &gemm, &name, smem)?;
     with_views(w, |p, s, z| {
         let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
@@ -286,60 +283,17 @@ const _: () = assert!(std::mem::size_of::<TmaMaps>() == 512, "mirrors tg::int4_t
 // SAFETY: plain old data with the C layout of `tg::int4_tma::TmaMaps`.
 unsafe impl DeviceRepr for TmaMaps {}
 
-/// The 2-D tensor map of `rows` rows of `cols` elements (`elem_bytes` each, rows `stride_bytes`
-/// apart) at `ptr`, boxes of `box_cols` x `box_rows`, zero fill past the edges; `swizzle`: 128-byte
-/// swizzle (the wgmma K-major layout) or none. `None` where the driver refuses it.
-#[allow(clippy::too_many_arguments)]
+/// The 2-D tensor map of `rows` rows of `cols` elements (rows `stride_bytes` apart) at `ptr`, boxes
+/// of `box_cols` x `box_rows` ([`crate::cuda::tensor_map`]).
 fn tensor_map_2d(
     ptr: u64,
-    elem_bytes: usize,
-    cols: usize,
-    rows: usize,
-    stride_bytes: usize,
-    box_cols: usize,
-    box_rows: usize,
-    swizzle: bool,
+    elem: MapElem,
+    [cols, rows, stride_bytes]: [usize; 3],
+    [box_cols, box_rows]: [usize; 2],
+    swizzle_128b: bool,
 ) -> Option<[u64; 16]> {
-    if ptr % 16 != 0 || stride_bytes % 16 != 0 {
-        return None;
-    }
-    let ty = if elem_bytes == 4 {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32
-    } else {
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16
-    };
     let dims = [cols as u64, rows as u64];
-    let strides = [stride_bytes as u64];
-    let boxes = [box_cols as u32, box_rows as u32];
-    let elem = [1u32; 2];
-    let sw = if swizzle {
-        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
-    } else {
-        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE
-    };
-    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
-    // SAFETY: the output is a CUtensorMap; the arrays have the lengths rank 2 asks for.
-    let r = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            ty,
-            2,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            elem.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sw,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        return None;
-    }
-    // SAFETY: written by the successful call.
-    Some(unsafe { map.assume_init() }.opaque)
+    tensor_map(ptr, elem, &dims, &[stride_bytes as u64], &[box_cols as u32, box_rows as u32], swizzle_128b)
 }
 
 /// The Hopper TMA + `wgmma` GEMM (`int4_gemm_tma_*`, f16 / bf16 activations, compute capability
@@ -364,14 +318,10 @@ fn matmul_ws<T: CudaDType + DeviceRepr>(
     let xs = contiguous_view::<T>(x, l)?;
     let y = alloc_output::<T>(dev, m * n)?;
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let gemm = load_func(
-        dev,
-        WS_MODULE,
-        ptx::INT4_GEMM_TMA_SM90,
-        &format!("int4_gemm_tma_{sfx}_{}_{sym}", cfg.variant.name()),
-    )?;
+    let name = format!("int4_gemm_tma_{sfx}_{}_{sym}", cfg.variant.name());
+    let gemm = load_func(dev, WS_MODULE, ptx::INT4_GEMM_TMA_SM90, &name)?;
     let smem = cfg.variant.smem_bytes();
-    gemm.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    ensure_smem(dev, &gemm, &name, smem)?;
     let (bn, tiles) = (cfg.variant.block_n(), n.div_ceil(super::format::TILE_N));
     let srows = super::launch::WsVariant::scale_rows(gs);
     with_views(w, |p, s, z| {
@@ -383,10 +333,10 @@ fn matmul_ws<T: CudaDType + DeviceRepr>(
         let zp = z_ptr.as_ref().map_or(s_ptr, |z| z.0);
         let maps = (|| {
             Some(TmaMaps {
-                x: tensor_map_2d(x_ptr, 2, k, m, k * 2, 64, 128, true)?,
-                w: tensor_map_2d(p_ptr, 4, k, tiles, k * 4, 128, bn / super::format::TILE_N, false)?,
-                s: tensor_map_2d(s_ptr, 2, n, k / gs, n * 2, bn, srows, false)?,
-                z: tensor_map_2d(zp, 2, n, k / gs, n * 2, bn, srows, false)?,
+                x: tensor_map_2d(x_ptr, MapElem::U16, [k, m, k * 2], [64, 128], true)?,
+                w: tensor_map_2d(p_ptr, MapElem::U32, [k, tiles, k * 4], [128, bn / super::format::TILE_N], false)?,
+                s: tensor_map_2d(s_ptr, MapElem::U16, [n, k / gs, n * 2], [bn, srows], false)?,
+                z: tensor_map_2d(zp, MapElem::U16, [n, k / gs, n * 2], [bn, srows], false)?,
             })
         })();
         let Some(maps) = maps else {
