@@ -59,6 +59,12 @@ pub const CUDA_TC_MAX_M: usize = 192;
 /// 202.8 against 161.0; per call (criterion, same run) M=512 114.9 against 129.2.
 pub const CUDA_WS_MAX_M: usize = 512;
 
+/// On Hopper (f16 / bf16, N % 8 == 0) the TMA + `wgmma` GEMM also takes the rows above this that
+/// are at most [`CUDA_TC_MAX_M`] (instead of the mma.sync tensor-core GEMM). Harness (H100, K=4096 ->
+/// N=11008, kernel µs, benchmarks/int4.md round 7): M=128 47.3 against 53.5. NOT yet measured per
+/// call (branch int4-tma-m128, 5th session): the next GPU run decides.
+pub const CUDA_WS_MIN_M: usize = 64;
+
 /// Which CUDA kernel(s) an `int4_matmul` of `m` rows and `n` output columns in `dtype` runs
 /// (`hopper`: the device has compute capability 9.0, where the sm_90a `wgmma` GEMM loads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +73,7 @@ pub(crate) enum CudaPath {
     SmallM,
     /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
     TensorCore,
-    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_TC_MAX_M`] up to
+    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_WS_MIN_M`] up to
     /// [`CUDA_WS_MAX_M`] on Hopper, N % 8 == 0 (the scales' tensor map needs 16-byte rows).
     Wgmma,
     /// `int4_dequant_*` into a scratch weight, then candle's matmul.
@@ -75,12 +81,13 @@ pub(crate) enum CudaPath {
 }
 
 pub(crate) fn cuda_path(m: usize, n: usize, dtype: DType, hopper: bool) -> CudaPath {
+    let wgmma = hopper && is_half_float(dtype) && n % 8 == 0;
     if m <= CUDA_FUSED_MAX_M {
         CudaPath::SmallM
+    } else if wgmma && m > CUDA_WS_MIN_M && m <= CUDA_WS_MAX_M {
+        CudaPath::Wgmma
     } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
         CudaPath::TensorCore
-    } else if m <= CUDA_WS_MAX_M && hopper && is_half_float(dtype) && n % 8 == 0 {
-        CudaPath::Wgmma
     } else {
         CudaPath::DequantizeMatmul
     }
@@ -369,7 +376,12 @@ mod tests {
             assert_eq!(cuda_path(16, 64, DType::BF16, hopper), CudaPath::SmallM);
             for dtype in [DType::F16, DType::BF16] {
                 assert_eq!(cuda_path(17, 64, dtype, hopper), CudaPath::TensorCore);
-                assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), CudaPath::TensorCore);
+                assert_eq!(cuda_path(CUDA_WS_MIN_M, 64, dtype, hopper), CudaPath::TensorCore);
+                let mid = if hopper { CudaPath::Wgmma } else { CudaPath::TensorCore };
+                assert_eq!(cuda_path(CUDA_WS_MIN_M + 1, 64, dtype, hopper), mid);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), mid);
+                // N % 8 != 0 keeps the tensor-core GEMM
+                assert_eq!(cuda_path(CUDA_TC_MAX_M, 1001, dtype, hopper), CudaPath::TensorCore);
                 let large = if hopper { CudaPath::Wgmma } else { CudaPath::DequantizeMatmul };
                 assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), large);
                 assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), large);
