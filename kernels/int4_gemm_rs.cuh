@@ -181,7 +181,8 @@ template <> struct WgmmaRS<__nv_bfloat16, 256> {
 };
 
 
-// DIAG (harness-only; 0 = real): 2 = no dequantization (fragments from the raw words: loads + wgmma).
+// DIAG (harness-only; 0 = real): 2 = no dequantization (fragments from the raw words: loads + wgmma),
+// 3 = no wgmma (loads + dequantization; the fragments are kept alive by an empty asm).
 template <typename T, int TN, int STAGES, bool SYM, int DIAG = 0>
 __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict__ y, WsDims d, const T* __restrict__ bias,
                                              int act) {
@@ -300,7 +301,11 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
           fr[h][3] = deq_pair<T>(wv[1][2 * h + 1][j], lo1, sc1);
         }
         tg::int4_ws::wgmma_fence();
-        WgmmaRS<T, TN>::run(acc, fr[h], make_desc(xs + (ks >> 2) * L::XH + (ks & 3) * 32));
+        if (DIAG == 3) {
+          fence_u32(fr[h]);
+        } else {
+          WgmmaRS<T, TN>::run(acc, fr[h], make_desc(xs + (ks >> 2) * L::XH + (ks & 3) * 32));
+        }
         tg::int4_ws::wgmma_commit();
         tg::int4_ws::wgmma_wait<1>();  // the previous step's group is done: its fragments are free
         fence_u32(fr[h ^ 1]);

@@ -78,7 +78,8 @@ static RVar RVARS[] = {
   RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"), RV(256, 3, 0, "rs256s3"), RV(176, 3, 0, "rs176s3"),
 };
 constexpr int NR = sizeof(RVARS) / sizeof(RVARS[0]);
-static RVar RDVARS[] = { RV(176, 4, 2, "rs176s4-diag2") };  // loads + wgmma, no dequantization (wrong results)
+// diagnostics (wrong results): diag2 = loads + wgmma, no dequantization; diag3 = loads + dequantization, no wgmma
+static RVar RDVARS[] = { RV(176, 4, 2, "rs176s4-diag2"), RV(176, 4, 3, "rs176s4-diag3") };
 
 typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
@@ -229,7 +230,7 @@ int main(int argc, char** argv) {
     for (auto& v : rs) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
     printf("\n");
     if (M == 512 && ts.K == 4096 && ts.N == 11008) {
-      printf("   diagnostics (wrong results; diag2 = loads + wgmma, no dequantization):");
+      printf("   diagnostics (wrong results; diag2 = loads + wgmma, no dequantization; diag3 = loads + dequantization, no wgmma):");
       for (auto& v : diag) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
       printf("\n");
       for (auto* vs : {&tma, &rs}) for (auto& v : *vs)
