@@ -372,7 +372,9 @@ pub(crate) struct RsConfig {
 /// Launch shape of the RS GEMM: the token block with the fewest tokens per SM in its last wave
 /// (waves x `tokens`; one block per SM), ties to the wider block (each weight dequantized once per
 /// token block). K=4096 -> N=11008 on 132 SMs (86 feature blocks): M=256 88 tokens (258 blocks),
-/// M=384 128, M=512 and 1024 176.
+/// M=384 128, M=512 and 1024 176. On an H100 (harness, benchmarks/int4.md round 8) this picked the
+/// fastest of the three variants at every measured point (M = 128 .. 1024 x K=4096 -> N=11008,
+/// K=11008 -> N=4096, K=N=4096).
 pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig {
     let n_blocks = n.div_ceil(RS_BLOCK_W).max(1);
     let sm_count = sm_count.max(1);
@@ -536,6 +538,13 @@ mod tests {
         assert_eq!(choose_rs_config(384, 11008, 132), want(RsVariant::T128, 3));
         assert_eq!(choose_rs_config(512, 11008, 132), want(RsVariant::T176, 3));
         assert_eq!(choose_rs_config(1024, 11008, 132), want(RsVariant::T176, 6));
+        assert_eq!(choose_rs_config(128, 11008, 132), want(RsVariant::T128, 1));
+        // N=4096 (32 feature blocks): the harness's fastest variant at each M
+        let n4096 = |m| choose_rs_config(m, 4096, 132).variant;
+        assert_eq!(
+            [128, 256, 384, 512, 1024].map(n4096),
+            [RsVariant::T88, RsVariant::T88, RsVariant::T128, RsVariant::T128, RsVariant::T128]
+        );
         // a grid below one wave: the narrowest token block (most blocks)
         assert_eq!(choose_rs_config(300, 16, 132), RsConfig { variant: RsVariant::T88, m_blocks: 4, n_blocks: 1 });
         for n in [1, 8, 127, 128, 129, 1000, 11008] {

@@ -69,10 +69,15 @@ pub const CUDA_WS_MIN_M: usize = 64;
 /// On Hopper (f16 / bf16, N % 8 == 0) the rows above this up to [`CUDA_RS_MAX_M`] take the
 /// transposed-RS `wgmma` GEMM (kernels/int4_gemm_rs.cuh: the weights are the register operand,
 /// dequantized once per block of up to 176 tokens) instead of the TMA GEMM or dequantize + cuBLAS.
-/// Set before its first GPU run (helper round 8, benchmarks/int4.md): the harness's M sweep decides.
+/// Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md round 8): M=256 52.5
+/// against 51.2 for the TMA GEMM, M=384 62.0 against 95.1 (TMA) / 93.8 (dequantize + cuBLAS), M=512
+/// 73.6 against 102.3 / 105.3, and M=128 31.5 against 47.2 (TMA): the same run says this could be 64
+/// (not yet run through the crate below 193 rows).
 pub const CUDA_RS_MIN_M: usize = 192;
 
-/// Upper end of the transposed-RS GEMM's rows (see [`CUDA_RS_MIN_M`]).
+/// Upper end of the transposed-RS GEMM's rows (see [`CUDA_RS_MIN_M`]). Harness (H100, kernel µs,
+/// same run): M=1024 146.5 against 159.9 for dequantize + cuBLAS at K=4096 -> N=11008, 155.9 against
+/// 152.1 at K=11008 -> N=4096, 60.3 against 61.4 at K=N=4096; larger M is not measured.
 pub const CUDA_RS_MAX_M: usize = 1024;
 
 /// Which CUDA kernel(s) an `int4_matmul` of `m` rows and `n` output columns in `dtype` runs
