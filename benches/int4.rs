@@ -14,7 +14,7 @@ use tiny_gemm::quant::{int4_matmul, Int4Config, Int4Weight};
 fn bench(c: &mut Criterion) {
     for (dev_name, dev) in common::devices() {
         let (dtype, ms): (DType, &[usize]) = if dev.is_cuda() {
-            (DType::F16, &[1, 4, 16, 17, 32, 64, 128, 192, 256, 512])
+            (DType::F16, &[1, 4, 16, 17, 32, 64, 128, 192, 256, 384, 512, 1024])
         } else {
             (DType::F32, &[1, 4, 16])
         };
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
                     });
                 }
                 if dev.is_cuda() && m > tiny_gemm::quant::CUDA_TC_MAX_M {
-                    // the large-M path off Hopper (and on Hopper before the TMA + wgmma GEMM): the weight
+                    // the large-M path off Hopper (and on Hopper before the wgmma GEMMs): the weight
                     // dequantized per call, then candle's matmul
                     g.bench_function(format!("int4_{dtype:?}_dequantize_matmul"), |b| {
                         b.iter_custom(|iters| {

@@ -135,7 +135,7 @@ fn matmul_tensor_core_path() -> Result<()> {
         // LLM-sized K, split 8 ways (22 and 8 column blocks); the second with a K tail chunk
         check_matmul(&dev, 64, 2752, 4096, Int4Config::default(), DType::F16)?;
         check_matmul(&dev, 17, 1000, 4160, Int4Config { group_size: 64, symmetric: false }, DType::BF16)?;
-        // above CUDA_TC_MAX_M: the Hopper wgmma GEMM on compute capability 9.0, else (and f32)
+        // above CUDA_TC_MAX_M: the Hopper RS wgmma GEMM on compute capability 9.0, else (and f32)
         // dequantize + matmul
         for (m, dtype) in [(tc_max + 1, DType::F16), (1023, DType::BF16), (40, DType::F32)] {
             check_matmul(&dev, m, 24, 256, Int4Config::default(), dtype)?;
@@ -152,44 +152,98 @@ fn matmul_tensor_core_path() -> Result<()> {
     Ok(())
 }
 
-/// Above CUDA_TC_MAX_M (f16 / bf16): on Hopper the TMA warp-specialized wgmma GEMM for N % 8 == 0
-/// up to CUDA_WS_MAX_M rows (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns),
-/// elsewhere (N odd, M=513) dequantize + matmul. M not a multiple of 128, N a multiple of 8 but not of the column block, N
+/// CUDA_WS_MIN_M < M <= CUDA_RS_MIN_M (f16 / bf16): on Hopper the TMA warp-specialized wgmma GEMM
+/// for N % 8 == 0 (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns), elsewhere the
+/// tensor-core GEMM. M not a multiple of 128, N a multiple of 8 but not of the column block, N
 /// below one column block (N=16: boxes larger than the tensor), both column blocks (N=11008 and
 /// 132 SMs pick 168 columns, the smaller N 128), K with a tail chunk of 3 words (K=96: two 64-wide
 /// stages, the second partly past K, zero-filled by the copy engine), 1 word (K=160) and 2 words
 /// (one stage; group sizes 32 and 64), every group size, sym and asym. CUDA only.
 #[test]
 fn matmul_hopper_wgmma_path() -> Result<()> {
-    let tc_max = tiny_gemm::quant::CUDA_TC_MAX_M;
+    let rs_min = tiny_gemm::quant::CUDA_RS_MIN_M;
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
         for cfg in configs() {
             let gs = cfg.group_size;
-            for (m, n, k) in [(tc_max + 1, 1000, 3 * gs), (300, 344, 14 * gs), (257, 1352, 5 * gs), (200, 16, 2 * gs)] {
+            for (m, n, k) in [(65, 1000, 3 * gs), (130, 344, 14 * gs), (rs_min, 1352, 5 * gs), (100, 16, 2 * gs)] {
                 for dtype in [DType::F16, DType::BF16] {
                     check_matmul(&dev, m, n, k, cfg, dtype)?;
                 }
             }
         }
-        check_matmul(&dev, 256, 4096, 1024, Int4Config::default(), DType::F16)?;
-        check_matmul(&dev, 513, 1352, 4160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
-        // 132 SMs: 168-column blocks (66 column blocks x 2 row blocks = one wave); N % 168 != 0,
-        // N odd with a 3-word K tail, N % 8 == 0 with a 1-word tail
-        check_matmul(&dev, 256, 11008, 256, Int4Config::default(), DType::F16)?;
-        check_matmul(&dev, 193, 11001, 96, Int4Config { group_size: 32, symmetric: true }, DType::BF16)?;
-        check_matmul(&dev, 200, 11000, 160, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
-        // N odd: dequantize + matmul on every device
+        check_matmul(&dev, 129, 4096, 1024, Int4Config::default(), DType::F16)?;
+        // 132 SMs: 168-column blocks; N % 168 != 0, N odd (the tensor-core GEMM) with a 3-word K
+        // tail, N % 8 == 0 with a 1-word tail
+        check_matmul(&dev, rs_min, 11008, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 150, 11001, 96, Int4Config { group_size: 32, symmetric: true }, DType::BF16)?;
+        check_matmul(&dev, 160, 11000, 160, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+    }
+    Ok(())
+}
+
+/// A small TMA-GEMM problem for compute-sanitizer racecheck (the producer / consumer mbarrier
+/// ring, several blocks, a K tail): M=150, N=344, K=416.
+#[test]
+fn matmul_hopper_wgmma_small() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        check_matmul(&dev, 150, 344, 416, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+    }
+    Ok(())
+}
+
+/// CUDA_RS_MIN_M < M <= CUDA_RS_MAX_M (f16 / bf16): on Hopper the transposed-RS wgmma GEMM for
+/// N % 8 == 0 (kernels/int4_gemm_rs.cuh: 128 output features x 88 / 128 / 176 tokens per block),
+/// elsewhere (N odd, above CUDA_RS_MAX_M, other GPUs) dequantize + matmul. M not a multiple of any
+/// token block, N a multiple of 8 but not of 128, N below one feature block (N=16: boxes larger than
+/// the tensor), every token block (132 SMs: the small grids 88, M=384 x N=4096 128, M=512 / 520 x
+/// N=11008 176), K with
+/// tail chunks of 3 words (K=96: two x boxes, the second partly past K), 1 word (K=160 and 416:
+/// one x box) and 2 words (K=192 with group size 64: one full x box), every group size, sym and
+/// asym. CUDA only.
+#[test]
+fn matmul_hopper_rs_path() -> Result<()> {
+    let (rs_min, rs_max) = (tiny_gemm::quant::CUDA_RS_MIN_M, tiny_gemm::quant::CUDA_RS_MAX_M);
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for cfg in configs() {
+            let gs = cfg.group_size;
+            for (m, n, k) in [(rs_min + 1, 1000, 3 * gs), (300, 344, 14 * gs), (1023, 136, 5 * gs), (257, 16, 2 * gs)] {
+                for dtype in [DType::F16, DType::BF16] {
+                    check_matmul(&dev, m, n, k, cfg, dtype)?;
+                }
+            }
+        }
+        check_matmul(&dev, 384, 4096, 1024, Int4Config::default(), DType::BF16)?;
+        check_matmul(&dev, 512, 11008, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 520, 11008, 160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
+        check_matmul(&dev, rs_max, 264, 4160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
+        check_matmul(&dev, 600, 1352, 96, Int4Config { group_size: 32, symmetric: true }, DType::BF16)?;
+        check_matmul(&dev, 700, 1000, 160, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+        check_matmul(&dev, 400, 72, 192, Int4Config { group_size: 64, symmetric: false }, DType::F16)?;
+        // above CUDA_RS_MAX_M and N odd: dequantize + matmul on every device
+        check_matmul(&dev, rs_max + 1, 24, 256, Int4Config::default(), DType::F16)?;
         check_matmul(&dev, 300, 1001, 256, Int4Config::default(), DType::F16)?;
     }
     Ok(())
 }
 
-/// A small Hopper-path problem for compute-sanitizer racecheck (the producer / consumer mbarrier
-/// ring, several blocks, a K tail): M=200, N=344, K=416.
+/// A small RS-GEMM problem for compute-sanitizer racecheck (the mbarrier ring, the epilogue's
+/// staging in the ring's space, several blocks, a 1-word K tail): M=300, N=344, K=416.
 #[test]
-fn matmul_hopper_wgmma_small() -> Result<()> {
+fn matmul_hopper_rs_small() -> Result<()> {
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
-        check_matmul(&dev, 200, 344, 416, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+        check_matmul(&dev, 300, 344, 416, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
+    }
+    Ok(())
+}
+
+/// Bias and every activation in the RS GEMM's epilogue (M=520: 176-token blocks, N=136: a partial
+/// feature block), f16 and bf16, sym and asym.
+#[test]
+fn linear_bias_act_rs_path() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for (dtype, symmetric) in [(DType::F16, false), (DType::BF16, true)] {
+            check_linear(&dev, 520, 136, 256, Int4Config { group_size: 64, symmetric }, dtype)?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu,
 //! kernels/int4_gemm_tma_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -10,7 +13,7 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, S
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::{choose_gemm_config, choose_tc_config, choose_ws_config};
+use super::launch::{choose_gemm_config, choose_rs_config, choose_tc_config, choose_ws_config};
 pub(super) use crate::cuda::is_sm90;
 use crate::cuda::{
     alloc_output, contiguous_view, dtype_suffix, elementwise_config, ensure_smem, load_func, ptx, sm_count, tensor_map,
@@ -21,6 +24,7 @@ use crate::Activation;
 const MODULE: &str = "int4_gemm";
 const TC_MODULE: &str = "int4_gemm_tc";
 const WS_MODULE: &str = "int4_gemm_tma_sm90";
+const RS_MODULE: &str = "int4_gemm_rs_sm90";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
 /// `act_code(Activation::Identity)`: the GEMM's activation when `int4_reduce` runs the epilogue.
@@ -135,6 +139,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
         super::CudaPath::SmallM => {}
         super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
         super::CudaPath::Wgmma => return matmul_ws::<T>(w, x, l, bias, act),
+        super::CudaPath::Rs => return matmul_rs::<T>(w, x, l, bias, act),
         super::CudaPath::DequantizeMatmul => {
             bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
         }
@@ -360,6 +365,102 @@ fn matmul_ws<T: CudaDType + DeviceRepr>(
         // kernels/int4_gemm_tma_sm90.cu; the maps describe the live x, packed weight, scales and
         // zeros (views held until after the launch), every extent as `dims` describes it (checked by
         // int4_matmul / the format), and `smem` is the variant's layout (`TmaSmem`).
+        unsafe { b.launch(lc) }.w()?;
+        Ok(())
+    })?;
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+}
+
+/// [`tensor_map_2d`] memoized: a tensor map is a pure function of its arguments (the pointer
+/// included), so a cached one is exactly what encoding again would give. For the weight's maps
+/// (packed tiles, scales, zeros), which repeat every call; bounded (cleared past 4096 entries).
+fn cached_map_2d(
+    ptr: u64,
+    elem: MapElem,
+    shape: [usize; 3],
+    boxes: [usize; 2],
+    swizzle_128b: bool,
+) -> Option<[u64; 16]> {
+    type Key = (u64, bool, [usize; 3], [usize; 2], bool);
+    static CACHE: OnceLock<Mutex<HashMap<Key, [u64; 16]>>> = OnceLock::new();
+    let key = (ptr, elem == MapElem::U32, shape, boxes, swizzle_128b);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(m) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Some(*m);
+    }
+    let map = tensor_map_2d(ptr, elem, shape, boxes, swizzle_128b)?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= 4096 {
+        c.clear();
+    }
+    c.insert(key, map);
+    Some(map)
+}
+
+/// The transposed-RS Hopper GEMM (kernels/int4_gemm_rs.cuh): y^T = W x^T, blocks of 128 output
+/// features x `tokens` activation rows, bias and activation in the epilogue.
+fn matmul_rs<T: CudaDType + DeviceRepr>(
+    w: &Int4Weight,
+    x: &CudaStorage,
+    l: &Layout,
+    bias: Option<&CudaView<T>>,
+    act: Activation,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (m, n, k) = (l.dims()[0], w.n, w.k);
+    let cfg = choose_rs_config(m, n, sm_count(dev)?);
+    let gs = w.cfg.group_size;
+    let dims = WsDims { m: i32_dim(m, "M")?, n: i32_dim(n, "N")?, k: i32_dim(k, "K")?, group_size: gs as i32 };
+    if cfg.n_blocks > 65535 {
+        bail!("int4_matmul: N={n} needs {} feature blocks, more than the 65535 the kernel's grid takes", cfg.n_blocks);
+    }
+    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
+    let xs = contiguous_view::<T>(x, l)?;
+    let y = alloc_output::<T>(dev, m * n)?;
+    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
+    let name = format!("int4_gemm_rs_{sfx}_{}_{sym}", cfg.variant.name());
+    let gemm = load_func(dev, RS_MODULE, ptx::INT4_GEMM_RS_SM90, &name)?;
+    let smem = cfg.variant.smem_bytes();
+    ensure_smem(dev, &gemm, &name, smem)?;
+    let (bw, tiles) = (cfg.variant.block_w(), n.div_ceil(super::format::TILE_N));
+    let srows = super::launch::WsVariant::scale_rows(gs);
+    with_views(w, |p, s, z| {
+        let stream = dev.cuda_stream();
+        let (x_ptr, _xg) = xs.device_ptr(&stream);
+        let (p_ptr, _pg) = p.device_ptr(&stream);
+        let (s_ptr, _sg) = s.device_ptr(&stream);
+        let z_ptr = z.as_ref().map(|z| z.device_ptr(&stream));
+        let zp = z_ptr.as_ref().map_or(s_ptr, |z| z.0);
+        let maps = (|| {
+            Some(TmaMaps {
+                x: tensor_map_2d(x_ptr, MapElem::U16, [k, m, k * 2], [64, cfg.variant.tokens()], true)?,
+                w: cached_map_2d(p_ptr, MapElem::U32, [k, tiles, k * 4], [128, bw / super::format::TILE_N], false)?,
+                s: cached_map_2d(s_ptr, MapElem::U16, [n, k / gs, n * 2], [bw, srows], false)?,
+                z: cached_map_2d(zp, MapElem::U16, [n, k / gs, n * 2], [bw, srows], false)?,
+            })
+        })();
+        let Some(maps) = maps else {
+            bail!("int4_matmul: the driver refused a tensor map (M={m}, N={n}, K={k}, group size {gs})");
+        };
+        let null = 0u64; // a null pointer: no bias
+        let mut b = stream.launch_builder(&gemm);
+        b.arg(&maps).arg(&y).arg(&dims);
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        let act = act_code(act);
+        b.arg(&act);
+        let lc = LaunchConfig {
+            grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
+            block_dim: (cfg.variant.threads() as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: argument types and count match `int4_gemm_rs_<T>_<variant>_<sym>` in
+        // kernels/int4_gemm_rs_sm90.cu; the maps describe the live x, packed weight, scales and
+        // zeros (views held until after the launch), every extent as `dims` describes it (checked by
+        // int4_matmul / the format), `y` holds m * n elements (16-byte stores need N % 8 == 0, which
+        // `cuda_path` requires) and `smem` is the variant's layout (`RsSmem`).
         unsafe { b.launch(lc) }.w()?;
         Ok(())
     })?;

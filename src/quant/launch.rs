@@ -296,6 +296,100 @@ pub(crate) fn choose_ws_config(m: usize, n: usize, sm_count: usize) -> WsConfig 
     }
 }
 
+/// Output features per block of the transposed-RS Hopper GEMM (`BW` in kernels/int4_gemm_rs.cuh: two
+/// consumer warpgroups of 64 weight rows).
+const RS_BLOCK_W: usize = 128;
+/// Staged epilogue row of the RS GEMM (`EPI_STRIDE`: 64 features + 8 pad).
+const RS_EPI_STRIDE: usize = 64 + 8;
+
+/// The `int4_gemm_rs_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
+/// kernels/int4_gemm_rs_sm90.cu): y^T = W x^T with the weights as wgmma's register A operand
+/// (dequantized by the consumer warpgroups), 128 output features x `tokens` activation rows per
+/// block, one producer warp loading x, the packed tiles and the scales by TMA into a `stages`-deep
+/// ring of 128-wide K chunks, one block per SM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RsVariant {
+    /// 88 tokens: M=256 is 3 token blocks (K=4096 -> N=11008: 258 blocks, 2 waves on 132 SMs).
+    T88,
+    /// 128 tokens: M=384 is 3 token blocks (258 blocks at N=11008).
+    T128,
+    /// 176 tokens: M=512 is 3 token blocks (258 blocks at N=11008).
+    T176,
+}
+
+impl RsVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::T88 => "t88s6",
+            Self::T128 => "t128s5",
+            Self::T176 => "t176s4",
+        }
+    }
+    /// Activation rows per block (`TN`, the wgmma N).
+    pub fn tokens(self) -> usize {
+        match self {
+            Self::T88 => 88,
+            Self::T128 => 128,
+            Self::T176 => 176,
+        }
+    }
+    /// Ring stages (`STAGES`).
+    pub fn stages(self) -> usize {
+        match self {
+            Self::T88 => 6,
+            Self::T128 => 5,
+            Self::T176 => 4,
+        }
+    }
+    /// Threads per block: two consumer warpgroups and one producer warp.
+    pub fn threads(self) -> usize {
+        256 + 32
+    }
+    /// Dynamic shared memory (mirrors `RsSmem`): per stage two x boxes `[tokens][64]` (2-byte), the
+    /// chunk's 16 packed tiles and the scales and zeros `[4][128]` (f16); the epilogue's staging
+    /// `[2][tokens][72]` reuses the ring; the full / empty mbarriers, 1024 bytes of alignment.
+    pub fn smem_bytes(self) -> usize {
+        let tn = self.tokens();
+        let stage = 2 * tn * 128 + RS_BLOCK_W / TILE_N * TC_TILE_BYTES + 2 * TC_MAX_GROUPS_PER_CHUNK * RS_BLOCK_W * 2;
+        let epilogue = 2 * tn * RS_EPI_STRIDE * 2;
+        (self.stages() * stage).max(epilogue) + 2 * self.stages() * 8 + 1024
+    }
+    /// Output features per block (the packed and scale boxes' rows).
+    pub fn block_w(self) -> usize {
+        RS_BLOCK_W
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RsConfig {
+    pub variant: RsVariant,
+    /// Blocks of `tokens` activation rows (grid.x).
+    pub m_blocks: usize,
+    /// Blocks of 128 output features (grid.y).
+    pub n_blocks: usize,
+}
+
+/// Launch shape of the RS GEMM: the token block with the fewest tokens per SM in its last wave
+/// (waves x `tokens`; one block per SM), ties to the wider block (each weight dequantized once per
+/// token block). K=4096 -> N=11008 on 132 SMs (86 feature blocks): M=256 88 tokens (258 blocks),
+/// M=384 128, M=512 and 1024 176. On an H100 (harness, benchmarks/int4.md round 8) this picked the
+/// fastest of the three variants at every measured point (M = 128 .. 1024 x K=4096 -> N=11008,
+/// K=11008 -> N=4096, K=N=4096).
+pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig {
+    let n_blocks = n.div_ceil(RS_BLOCK_W).max(1);
+    let sm_count = sm_count.max(1);
+    let shape = |variant: RsVariant| RsConfig { variant, m_blocks: m.div_ceil(variant.tokens()).max(1), n_blocks };
+    let cost = |c: &RsConfig| (c.m_blocks * c.n_blocks).div_ceil(sm_count) * c.variant.tokens();
+    let mut best = shape(RsVariant::T176);
+    for v in [RsVariant::T128, RsVariant::T88] {
+        let c = shape(v);
+        if cost(&c) < cost(&best) {
+            best = c;
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +528,45 @@ mod tests {
         for v in [WsVariant::N168, WsVariant::N128] {
             // what an H100 block can opt in to (static_assert in WsSmem)
             assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn rs_config_on_h100() {
+        let want = |variant, m_blocks| RsConfig { variant, m_blocks, n_blocks: 86 };
+        assert_eq!(choose_rs_config(256, 11008, 132), want(RsVariant::T88, 3));
+        assert_eq!(choose_rs_config(384, 11008, 132), want(RsVariant::T128, 3));
+        assert_eq!(choose_rs_config(512, 11008, 132), want(RsVariant::T176, 3));
+        assert_eq!(choose_rs_config(1024, 11008, 132), want(RsVariant::T176, 6));
+        assert_eq!(choose_rs_config(128, 11008, 132), want(RsVariant::T128, 1));
+        // N=4096 (32 feature blocks): the harness's fastest variant at each M
+        let n4096 = |m| choose_rs_config(m, 4096, 132).variant;
+        assert_eq!(
+            [128, 256, 384, 512, 1024].map(n4096),
+            [RsVariant::T88, RsVariant::T88, RsVariant::T128, RsVariant::T128, RsVariant::T128]
+        );
+        // a grid below one wave: the narrowest token block (most blocks)
+        assert_eq!(choose_rs_config(300, 16, 132), RsConfig { variant: RsVariant::T88, m_blocks: 4, n_blocks: 1 });
+        for n in [1, 8, 127, 128, 129, 1000, 11008] {
+            for m in [1, 88, 89, 193, 513, 1023] {
+                for sm in [1, 108, 132] {
+                    let c = choose_rs_config(m, n, sm);
+                    let tn = c.variant.tokens();
+                    assert!(c.m_blocks * tn >= m && (c.m_blocks - 1) * tn < m.max(1), "{c:?}");
+                    assert!(c.n_blocks * 128 >= n && (c.n_blocks - 1) * 128 < n, "{c:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rs_shared_memory() {
+        // 4 stages x (2 x 176 x 128 x boxes + 16 tiles x 512 B + scales and zeros [4][128] f16)
+        assert_eq!(RsVariant::T176.smem_bytes(), 4 * (45056 + 8192 + 2048) + 64 + 1024);
+        for v in [RsVariant::T88, RsVariant::T128, RsVariant::T176] {
+            // what an H100 block can opt in to (static_assert in RsSmem)
+            assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
+            assert_eq!(v.tokens() * 128 % 1024, 0, "{v:?}: 1024-byte swizzle atoms");
         }
     }
 }

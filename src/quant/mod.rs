@@ -42,7 +42,8 @@ use crate::Activation;
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
 /// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), above it
 /// up to [`CUDA_WS_MAX_M`] the Hopper TMA + `wgmma` GEMM on compute capability 9.0 (f16 / bf16,
-/// N % 8 == 0), else dequantizes the weight to the activation dtype in a scratch buffer and calls
+/// N % 8 == 0; from [`CUDA_RS_MIN_M`] to [`CUDA_RS_MAX_M`] rows the transposed-RS `wgmma` GEMM
+/// instead), else dequantizes the weight to the activation dtype in a scratch buffer and calls
 /// candle's (cuBLAS) matmul.
 pub const CUDA_FUSED_MAX_M: usize = 16;
 
@@ -65,6 +66,20 @@ pub const CUDA_WS_MAX_M: usize = 512;
 /// call (branch int4-tma-m128, 5th session): the next GPU run decides.
 pub const CUDA_WS_MIN_M: usize = 64;
 
+/// On Hopper (f16 / bf16, N % 8 == 0) the rows above this up to [`CUDA_RS_MAX_M`] take the
+/// transposed-RS `wgmma` GEMM (kernels/int4_gemm_rs.cuh: the weights are the register operand,
+/// dequantized once per block of up to 176 tokens) instead of the TMA GEMM or dequantize + cuBLAS.
+/// Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md round 8): M=256 52.5
+/// against 51.2 for the TMA GEMM, M=384 62.0 against 95.1 (TMA) / 93.8 (dequantize + cuBLAS), M=512
+/// 73.6 against 102.3 / 105.3, and M=128 31.5 against 47.2 (TMA): the same run says this could be 64
+/// (not yet run through the crate below 193 rows).
+pub const CUDA_RS_MIN_M: usize = 192;
+
+/// Upper end of the transposed-RS GEMM's rows (see [`CUDA_RS_MIN_M`]). Harness (H100, kernel µs,
+/// same run): M=1024 146.5 against 159.9 for dequantize + cuBLAS at K=4096 -> N=11008, 155.9 against
+/// 152.1 at K=11008 -> N=4096, 60.3 against 61.4 at K=N=4096; larger M is not measured.
+pub const CUDA_RS_MAX_M: usize = 1024;
+
 /// Which CUDA kernel(s) an `int4_matmul` of `m` rows and `n` output columns in `dtype` runs
 /// (`hopper`: the device has compute capability 9.0, where the sm_90a `wgmma` GEMM loads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +89,12 @@ pub(crate) enum CudaPath {
     /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
     TensorCore,
     /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_WS_MIN_M`] up to
-    /// [`CUDA_WS_MAX_M`] on Hopper, N % 8 == 0 (the scales' tensor map needs 16-byte rows).
+    /// [`CUDA_WS_MAX_M`] on Hopper where [`CudaPath::Rs`] does not apply, N % 8 == 0 (the scales'
+    /// tensor map needs 16-byte rows).
     Wgmma,
+    /// `int4_gemm_rs_*` (kernels/int4_gemm_rs_sm90.cu): f16 / bf16 above [`CUDA_RS_MIN_M`] up to
+    /// [`CUDA_RS_MAX_M`] on Hopper, N % 8 == 0.
+    Rs,
     /// `int4_dequant_*` into a scratch weight, then candle's matmul.
     DequantizeMatmul,
 }
@@ -84,6 +103,8 @@ pub(crate) fn cuda_path(m: usize, n: usize, dtype: DType, hopper: bool) -> CudaP
     let wgmma = hopper && is_half_float(dtype) && n % 8 == 0;
     if m <= CUDA_FUSED_MAX_M {
         CudaPath::SmallM
+    } else if wgmma && m > CUDA_RS_MIN_M && m <= CUDA_RS_MAX_M {
+        CudaPath::Rs
     } else if wgmma && m > CUDA_WS_MIN_M && m <= CUDA_WS_MAX_M {
         CudaPath::Wgmma
     } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
@@ -111,7 +132,7 @@ fn is_hopper(dev: &candle_core::Device) -> Result<bool> {
 /// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
 /// by the weight dequantized to the activation dtype (one rounding per weight; bf16: the scale
 /// is rounded to bf16 first in the tensor-core GEMMs: M ≤ [`CUDA_TC_MAX_M`], and f16 / bf16 above
-/// it up to [`CUDA_WS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
+/// it up to [`CUDA_WS_MAX_M`] / [`CUDA_RS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     int4_linear_impl("int4_matmul", x, w, None, Activation::Identity)
 }
@@ -122,7 +143,7 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
 /// CPU: the output loop), before the output's one rounding to `x`'s dtype; numerics otherwise as
 /// [`int4_matmul`]. On CUDA past the fused kernels' row limits (f32 above
 /// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`] except on Hopper up to
-/// [`CUDA_WS_MAX_M`] rows with N % 8 == 0) it is candle's
+/// [`CUDA_WS_MAX_M`] / [`CUDA_RS_MAX_M`] rows with N % 8 == 0) it is candle's
 /// matmul on the dequantized weight followed by [`bias_act`](crate::bias_act).
 ///
 /// ```
@@ -371,6 +392,8 @@ mod tests {
 
     #[test]
     fn cuda_path_by_rows_and_dtype() {
+        // the ranges as documented: TMA GEMM from CUDA_WS_MIN_M, RS GEMM from CUDA_RS_MIN_M
+        const { assert!(CUDA_WS_MIN_M < CUDA_RS_MIN_M && CUDA_RS_MIN_M < CUDA_WS_MAX_M && CUDA_WS_MAX_M <= CUDA_RS_MAX_M) };
         for hopper in [false, true] {
             assert_eq!(cuda_path(1, 64, DType::F32, hopper), CudaPath::SmallM);
             assert_eq!(cuda_path(16, 64, DType::BF16, hopper), CudaPath::SmallM);
@@ -379,16 +402,19 @@ mod tests {
                 assert_eq!(cuda_path(CUDA_WS_MIN_M, 64, dtype, hopper), CudaPath::TensorCore);
                 let mid = if hopper { CudaPath::Wgmma } else { CudaPath::TensorCore };
                 assert_eq!(cuda_path(CUDA_WS_MIN_M + 1, 64, dtype, hopper), mid);
-                assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), mid);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M.min(CUDA_RS_MIN_M), 64, dtype, hopper), mid);
                 // N % 8 != 0 keeps the tensor-core GEMM
                 assert_eq!(cuda_path(CUDA_TC_MAX_M, 1001, dtype, hopper), CudaPath::TensorCore);
-                let large = if hopper { CudaPath::Wgmma } else { CudaPath::DequantizeMatmul };
-                assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), large);
-                assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), large);
-                assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
+                let rs = if hopper { CudaPath::Rs } else { CudaPath::DequantizeMatmul };
+                assert_eq!(cuda_path(CUDA_RS_MIN_M + 1, 64, dtype, hopper), rs);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), rs);
+                assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), rs);
+                assert_eq!(cuda_path(CUDA_RS_MAX_M, 11008, dtype, hopper), rs);
+                assert_eq!(cuda_path(CUDA_RS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 assert_eq!(cuda_path(4096, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 // N % 8 != 0: no tensor map of the scales, dequantize + matmul
                 assert_eq!(cuda_path(512, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
+                assert_eq!(cuda_path(CUDA_RS_MIN_M + 1, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
             }
             // f32 activations: the tensor-core GEMMs take 2-byte operands only
             assert_eq!(cuda_path(17, 64, DType::F32, hopper), CudaPath::DequantizeMatmul);

@@ -1,0 +1,243 @@
+// Standalone harness for the transposed-RS Hopper W4A16 GEMM (kernels/int4_gemm_rs.cuh: y^T = W x^T
+// with the weights as wgmma's register A operand, dequantized by the consumer warps; x from shared
+// memory via TMA), next to the crate's TMA warp-specialized kernel (kernels/int4_gemm_tma.cuh,
+// variants t168c2s4r3p2e / t128c2s5r3p2e) and cuBLAS f16 GemmEx on the dense weight, in one process.
+// Correctness against an f64 CPU reference (f16 / bf16, sym / asym, group sizes 32 / 64 / 128, M and
+// N not multiples of the blocks, K with tail chunks), then kernel-only timing (CUDA events, 50
+// back-to-back launches alternating two weight copies) for M = 128 .. 1024 at K=4096 -> N=11008,
+// 11008 -> 4096 and 4096 -> 4096. `harness quick`: four small shapes, RS only, no timing (for
+// compute-sanitizer). Build (repository root):
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Ikernels -o int4_rs_harness scripts/int4_rs_harness.cu
+#define INT4_TC_NO_ENTRIES
+#include "int4_gemm_sm90.cuh"
+#include "int4_gemm_ws.cuh"
+#include "int4_gemm_tma.cuh"
+#include "int4_gemm_rs.cuh"
+#include <cuda.h>
+#include "int4_gemm.cu"
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <cmath>
+#include <random>
+#include <thread>
+#include <dlfcn.h>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
+
+template <typename T, int BM, int BN, int WM, int WN, int ST, bool SYM>
+__global__ void __launch_bounds__(WM * WN * 32, 1) ktc(const T* x, const uint32_t* p, const __half* s, const __half* z, T* y, float* part, TcDims d) {
+  tg::int4_tc::int4_gemm_tc<T, BM, BN, WM, WN, ST, SYM>(x, p, s, z, y, part, d);
+}
+typedef void (*KFn)(const void*, const uint32_t*, const __half*, const __half*, void*, float*, TcDims);
+struct Var { const char* name; KFn f[2][2]; int bm, bn, threads, smem, per_sm; };  // f[bf16][asym]
+#define V(BM, BN, WM, WN, ST, PER_SM) {"m" #BM "n" #BN "w" #WM "x" #WN "s" #ST, \
+  {{(KFn)ktc<__half, BM, BN, WM, WN, ST, true>, (KFn)ktc<__half, BM, BN, WM, WN, ST, false>}, \
+   {(KFn)ktc<__nv_bfloat16, BM, BN, WM, WN, ST, true>, (KFn)ktc<__nv_bfloat16, BM, BN, WM, WN, ST, false>}}, \
+  BM, BN, WM * WN * 32, tg::int4_tc::TcSmem<BM, BN, ST>::BYTES, PER_SM}
+// 0, 1: the crate's variants (src/quant/launch.rs)
+static Var VARS[] = {
+  V(64, 128, 1, 4, 4, 2),
+};
+#include "int4_harness_common.cuh"  // the shared body (needs Var, VARS, CK above)
+
+// ---- TMA variants (kernels/int4_gemm_tma.cuh) ----------------------------------------------------
+using tg::int4_tma::TmaMaps;
+using tg::int4_ws::WsDims;
+template <typename T, int BN, int CW, int ST, int RAW, int PW, bool SYM, int RP, int RC, int DIAG, bool EARLY = false>
+__global__ void __launch_bounds__(128 * (CW + PW), 1) ktma(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
+  tg::int4_tma::int4_gemm_tma<T, BN, CW, ST, RAW, PW, SYM, RP, RC, DIAG, EARLY>(maps, y, d);
+}
+typedef void (*TFn)(TmaMaps, void*, WsDims);
+struct TVar { const char* name; TFn f[2][2]; int bm, bn, threads, smem; };
+#define TV(BN, CW, ST, RAW, PW, RP, RC, DG, NAME) {NAME, \
+  {{(TFn)ktma<__half, BN, CW, ST, RAW, PW, true, RP, RC, DG>, (TFn)ktma<__half, BN, CW, ST, RAW, PW, false, RP, RC, DG>}, \
+   {(TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, true, RP, RC, DG>, (TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, false, RP, RC, DG>}}, \
+  64 * CW, BN, 128 * (CW + PW), tg::int4_tma::TmaSmem<BN, CW, ST, RAW>::BYTES}
+#define T0(BN, CW, ST, RAW, PW, RP, RC) TV(BN, CW, ST, RAW, PW, RP, RC, 0, "t" #BN "c" #CW "s" #ST "r" #RAW "p" #PW)
+#define TE(BN, CW, ST, RAW, PW) {"t" #BN "c" #CW "s" #ST "r" #RAW "p" #PW "e", \
+  {{(TFn)ktma<__half, BN, CW, ST, RAW, PW, true, 0, 0, 0, true>, (TFn)ktma<__half, BN, CW, ST, RAW, PW, false, 0, 0, 0, true>}, \
+   {(TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, true, 0, 0, 0, true>, (TFn)ktma<__nv_bfloat16, BN, CW, ST, RAW, PW, false, 0, 0, 0, true>}}, \
+  64 * CW, BN, 128 * (CW + PW), tg::int4_tma::TmaSmem<BN, CW, ST, RAW>::BYTES}
+static TVar TVARS[] = {
+  TE(168, 2, 4, 3, 2), TE(128, 2, 5, 3, 2),
+};
+constexpr int NT = sizeof(TVARS) / sizeof(TVARS[0]);
+
+// ---- transposed-RS variants (kernels/int4_gemm_rs.cuh) -------------------------------------------
+template <typename T, int TN, int ST, bool SYM, int DIAG>
+__global__ void __launch_bounds__(tg::int4_rs::THREADS, 1) krs(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
+  tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, DIAG>(maps, y, d, nullptr, (int)tg::Act::Identity);
+}
+struct RVar { const char* name; TFn f[2][2]; int tn, smem; };
+#define RV(TN, ST, DG, NAME) {NAME, \
+  {{(TFn)krs<__half, TN, ST, true, DG>, (TFn)krs<__half, TN, ST, false, DG>}, \
+   {(TFn)krs<__nv_bfloat16, TN, ST, true, DG>, (TFn)krs<__nv_bfloat16, TN, ST, false, DG>}}, \
+  TN, tg::int4_rs::RsSmem<TN, ST>::BYTES}
+static RVar RVARS[] = {
+  RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"), RV(256, 3, 0, "rs256s3"), RV(176, 3, 0, "rs176s3"),
+};
+constexpr int NR = sizeof(RVARS) / sizeof(RVARS[0]);
+// diagnostics (wrong results): diag2 = loads + wgmma, no dequantization; diag3 = loads + dequantization, no wgmma
+static RVar RDVARS[] = { RV(176, 4, 2, "rs176s4-diag2"), RV(176, 4, 3, "rs176s4-diag3") };
+
+typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiled encode_tiled() {
+  static EncodeTiled f = nullptr;
+  if (f == nullptr) {
+    cudaDriverEntryPointQueryResult q;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&f), 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || f == nullptr) { printf("cuTensorMapEncodeTiled not found\n"); exit(1); }
+  }
+  return f;
+}
+// 2-D map: dims {d0 (contiguous), d1}, row stride `stride` bytes, box {b0, b1}
+static bool map2d(tg::int4_tma::TmaDesc* out, const void* ptr, CUtensorMapDataType ty, uint64_t d0, uint64_t d1, uint64_t stride,
+                  uint32_t b0, uint32_t b1, CUtensorMapSwizzle sw) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {d0, d1}, strides[1] = {stride};
+  const cuuint32_t box[2] = {b0, b1}, elem[2] = {1, 1};
+  CUresult r = encode_tiled()(&m, ty, 2, const_cast<void*>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, sw,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) { printf("    cuTensorMapEncodeTiled refused (%d): dims %lu x %lu stride %lu box %u x %u\n", (int)r, d0, d1, stride, b0, b1); return false; }
+  memcpy(out, &m, sizeof(m));
+  return true;
+}
+// A kernel under test: a TMA variant (x box BM rows, weight box BN rows) or an RS variant (x box TN
+// tokens, weight box 128 rows, scale box [128 / G][128]).
+struct KUT { const char* name; TFn f[2][2]; int rs, xrows, wrows, smem, threads; dim3 grid(const Prob& P) const {
+  int wb = ((P.N + 7) / 8 + wrows / 8 - 1) / (wrows / 8), xb = (P.M + xrows - 1) / xrows;
+  return rs ? dim3(xb, wb) : dim3(xb, wb); } };
+static KUT of(const TVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 0, v.bm, v.bn, v.smem, v.threads}; }
+static KUT of(const RVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 1, v.tn, 128, v.smem, tg::int4_rs::THREADS}; }
+static bool make_maps(Prob& P, const KUT& v, int bf, int copy, TmaMaps* m) {
+  int tiles = (P.N + 7) / 8;
+  uint32_t sb = v.rs ? 128 : v.wrows, sr = 128 / P.G;
+  return map2d(&m->x, P.x[bf], CU_TENSOR_MAP_DATA_TYPE_UINT16, P.K, P.M, (uint64_t)P.K * 2, 64, v.xrows, CU_TENSOR_MAP_SWIZZLE_128B) &&
+         map2d(&m->w, P.p[copy], CU_TENSOR_MAP_DATA_TYPE_UINT32, P.K, tiles, (uint64_t)P.K * 4, 128, v.wrows / 8, CU_TENSOR_MAP_SWIZZLE_NONE) &&
+         map2d(&m->s, P.s, CU_TENSOR_MAP_DATA_TYPE_UINT16, P.N, P.K / P.G, (uint64_t)P.N * 2, sb, sr, CU_TENSOR_MAP_SWIZZLE_NONE) &&
+         map2d(&m->z, P.z, CU_TENSOR_MAP_DATA_TYPE_UINT16, P.N, P.K / P.G, (uint64_t)P.N * 2, sb, sr, CU_TENSOR_MAP_SWIZZLE_NONE);
+}
+static void klaunch(Prob& P, const KUT& v, int bf, int asym, const TmaMaps& m) {
+  v.f[bf][asym]<<<v.grid(P), v.threads, v.smem>>>(m, P.y, WsDims{P.M, P.N, P.K, P.G});
+}
+// -1: maps refused (skipped), 0: fail, 1: pass
+static int kcheck(Prob& P, const KUT& v, int bf, int asym, const std::vector<double>& want, const std::vector<double>& size) {
+  TmaMaps m;
+  if (!make_maps(P, v, bf, 0, &m)) return -1;
+  CK(cudaMemset(P.y, 0xff, (size_t)P.M * P.N * 2));
+  klaunch(P, v, bf, asym, m);
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  std::vector<uint16_t> hy((size_t)P.M * P.N);
+  CK(cudaMemcpy(hy.data(), P.y, hy.size() * 2, cudaMemcpyDeviceToHost));
+  double cacc = bf ? 8e-3 : 1.2e-3, cout = bf ? 8e-3 : 1e-3;
+  long bad = 0; double worst = 0; int wm = -1, wn = -1;
+  for (int mm = 0; mm < P.M; ++mm) for (int n = 0; n < P.N; ++n) {
+    size_t i = (size_t)mm * P.N + n;
+    __half h; memcpy(&h, &hy[i], 2);
+    double got = bf ? bf2f(hy[i]) : __half2float(h);
+    double tol = cacc * size[i] + cout * fabs(want[i]) + 1e-30;
+    double r = fabs(got - want[i]) / tol;
+    if (!(r <= 1)) { if (bad++ < 3) printf("    (%d,%d) got %g want %g tol %g\n", mm, n, got, want[i], tol); }
+    if (r > worst || std::isnan(r)) { worst = std::isnan(r) ? 1e9 : r; wm = mm; wn = n; }
+  }
+  if (bad) printf("FAIL %s %s %s M=%d N=%d K=%d G=%d: %ld bad, worst %.3g at (%d,%d)\n", v.name, bf ? "bf16" : "f16", asym ? "asym" : "sym", P.M, P.N, P.K, P.G, bad, worst, wm, wn);
+  return bad == 0;
+}
+static float ktime(Prob& P, const KUT& v, int bf, int asym, int iters) {
+  TmaMaps m[2];
+  if (!make_maps(P, v, bf, 0, &m[0]) || !make_maps(P, v, bf, 1, &m[1])) return -1;
+  cudaEvent_t a, b; CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; ++i) klaunch(P, v, bf, asym, m[i % 2]);
+  CK(cudaEventRecord(a));
+  for (int i = 0; i < iters; ++i) klaunch(P, v, bf, asym, m[i % 2]);
+  CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); CK(cudaGetLastError());
+  float ms; CK(cudaEventElapsedTime(&ms, a, b));
+  return ms * 1000.0f / iters;
+}
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device %s, %d SMs, cc %d.%d\n", prop.name, prop.multiProcessorCount, prop.major, prop.minor);
+  g_sms = prop.multiProcessorCount;
+  const bool quick = argc > 1;  // sanitizer mode: four small shapes, RS variants only, no timing
+  std::vector<KUT> tma, rs, diag;
+  for (int i = 0; i < NT; ++i) tma.push_back(of(TVARS[i]));
+  for (int i = 0; i < NR; ++i) rs.push_back(of(RVARS[i]));
+  for (auto& v : RDVARS) diag.push_back(of(v));
+  for (auto* vs : {&tma, &rs, &diag}) for (auto& v : *vs) {
+    for (auto& a : v.f) for (auto f : a) {
+      CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem));
+      cudaFuncAttributes at; CK(cudaFuncGetAttributes(&at, f));
+      if (f == v.f[0][0]) printf("%-22s regs %d local %zu smem %d threads %d\n", v.name, at.numRegs, at.localSizeBytes, v.smem, v.threads);
+    }
+  }
+  fflush(stdout);
+  cublas_init();
+  int bad = 0, skipped = 0, passed = 0;
+  // N % 8 == 0 everywhere (the tensor maps' scale rows need 16-byte strides); M, N off the blocks,
+  // K tails of 1, 2, 3 words (K = 32, 4160, 4192, 96), group sizes 32 / 64 / 128
+  struct S { int M, N, K, G; } shapes[] = {
+    {17, 8, 32, 32}, {33, 16, 96, 32}, {100, 104, 832, 64}, {129, 264, 384, 128}, {200, 1000, 4160, 64},
+    {512, 136, 4192, 32}, {1023, 72, 640, 64}, {300, 1000, 1024, 128}, {256, 512, 4096, 128},
+    {130, 1352, 2080, 32}, {64, 2000, 96, 32}, {1, 8, 4096, 128}, {257, 2704, 4096, 128}, {511, 344, 256, 128},
+    {600, 11008, 256, 64},
+  };
+  int si = 0;
+  for (auto& s : shapes) {
+    if (quick && si >= 4) break;
+    Prob P; make(P, s.M, s.N, s.K, s.G, 1);
+    for (int bf = 0; bf < 2; ++bf) for (int asym = 0; asym < 2; ++asym) {
+      std::vector<double> want, size; reference(P, bf, asym, want, size);
+      for (auto& v : rs) {
+        int r = kcheck(P, v, bf, asym, want, size);
+        if (r < 0) ++skipped; else if (r == 0) ++bad; else ++passed;
+      }
+      if (!quick && si < 2) for (auto& v : tma) { int r = kcheck(P, v, bf, asym, want, size); if (r == 0) ++bad; }
+    }
+    release(P);
+    printf("  checked M=%d N=%d K=%d G=%d (%d failures, %d passes, %d skipped so far)\n", s.M, s.N, s.K, s.G, bad, passed, skipped);
+    fflush(stdout);
+    ++si;
+  }
+  printf("correctness: %s (%d failures, %d RS checks passed, %d skipped)\n", bad ? "FAILED" : "all pass", bad, passed, skipped);
+  fflush(stdout);
+  if (quick) return bad ? 1 : 0;
+  auto dequant_us = [&](Prob& P, int iters) {
+    if (!P.deq) CK(cudaMalloc(&P.deq, (size_t)P.N * P.K * 2));
+    GemmDims d{0, P.N, P.K, P.G, 0};
+    int64_t runs = (int64_t)P.N * P.K / 8; int blocks = (int)std::min<int64_t>((runs + 255) / 256, 1024);
+    cudaEvent_t a, b; CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+    kdequant_h<<<blocks, 256>>>(P.p[0], P.s, nullptr, P.deq, d);
+    CK(cudaEventRecord(a)); for (int i = 0; i < iters; ++i) kdequant_h<<<blocks, 256>>>(P.p[i % 2], P.s, nullptr, P.deq, d);
+    CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b)); float ms; CK(cudaEventElapsedTime(&ms, a, b));
+    return ms * 1000.0f / iters;
+  };
+  struct T { int K, N; } kn[] = {{4096, 11008}, {11008, 4096}, {4096, 4096}};
+  const int ms[] = {128, 256, 384, 512, 1024};
+  for (auto& ts : kn) for (int M : ms) {
+    Prob P; make(P, M, ts.N, ts.K, 128, 2);
+    int iters = 50;
+    float cub = time_cublas(M, ts.N, ts.K, 0, iters), dq = dequant_us(P, iters);
+    printf("--- K=%d N=%d M=%d  cublas %.2f dequant+cublas %.2f\n   tma:", ts.K, ts.N, M, cub, cub + dq);
+    for (auto& v : tma) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
+    printf("\n   rs:");
+    for (auto& v : rs) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
+    printf("\n   again: cublas %.2f", time_cublas(M, ts.N, ts.K, 0, iters));
+    for (auto& v : tma) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
+    for (auto& v : rs) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
+    printf("\n");
+    if (M == 512 && ts.K == 4096 && ts.N == 11008) {
+      printf("   diagnostics (wrong results; diag2 = loads + wgmma, no dequantization; diag3 = loads + dequantization, no wgmma):");
+      for (auto& v : diag) printf(" %s %.2f", v.name, ktime(P, v, 0, 0, iters));
+      printf("\n");
+      for (auto* vs : {&tma, &rs}) for (auto& v : *vs)
+        printf("    %s bf16 %.2f asym %.2f bf16asym %.2f\n", v.name, ktime(P, v, 1, 0, iters), ktime(P, v, 0, 1, iters), ktime(P, v, 1, 1, iters));
+    }
+    fflush(stdout);
+    release(P);
+  }
+  return bad ? 1 : 0;
+}
