@@ -837,8 +837,10 @@ fn coop_plan(
 }
 
 /// The cooperative FFN (`kernels/ffn_coop.cu`): one cooperative launch over the whole GPU, phase 1
-/// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output. Launched as a
-/// programmatic dependent launch where [`launch_ex`] allows (the entries begin with `tg::pdl_enter`).
+/// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output. Asks for a
+/// programmatic dependent launch (the entries begin with `tg::pdl_enter`), which the H100's driver
+/// 580 did not overlap for cooperative grids (`examples/host_cost.rs`: per call within noise of a
+/// plain cooperative launch, benchmarks/host-overhead.md); kept for drivers that do.
 fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
     static DEVICES: OnceLock<Mutex<HashMap<DeviceId, CoopDevice>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.

@@ -196,6 +196,9 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
             block_dim: ((cfg.warps * 32) as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
+        // a programmatic dependent launch: the next call's grid is scheduled while this one drains
+        // (H100, criterion: 9.85 -> 7.72 µs per call at M = 1, 12.56 -> 10.46 at M = 16;
+        // benchmarks/host-overhead.md)
         // SAFETY: `args` match `int4_gemm_<T>_<variant>_<sym>(const T* x, const uint32_t* packed,
         // const __half* scales, const __half* zeros, T* y, float* partial, GemmDims d, const T* bias,
         // int act)` in kernels/int4_gemm.cu, which begins with `tg::pdl_enter`; every view covers the
