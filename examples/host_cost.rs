@@ -10,9 +10,9 @@
 //! - **per call**: many calls and one synchronize (what `benches/` measure): the larger of the
 //!   host's and the GPU's time per call, plus the gaps between kernels.
 //!
-//! The table runs with the crate's defaults, then with each host-cost switch of
-//! `tiny_gemm::testing` off (`set_event_free_outputs`, `set_programmatic_launch`), then both off,
-//! then the defaults again (the spread between the two default tables is the run's noise).
+//! The table runs with the crate's defaults, then with programmatic dependent launches off
+//! (`tiny_gemm::testing::set_programmatic_launch`), then the defaults again (the spread between the
+//! two default tables is the run's noise).
 //!
 //! Then the pieces of an op call, each timed alone 2000 times on the host: a stream-ordered
 //! allocation + free with and without cudarc's two per-buffer events, one event create + destroy,
@@ -129,19 +129,11 @@ mod probe {
         }
 
         spin_up(&dev)?;
-        // the crate's defaults, then each host-cost switch off (tiny_gemm::testing), then both
-        let switches = |events: bool, pdl: bool| {
-            tiny_gemm::testing::set_event_free_outputs(events);
+        // the crate's defaults, then programmatic launches off (tiny_gemm::testing), then the defaults again
+        for (label, pdl) in
+            [("crate defaults", true), ("programmatic launch off", false), ("crate defaults again", true)]
+        {
             tiny_gemm::testing::set_programmatic_launch(pdl);
-        };
-        for (label, events, pdl) in [
-            ("crate defaults", true, true),
-            ("event-free outputs off", false, true),
-            ("programmatic launch off", true, false),
-            ("both off", false, false),
-            ("crate defaults again", true, true),
-        ] {
-            switches(events, pdl);
             println!("\n== per op call, µs (median of {rounds} rounds; min in brackets): {label}");
             println!("{:<30} {:>18} {:>18}", "case", "host enqueue", "per call (sync'd)");
             for (name, f, iters) in &cases {
@@ -163,7 +155,7 @@ mod probe {
                 println!("{name:<30} {emed:>10.2} [{emin:>5.2}] {pmed:>10.2} [{pmin:>5.2}]");
             }
         }
-        switches(true, true);
+        tiny_gemm::testing::set_programmatic_launch(true);
         if only.is_none() {
             pieces(&cdev)?;
             gaps(&cdev)?;

@@ -259,32 +259,14 @@ pub(crate) fn contiguous_view<'a, T: CudaDType>(storage: &'a CudaStorage, layout
 /// memset. With [`crate::testing::set_poison_outputs`] on, it is first filled with 0xFF bytes (NaN
 /// in every float dtype), so elements a kernel forgets to write show up in tests.
 ///
-/// While the device's context runs a single stream (candle's default) and
-/// [`crate::testing::event_free_outputs`] is on, the buffer is made without cudarc's read and write
-/// events: cudarc creates two per buffer (and destroys them with it) but records and waits on them
-/// only once the context has several streams, so they cost driver calls per op call and order
-/// nothing (H100 host, `examples/host_cost.rs`: an allocation + free of 1.5 KB took 1.02–2.21 µs
-/// with them, 0.61–1.28 without). Tracking is off only around this allocation; a context with
-/// several streams gets tracked buffers.
+/// cudarc gives every buffer two events (created and destroyed with it) that it records only once
+/// the context runs several streams; the host-cost probe (`examples/host_cost.rs`) measured them
+/// at under 1 µs of host time per allocation and free and nothing per call, so outputs keep them,
+/// as candle's own outputs do.
 pub(crate) fn alloc_output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     let stream = dev.cuda_stream();
-    let ctx = stream.context();
-    let event_free = crate::testing::event_free_outputs() && ctx.is_event_tracking() && !ctx.is_in_multi_stream_mode();
-    let mut out = if event_free {
-        // SAFETY: tracking goes back on right after this allocation; buffers made meanwhile (here or
-        // on another thread) lack events, which cudarc uses only in multi-stream mode, which this
-        // context is not in. Every caller launches a kernel that writes all `len` elements before
-        // any read.
-        unsafe {
-            ctx.disable_event_tracking();
-            let out = stream.alloc::<T>(len);
-            ctx.enable_event_tracking();
-            out.w()?
-        }
-    } else {
-        // SAFETY: as above, the kernel writes all `len` elements before any read.
-        unsafe { stream.alloc::<T>(len).w()? }
-    };
+    // SAFETY: every caller launches a kernel that writes all `len` elements before any read.
+    let mut out = unsafe { stream.alloc::<T>(len).w()? };
     if crate::testing::poison_outputs() && len > 0 {
         let bytes = len * std::mem::size_of::<T>();
         let (ptr, _guard) = out.device_ptr_mut(&stream);

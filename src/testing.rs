@@ -17,21 +17,7 @@ pub fn poison_outputs() -> bool {
     POISON_OUTPUTS.load(Ordering::Relaxed)
 }
 
-static EVENT_FREE_OUTPUTS: AtomicBool = AtomicBool::new(true);
 static PROGRAMMATIC_LAUNCH: AtomicBool = AtomicBool::new(true);
-
-/// Lets the crate's CUDA ops allocate their outputs without cudarc's two per-buffer events while
-/// the device's context runs a single stream (candle's default), where cudarc never uses them (on
-/// by default; see `alloc_output` in src/cuda.rs). Off, every output gets them, as candle's own
-/// outputs do: the host-cost probe (`examples/host_cost.rs`) times both.
-pub fn set_event_free_outputs(on: bool) {
-    EVENT_FREE_OUTPUTS.store(on, Ordering::Relaxed);
-}
-
-/// Whether [`set_event_free_outputs`] is on.
-pub fn event_free_outputs() -> bool {
-    EVENT_FREE_OUTPUTS.load(Ordering::Relaxed)
-}
 
 /// Lets the crate launch its PDL-ready kernels (the cooperative FFN, the small-M INT4 GEMM) as
 /// programmatic dependent launches on compute capability 9.0+ (on by default; see `launch_ex` in
