@@ -55,4 +55,18 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// ---- programmatic dependent launch (PDL) ---------------------------------------------------
+// First statement of a kernel the host may launch with programmatic stream serialization
+// (src/cuda.rs `launch_ex`): such a grid can be scheduled before the previous kernel on the stream
+// has finished, so it waits for that grid's completion and memory (griddepcontrol.wait) before any
+// load or store, then lets the next PDL-launched grid be scheduled at once (its own wait orders it
+// after this grid's completion, wherever the trigger sits). Both are no-ops in a grid launched
+// without the attribute, and compiled out before sm_90.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 }  // namespace tg

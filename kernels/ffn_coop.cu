@@ -307,8 +307,8 @@ __device__ void ffn_coop(const CoopParams& p) {
 }  // namespace ffn
 
 #ifndef FFN_NO_ENTRIES  // scripts/ffn_kernel_timing.cu includes the device code without the entry points
-// Entry points (launch cooperatively; src/ffn/cuda.rs `choose_coop_launch` picks one), up to 8 * NT
-// tokens. H100 kernel times: benchmarks/ffn.md round 5.
+// Entry points (launch cooperatively, PDL-ready: `tg::pdl_enter` first; src/ffn/cuda.rs
+// `choose_coop_launch` picks one), up to 8 * NT tokens. H100 kernel times: benchmarks/ffn.md round 5.
 //   ffn_coop_<dtype>_<act>_nt<NT>       16 output rows per phase-2 unit, L1-cached hidden loads
 //                                        (4096x11008 M = 16: 69.68 vs 71.68 µs with __ldcg)
 //   ffn_coop_<dtype>_<act>_nt<NT>_r8    8 rows per unit, 8 chunks per W2 batch: the same W2 loads
@@ -320,6 +320,7 @@ __device__ void ffn_coop(const CoopParams& p) {
 #define FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, SUFFIX, MIN_BLOCKS, ...)                          \
   extern "C" __global__ void __launch_bounds__(ffn::COOP_THREADS, MIN_BLOCKS)                    \
       ffn_coop_##TNAME##_##ANAME##_nt##NT##SUFFIX(const ffn::CoopParams p) {                      \
+    tg::pdl_enter();                                                                              \
     ffn::ffn_coop<T, tg::Act::A, NT, __VA_ARGS__>(p);                                             \
   }
 // template knobs: R2, PRE, PAIR1, HL1

@@ -445,7 +445,8 @@ __device__ void int4_dequant(const uint32_t* __restrict__ packed, const __half* 
   }
 }
 
-// Entry points: int4_gemm_<dtype>_<variant>_<sym|asym>, int4_reduce_<dtype>_<act>, int4_dequant_<dtype>.
+// Entry points: int4_gemm_<dtype>_<variant>_<sym|asym> (PDL-ready: `tg::pdl_enter` first, see
+// src/cuda.rs `launch_ex`), int4_reduce_<dtype>_<act>, int4_dequant_<dtype>.
 // Variant n<NT>m<8|16>: NT tiles per block (A fragments reused NT times), 8 or 16 activation rows
 // per 16-row block, x read from global memory per word (XS = true, x staged in shared memory per
 // block, is harness-only since round 4: 8 KB of x per block's 32 KB of weight, slower once the
@@ -457,6 +458,7 @@ constexpr int GEMM_MAX_THREADS = 256;  // 8 warps
       int4_gemm_##TNAME##_##VNAME##_##SNAME(const T* x, const uint32_t* packed, const __half* scales,          \
                                             const __half* zeros, T* y, float* partial, GemmDims d,            \
                                             const T* bias, int act) {                                          \
+    tg::pdl_enter();                                                                                           \
     int4_gemm_small_m<T, NT, ROWS16, SYM, DEPTH, XS>(x, packed, scales, zeros, y, partial, d, bias, act);      \
   }
 #define INT4_GEMM_VARIANT(T, TNAME, NT, ROWS16, DEPTH, XS, VNAME)                                              \

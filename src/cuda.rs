@@ -1,7 +1,10 @@
 //! Small helpers shared by every op's CUDA path: the embedded PTX, function loading, typed
 //! slices at a layout's offset, output allocation (poisoned in tests) and launch shapes.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute};
@@ -17,8 +20,14 @@ pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 
+/// A loaded module and the functions looked up in it so far.
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+}
+
 /// Loaded modules, one per (device, kernels/*.cu file).
-type ModuleCache = HashMap<(DeviceId, &'static str), Arc<CudaModule>>;
+type ModuleCache = HashMap<(DeviceId, &'static str), LoadedModule>;
 
 /// A device attribute of `dev`, queried from the driver once per (device, attribute): a driver call
 /// per launch shows in the µs-scale calls.
@@ -128,7 +137,8 @@ pub(crate) fn tensor_map(
 }
 
 /// Loads `fn_name` from the PTX module `ptx` (named `module`, e.g. "bias_act"), loading the
-/// module on first use per device. Launch it on candle's stream:
+/// module on first use per device and looking the function up once per (device, module, name)
+/// (a `cuModuleGetFunction` took 0.10–0.20 µs of host time on the H100 host, `examples/host_cost.rs`). Launch it on candle's stream:
 /// `dev.cuda_stream().launch_builder(&func)`. We keep our own module cache rather than candle's
 /// `get_or_load_custom_func` because we need the `CudaFunction` itself (for attributes such as
 /// the dynamic shared-memory limit), which candle's wrapper does not expose.
@@ -139,18 +149,93 @@ pub(crate) fn load_func(
     fn_name: &str,
 ) -> Result<CudaFunction> {
     static MODULES: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
-    let mdl = {
-        let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        match cache.get(&(dev.id(), module)) {
-            Some(m) => m.clone(),
-            None => {
-                let m = dev.cuda_stream().context().load_module(Ptx::from_src(ptx)).w()?;
-                cache.insert((dev.id(), module), m.clone());
-                m
-            }
+    let mut cache = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let loaded = match cache.entry((dev.id(), module)) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let module = dev.cuda_stream().context().load_module(Ptx::from_src(ptx)).w()?;
+            e.insert(LoadedModule { module, funcs: HashMap::new() })
         }
     };
-    mdl.load_function(fn_name).w()
+    if let Some(f) = loaded.funcs.get(fn_name) {
+        return Ok(f.clone());
+    }
+    let f = loaded.module.load_function(fn_name).w()?;
+    loaded.funcs.insert(fn_name.to_string(), f.clone());
+    Ok(f)
+}
+
+/// Set when the driver refused a programmatic dependent launch: [`launch_ex`] then launches
+/// without it for the rest of the process.
+static PDL_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Launches `func` on `dev`'s stream with `cfg` and the kernel parameters `params` (a pointer to
+/// each argument's value, in the kernel's order), cooperatively if `cooperative`
+/// (`cuLaunchKernelEx`). With `pdl`, on compute capability 9.0+ and while
+/// [`crate::testing::programmatic_launch`] is on, as a programmatic dependent launch (PDL): the
+/// grid may be scheduled before the previous kernel on the stream has finished, which hides the
+/// launch latency between back-to-back kernels: H100 (driver 580, `examples/host_cost.rs`), a 5 µs
+/// kernel on 132 blocks back to back takes 6.44–6.70 µs per launch plain, 5.51–5.53 with PDL; the
+/// small-M INT4 GEMM 9.85 -> 7.72 µs per call at M = 1 (benchmarks/host-overhead.md). Cooperative
+/// grids did not overlap (6.50–6.71 µs either way). Only kernels that begin with `tg::pdl_enter()`
+/// (kernels/common.cuh: wait for the previous grid's completion and memory before any access) may
+/// pass `pdl`. A driver that refuses PDL gets the plain launch, then and for the rest of the process.
+///
+/// # Safety
+/// `params` must match the kernel's parameter list (count, order, types) and every pointer in them
+/// must be valid for what the kernel accesses until it completes in stream order; a cooperative
+/// grid must fit the device at once (occupancy x SMs).
+pub(crate) unsafe fn launch_ex(
+    dev: &CudaDevice,
+    func: &CudaFunction,
+    cfg: LaunchConfig,
+    cooperative: bool,
+    pdl: bool,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    let stream = dev.cuda_stream();
+    stream.context().bind_to_thread().w()?;
+    let major = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR;
+    let pdl = pdl
+        && crate::testing::programmatic_launch()
+        && !PDL_REFUSED.load(Ordering::Relaxed)
+        && device_attribute(dev, major)? >= 9;
+    let launch = |pdl: bool| {
+        // SAFETY: all-zero bytes are a valid attribute (id 0: ignored) of plain-int fields.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if cooperative {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attrs[n].value.cooperative = 1;
+            n += 1;
+        }
+        if pdl {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: stream.cu_stream(),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
+        };
+        // SAFETY: the caller's contract for `params` and the grid; `config` and `attrs` outlive
+        // the call.
+        unsafe { sys::cuLaunchKernelEx(&config, func.cu_function(), params.as_ptr() as *mut _, std::ptr::null_mut()) }
+    };
+    let mut r = launch(pdl);
+    if pdl && r != sys::CUresult::CUDA_SUCCESS {
+        PDL_REFUSED.store(true, Ordering::Relaxed);
+        r = launch(false);
+    }
+    r.result().w()
 }
 
 /// The dtype suffix of kernel entry points (`bias_act_f16_gelu`, ...).
@@ -170,14 +255,19 @@ pub(crate) fn contiguous_view<'a, T: CudaDType>(storage: &'a CudaStorage, layout
     Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
 }
 
-/// Allocates an output buffer the kernel will fully overwrite. With
-/// [`crate::testing::set_poison_outputs`] on, it is first filled with 0xFF bytes (NaN in every
-/// float dtype), so elements a kernel forgets to write show up in tests.
+/// Allocates an output buffer the kernel will fully overwrite: a stream-ordered allocation, no
+/// memset. With [`crate::testing::set_poison_outputs`] on, it is first filled with 0xFF bytes (NaN
+/// in every float dtype), so elements a kernel forgets to write show up in tests.
+///
+/// cudarc gives every buffer two events (created and destroyed with it) that it records only once
+/// the context runs several streams; the host-cost probe (`examples/host_cost.rs`) measured them
+/// at under 1 µs of host time per allocation and free and nothing per call, so outputs keep them,
+/// as candle's own outputs do.
 pub(crate) fn alloc_output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    let stream = dev.cuda_stream();
     // SAFETY: every caller launches a kernel that writes all `len` elements before any read.
-    let mut out = unsafe { dev.alloc::<T>(len)? };
+    let mut out = unsafe { stream.alloc::<T>(len).w()? };
     if crate::testing::poison_outputs() && len > 0 {
-        let stream = dev.cuda_stream();
         let bytes = len * std::mem::size_of::<T>();
         let (ptr, _guard) = out.device_ptr_mut(&stream);
         // SAFETY: `ptr` is a live allocation of `bytes` bytes on this stream.

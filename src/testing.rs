@@ -17,6 +17,20 @@ pub fn poison_outputs() -> bool {
     POISON_OUTPUTS.load(Ordering::Relaxed)
 }
 
+static PROGRAMMATIC_LAUNCH: AtomicBool = AtomicBool::new(true);
+
+/// Lets the crate launch its PDL-ready kernels (the cooperative FFN, the small-M INT4 GEMM) as
+/// programmatic dependent launches on compute capability 9.0+ (on by default; see `launch_ex` in
+/// src/cuda.rs). Off, they launch as before: the host-cost probe times both.
+pub fn set_programmatic_launch(on: bool) {
+    PROGRAMMATIC_LAUNCH.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_programmatic_launch`] is on.
+pub fn programmatic_launch() -> bool {
+    PROGRAMMATIC_LAUNCH.load(Ordering::Relaxed)
+}
+
 thread_local! {
     static HOPPER_ATTENTION: Cell<bool> = const { Cell::new(true) };
     static HOPPER_ATTENTION_LAUNCHES: Cell<usize> = const { Cell::new(0) };

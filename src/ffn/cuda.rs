@@ -11,7 +11,7 @@ use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
 use super::{weight_layout, Epilogue, FfnKernel, WeightLayout};
-use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, load_func, ptx, sm_count};
+use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, launch_ex, load_func, ptx, sm_count};
 use crate::Activation;
 
 /// Output features per block (the mma's M side); mirrors `ffn::ROWS`.
@@ -777,31 +777,54 @@ fn coop_blocks_per_sm(dev: &candle_core::CudaDevice, key: EntryKey, func: &CudaF
     Ok(n)
 }
 
-/// The cooperative FFN (`kernels/ffn_coop.cu`): one cooperative launch over the whole GPU, phase 1
-/// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output.
-fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
-    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| a.m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
+/// What a cooperative FFN call launches, fixed by (device, dtype, activation, m, h, o): the entry
+/// point and its launch shape. Cached per device with the scratch ([`CoopDevice`]), so a call
+/// costs one lock and two small lookups instead of a lookup per entry, occupancy and SM count.
+#[derive(Clone)]
+struct CoopPlan {
+    func: CudaFunction,
+    cfg: CoopConfig,
+}
+
+/// Per-device state of the cooperative FFN: plans by (dtype, activation, m, h, o) and the scratch.
+#[derive(Default)]
+struct CoopDevice {
+    plans: HashMap<(DType, Activation, usize, usize, usize), CoopPlan>,
+    scratch: Option<CoopScratch>,
+}
+
+/// The entry point and launch shape of the cooperative FFN for `m` tokens, hidden size `h`, output
+/// size `o` on `dev` ([`choose_coop_launch`] with the device's SM count and the entry's occupancy).
+fn coop_plan(
+    dev: &candle_core::CudaDevice,
+    dtype: DType,
+    act: Activation,
+    m: usize,
+    h: usize,
+    o: usize,
+) -> Result<CoopPlan> {
+    let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     // Both entries of a token tile have the same register budget (`__launch_bounds__`) and no
     // dynamic shared memory: the 16-row entry's occupancy sizes the grid for either.
-    let key = ("ffn_coop", a.dtype, a.epi.act(), false, nt, true);
-    let func = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
-        Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
+    let key = ("ffn_coop", dtype, act, false, nt, true);
+    let func = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
+        Ok(format!("ffn_coop_{}_{}_nt{nt}", dtype_suffix(dtype, "fused_ffn")?, act.name()))
     })?;
-    let sms = sm_count(a.dev)?;
-    let per_sm = choose_coop_blocks_per_sm(a.h, sms, coop_blocks_per_sm(a.dev, key, &func)?);
+    let sms = sm_count(dev)?;
+    let per_sm = choose_coop_blocks_per_sm(h, sms, coop_blocks_per_sm(dev, key, &func)?);
     if per_sm == 0 {
         bail!("fused_ffn: the cooperative FFN kernel does not fit on an SM of this device");
     }
-    let cfg = choose_coop_launch(a.m, a.h, a.o, sms, per_sm);
+    let cfg = choose_coop_launch(m, h, o, sms, per_sm);
     debug_assert_eq!(cfg.nt, nt);
     let func = match cfg.suffix() {
         "" => func,
         suffix => {
-            let key = (if cfg.paired { "ffn_coop_pr8" } else { "ffn_coop_r8" }, a.dtype, a.epi.act(), false, nt, true);
-            let f = entry(a.dev, "ffn_coop", ptx::FFN_COOP, key, || {
-                Ok(format!("ffn_coop_{}_{}_nt{nt}{suffix}", dtype_suffix(a.dtype, "fused_ffn")?, a.epi.act().name()))
+            let key = (if cfg.paired { "ffn_coop_pr8" } else { "ffn_coop_r8" }, dtype, act, false, nt, true);
+            let f = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
+                Ok(format!("ffn_coop_{}_{}_nt{nt}{suffix}", dtype_suffix(dtype, "fused_ffn")?, act.name()))
             })?;
-            if coop_blocks_per_sm(a.dev, key, &f)? * sms < cfg.blocks {
+            if coop_blocks_per_sm(dev, key, &f)? * sms < cfg.blocks {
                 bail!(
                     "fused_ffn: the cooperative FFN kernel `{suffix}` does not fit {} blocks on this device",
                     cfg.blocks
@@ -810,15 +833,33 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
             f
         }
     };
+    Ok(CoopPlan { func, cfg })
+}
 
-    static SCRATCH: OnceLock<Mutex<HashMap<DeviceId, Option<CoopScratch>>>> = OnceLock::new();
+/// The cooperative FFN (`kernels/ffn_coop.cu`): one cooperative launch over the whole GPU, phase 1
+/// the hidden activations (to a cached scratch), a grid barrier, phase 2 the output. Asks for a
+/// programmatic dependent launch (the entries begin with `tg::pdl_enter`), which the H100's driver
+/// 580 did not overlap for cooperative grids (`examples/host_cost.rs`: per call within noise of a
+/// plain cooperative launch, benchmarks/host-overhead.md); kept for drivers that do.
+fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>) -> Result<()> {
+    static DEVICES: OnceLock<Mutex<HashMap<DeviceId, CoopDevice>>> = OnceLock::new();
     // Held through the launch: launches on this device's stream share the scratch in stream order.
-    let mut scratch = SCRATCH.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let state = devices.entry(a.dev.id()).or_default();
+    let plan_key = (a.dtype, a.epi.act(), a.m, a.h, a.o);
+    let plan = match state.plans.get(&plan_key) {
+        Some(plan) => plan.clone(),
+        None => {
+            let plan = coop_plan(a.dev, a.dtype, a.epi.act(), a.m, a.h, a.o)?;
+            state.plans.insert(plan_key, plan.clone());
+            plan
+        }
+    };
+    let cfg = plan.cfg;
     let hidden_bytes = a.m * a.h * std::mem::size_of::<T>();
-    let slot = scratch.entry(a.dev.id()).or_default();
-    let scratch = CoopScratch::ensure(slot, a.dev, hidden_bytes, cfg.partial_len, cfg.groups)?;
+    let scratch = CoopScratch::ensure(&mut state.scratch, a.dev, hidden_bytes, cfg.partial_len, cfg.groups)?;
     a.with_ptrs(y, |p| {
-        let params = CoopParams {
+        let mut params = CoopParams {
             x: p.x,
             w1: p.w1,
             b1: p.b1,
@@ -840,16 +881,13 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
             block_dim: ((COOP_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let stream = a.dev.cuda_stream();
-        let mut builder = stream.launch_builder(&func);
-        builder.arg(&params);
-        // SAFETY: `CoopParams` mirrors `ffn::CoopParams`; the pointers hold the elements of
-        // `WholePtrs`' contract; the scratch holds m·h hidden elements, `partial_len` floats and >=
-        // `groups` zeroed tickets and stays cached (the lock is held) until the launch is queued; the
-        // grid is at most the co-resident block count (occupancy x SMs; the driver refuses a
-        // cooperative launch beyond it).
-        unsafe { builder.launch_cooperative(launch) }.w()?;
-        Ok(())
+        let mut args = [&mut params as *mut CoopParams as *mut std::ffi::c_void];
+        // SAFETY: the one parameter is a `CoopParams`, which mirrors `ffn::CoopParams`; the pointers
+        // hold the elements of `WholePtrs`' contract; the scratch holds m·h hidden elements,
+        // `partial_len` floats and >= `groups` zeroed tickets and stays cached (the lock is held)
+        // until the launch is queued; the grid is at most the co-resident block count (occupancy x
+        // SMs, checked by `coop_plan`); the entries begin with `tg::pdl_enter`.
+        unsafe { launch_ex(a.dev, &plan.func, launch, true, true, &mut args) }
     })
 }
 

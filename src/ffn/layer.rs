@@ -15,10 +15,12 @@ use super::{check_bias, check_same, ffn, flatten_tokens, unflatten_tokens, Epilo
 use crate::cpu::is_supported_float;
 use crate::Activation;
 
-/// A weight `[out, in]` (contiguous) and its optional bias `[out]`.
+/// A weight `[out, in]` (contiguous), its `[in, out]` view (what the FFN takes, made once here
+/// rather than per call) and its optional bias `[out]`.
 #[derive(Debug, Clone)]
 struct Proj {
     w: Tensor,
+    wt: Tensor,
     b: Option<Tensor>,
 }
 
@@ -31,7 +33,8 @@ impl Proj {
             return Err(candle_core::Error::UnsupportedDTypeForOp(w.dtype(), "fused_ffn"));
         }
         check_bias(&w, b.as_ref(), &format!("{name} bias"), w.dim(0)?)?;
-        Ok(Self { w: w.contiguous()?, b: b.map(|b| b.contiguous()).transpose()? })
+        let w = w.contiguous()?;
+        Ok(Self { wt: w.t()?, w, b: b.map(|b| b.contiguous()).transpose()? })
     }
 
     /// From a seed-layout `[in, out]` weight: transposed once, here.
@@ -160,8 +163,8 @@ impl FusedMlp {
     pub fn forward_with(&self, x: &Tensor, kernel: Option<FfnKernel>) -> Result<Tensor> {
         check_input(x, &self.up.w, "FusedMlp")?;
         let (x2, lead) = flatten_tokens(x, "FusedMlp")?;
-        let (up, down) = (self.up.w.t()?, self.down.w.t()?);
-        let y = ffn(&x2, &up, self.up.b.as_ref(), &down, self.down.b.as_ref(), Epilogue::Act(self.act), kernel)?;
+        let (up, down) = (&self.up.wt, &self.down.wt);
+        let y = ffn(&x2, up, self.up.b.as_ref(), down, self.down.b.as_ref(), Epilogue::Act(self.act), kernel)?;
         unflatten_tokens(y, &lead)
     }
 }
@@ -216,7 +219,8 @@ impl GatedMlp {
                 Some(Tensor::cat(&[&bg, &bu], 0)?)
             }
         };
-        let gate_up = Proj { w: Tensor::cat(&[&gate.w, &up.w], 0)?, b };
+        let w = Tensor::cat(&[&gate.w, &up.w], 0)?;
+        let gate_up = Proj { wt: w.t()?, w, b };
         Ok(Self { gate_up, down, act })
     }
 
@@ -264,9 +268,9 @@ impl GatedMlp {
     pub fn forward_with(&self, x: &Tensor, kernel: Option<FfnKernel>) -> Result<Tensor> {
         check_input(x, &self.gate_up.w, "GatedMlp")?;
         let (x2, lead) = flatten_tokens(x, "GatedMlp")?;
-        let (gate_up, down) = (self.gate_up.w.t()?, self.down.w.t()?);
+        let (gate_up, down) = (&self.gate_up.wt, &self.down.wt);
         let epi = Epilogue::Gated(self.act);
-        let y = ffn(&x2, &gate_up, self.gate_up.b.as_ref(), &down, self.down.b.as_ref(), epi, kernel)?;
+        let y = ffn(&x2, gate_up, self.gate_up.b.as_ref(), down, self.down.b.as_ref(), epi, kernel)?;
         unflatten_tokens(y, &lead)
     }
 }

@@ -498,12 +498,18 @@ pub(crate) fn flatten_tokens(x: &Tensor, op: &'static str) -> Result<(Tensor, Ve
     let dims = x.dims();
     let d = dims[dims.len() - 1];
     let lead = dims[..dims.len() - 1].to_vec();
+    if lead.len() == 1 {
+        return Ok((x.clone(), lead)); // already [M, D]: no new tensor
+    }
     let m = lead.iter().product::<usize>();
     Ok((x.reshape((m, d))?, lead))
 }
 
 /// `y` `[M, O]` back to `[lead..., O]`.
 pub(crate) fn unflatten_tokens(y: Tensor, lead: &[usize]) -> Result<Tensor> {
+    if lead.len() == 1 {
+        return Ok(y); // `[M, O]` already
+    }
     let mut dims = lead.to_vec();
     dims.push(y.dim(1)?);
     y.reshape(dims)
