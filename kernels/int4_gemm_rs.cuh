@@ -30,9 +30,10 @@
 // K tail chunks (K % 128 != 0: 1..3 words per lane) use scalar loads of the chunk's layout
 // (lane l's words at l * wc + j) and run 2 wc k16 steps. The tensor maps need N % 8 == 0.
 // Status (benchmarks/int4.md, helper round 8; H100, 2026-11-27): correct (harness f64 checks of 5
-// variants on 15 shapes; crate tests, memcheck, racecheck); the crate's path for 192 < M <= 1024 on
-// sm_90 (N % 8 == 0). K=4096 -> N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16
-// 58.2), M=1024 146.5 (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
+// variants on 15 shapes; crate tests, memcheck, racecheck); the crate's path for 64 < M <= 1024 on
+// sm_90 (N % 8 == 0; branch int4-rs-m64: GPU-run through the crate only for 192 < M). K=4096 ->
+// N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16 58.2), M=1024 146.5
+// (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
 #pragma once
 #include "int4_gemm_tma.cuh"
 
