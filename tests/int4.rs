@@ -248,6 +248,42 @@ fn linear_bias_act_rs_path() -> Result<()> {
     Ok(())
 }
 
+/// The RS GEMM in thread-block clusters of 2 feature blocks sharing each x tile by TMA multicast
+/// (from 16 feature blocks, 128- and 176-token variants; src/quant/launch.rs `rs_cluster_shapes`
+/// pins each shape here to its clustered variant on 132 SMs): odd feature-block counts (grid.y padded
+/// by a block entirely past N: N=11136, 4104, 2056, 8456), M within CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M
+/// (M=100, 128-token blocks: the partner's half of the x box entirely past M) and above it, K tails
+/// of 1 .. 3 words, every group size, sym / asym, f16 / bf16, bias and every activation. CUDA only.
+#[test]
+fn matmul_hopper_rs_cluster_path() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for cfg in configs() {
+            for dtype in [DType::F16, DType::BF16] {
+                check_matmul(&dev, 100, 11008, 2 * cfg.group_size, cfg, dtype)?;
+            }
+        }
+        check_matmul(&dev, 512, 11136, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 520, 11136, 160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
+        check_matmul(&dev, 1000, 4104, 96, Int4Config { group_size: 32, symmetric: true }, DType::F16)?;
+        check_matmul(&dev, 700, 2056, 4160, Int4Config { group_size: 64, symmetric: false }, DType::F16)?;
+        check_matmul(&dev, 384, 4096, 1024, Int4Config { group_size: 128, symmetric: false }, DType::BF16)?;
+        for (dtype, symmetric) in [(DType::F16, true), (DType::BF16, false)] {
+            check_linear(&dev, 384, 4096, 128, Int4Config { group_size: 64, symmetric }, dtype)?;
+        }
+    }
+    Ok(())
+}
+
+/// A small clustered RS-GEMM problem for compute-sanitizer racecheck (multicast x tiles, cluster
+/// `empty` barriers, a padding block column): M=100, N=8456 (67 feature blocks, grid.y 68), K=256.
+#[test]
+fn matmul_hopper_rs_cluster_small() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        check_matmul(&dev, 100, 8456, 256, Int4Config { group_size: 64, symmetric: false }, DType::F16)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn matmul_batched_strided_and_offset_inputs() -> Result<()> {
     for dev in devices() {
