@@ -110,23 +110,24 @@ __device__ __forceinline__ uint32_t cluster_rank() {
   return r;
 }
 // Every thread of every block of the cluster (exited threads must not be counted on: all reach it).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+// RELAXED: no ordering of earlier memory operations (after fence.mbarrier_init, as CUTLASS's
+// cluster_arrive_relaxed; .release costs a MEMBAR.ALL.GPU); else release (the kernel's end: a
+// block's remote arrivals land before its partner may exit).
+template <bool RELAXED> __device__ __forceinline__ void cluster_sync() {
+  if constexpr (RELAXED) {
+    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  } else {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  }
 }
-// Arrive on the mbarrier at the same shared-memory offset `bar` in cluster block `rank`.
+// Arrive on the mbarrier at the same shared-memory offset `bar` in cluster block `rank` (default
+// .release.cta semantics, as CUTLASS's ClusterBarrier::arrive: the arrival only says "my reads of the
+// stage are complete" (a WAR hand-off to the producers' copy engine), nothing has to become visible;
+// `.release.cluster` compiles to MEMBAR.ALL.GPU before every arrival, ~0.5 us per chunk (round 9)).
 __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
   uint32_t remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
-}
-// Wait for a phase whose arrivals may come from other blocks of the cluster (acquire at cluster scope).
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred P1;\nWAIT:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 P1, [%0], %1;\n"
-      "@!P1 bra WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
 }
 // TMA 2-D load multicast to the blocks of `mask`: the box lands at offset `dst` of each one's shared
 // memory and completes `bytes` on the mbarrier at offset `bar` of each.
@@ -254,7 +255,7 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
     fence_mbar_init();
   }
   if constexpr (CL > 1) {
-    cluster_sync();  // every block's barriers are initialized before any multicast or remote arrival
+    cluster_sync<true>();  // every block's barriers are initialized before any multicast or remote arrival
   } else {
     __syncthreads();
   }
@@ -270,13 +271,7 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
       const int gpc = MAX_GROUPS >> spg_shift;
       for (int c = 0; c < n_chunks; ++c) {
         const int s = c % STAGES;
-        if (c >= STAGES) {
-          if constexpr (CL > 1) {
-            mbar_wait_cluster(empty_bar + 8 * s, ((c / STAGES) + 1) & 1);
-          } else {
-            mbar_wait(empty_bar + 8 * s, ((c / STAGES) + 1) & 1);
-          }
-        }
+        if (c >= STAGES) mbar_wait(empty_bar + 8 * s, ((c / STAGES) + 1) & 1);
         const bool two = d.K - CHUNK_K * c > 64;  // the chunk's second 64-k x box holds k < K
         const uint32_t bar = full_bar + 8 * s, st = sm + s * L::STAGE;
         mbar_expect_tx(bar, (two ? 2 : 1) * L::XH + L::W + (SYM ? 1 : 2) * gpc * BW * 2);
@@ -296,7 +291,7 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
       }
     }
     if constexpr (CL > 1) {
-      cluster_sync();  // no block leaves while another may still arrive on its barriers
+      cluster_sync<false>();  // no block leaves while another may still arrive on its barriers
     }
     return;
   }
@@ -414,7 +409,7 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
     }
   }
   if constexpr (CL > 1) {
-    cluster_sync();
+    cluster_sync<false>();
   }
 }
 
