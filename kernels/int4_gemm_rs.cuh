@@ -34,6 +34,9 @@
 // sm_90 (N % 8 == 0; branch int4-rs-m64: GPU-run through the crate only for 192 < M). K=4096 ->
 // N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16 58.2), M=1024 146.5
 // (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
+// Clusters (CL > 1, harness-only; round 9): correct (f64 checks, crate tests, memcheck, racecheck on
+// the H100) but ~1.5x slower with .release.cluster remote arrivals (MEMBAR.ALL.GPU per chunk per
+// warp); the CUTLASS-form arrivals now here are not GPU-run yet (branch int4-mc-cluster routes them).
 #pragma once
 #include "int4_gemm_tma.cuh"
 

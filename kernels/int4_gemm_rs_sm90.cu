@@ -9,26 +9,13 @@
       const __grid_constant__ tg::int4_tma::TmaMaps maps, T* y, tg::int4_ws::WsDims d, const T* bias, int act) {  \
     tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM>(maps, y, d, bias, act);                                          \
   }
-// Clusters of 2 blocks along the weight rows (grid.y even) sharing each x tile by TMA multicast; x's
-// tensor map box is [TN / 2][64]: int4_gemm_rs_<dtype>_t<TN>s<STAGES>c2_<sym|asym>.
-#define INT4_RS_ENTRY_C2(T, TNAME, TN, ST, SYM, SNAME)                                                                      \
-  extern "C" __global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(tg::int4_rs::THREADS, 1)                          \
-      int4_gemm_rs_##TNAME##_t##TN##s##ST##c2_##SNAME(const __grid_constant__ tg::int4_tma::TmaMaps maps, T* y,             \
-                                                      tg::int4_ws::WsDims d, const T* bias, int act) {                     \
-    tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, 2>(maps, y, d, bias, act);                                                    \
-  }
 #define INT4_RS_VARIANT(T, TNAME, TN, ST)  \
   INT4_RS_ENTRY(T, TNAME, TN, ST, true, sym) \
   INT4_RS_ENTRY(T, TNAME, TN, ST, false, asym)
-#define INT4_RS_VARIANT_C2(T, TNAME, TN, ST)    \
-  INT4_RS_ENTRY_C2(T, TNAME, TN, ST, true, sym) \
-  INT4_RS_ENTRY_C2(T, TNAME, TN, ST, false, asym)
-#define INT4_RS_ENTRIES(T, TNAME)      \
-  INT4_RS_VARIANT(T, TNAME, 88, 6)     \
-  INT4_RS_VARIANT(T, TNAME, 128, 5)    \
-  INT4_RS_VARIANT(T, TNAME, 176, 4)    \
-  INT4_RS_VARIANT_C2(T, TNAME, 128, 5) \
-  INT4_RS_VARIANT_C2(T, TNAME, 176, 4)
+#define INT4_RS_ENTRIES(T, TNAME) \
+  INT4_RS_VARIANT(T, TNAME, 88, 6)  \
+  INT4_RS_VARIANT(T, TNAME, 128, 5) \
+  INT4_RS_VARIANT(T, TNAME, 176, 4)
 
 INT4_RS_ENTRIES(__half, f16)
 INT4_RS_ENTRIES(__nv_bfloat16, bf16)

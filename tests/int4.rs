@@ -248,14 +248,13 @@ fn linear_bias_act_rs_path() -> Result<()> {
     Ok(())
 }
 
-/// The RS GEMM in thread-block clusters of 2 feature blocks sharing each x tile by TMA multicast
-/// (from 16 feature blocks, 128- and 176-token variants; src/quant/launch.rs `rs_cluster_shapes`
-/// pins each shape here to its clustered variant on 132 SMs): odd feature-block counts (grid.y padded
-/// by a block entirely past N: N=11136, 4104, 2056, 8456), M within CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M
-/// (M=100, 128-token blocks: the partner's half of the x box entirely past M) and above it, K tails
-/// of 1 .. 3 words, every group size, sym / asym, f16 / bf16, bias and every activation. CUDA only.
+/// The RS GEMM at wide N (src/quant/launch.rs `rs_wide_n_shapes` pins each shape here to its token
+/// block on 132 SMs): 128-token blocks for M=100 (CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M: the range the
+/// RS GEMM took over from the TMA GEMM) and above, 176-token blocks at M=512 / 520, odd feature-block
+/// counts (N=11136, 4104, 2056), K tails of 1 .. 3 words, every group size, sym / asym, f16 / bf16,
+/// bias and every activation. CUDA only.
 #[test]
-fn matmul_hopper_rs_cluster_path() -> Result<()> {
+fn matmul_hopper_rs_wide_n() -> Result<()> {
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
         for cfg in configs() {
             for dtype in [DType::F16, DType::BF16] {
@@ -270,16 +269,6 @@ fn matmul_hopper_rs_cluster_path() -> Result<()> {
         for (dtype, symmetric) in [(DType::F16, true), (DType::BF16, false)] {
             check_linear(&dev, 384, 4096, 128, Int4Config { group_size: 64, symmetric }, dtype)?;
         }
-    }
-    Ok(())
-}
-
-/// A small clustered RS-GEMM problem for compute-sanitizer racecheck (multicast x tiles, cluster
-/// `empty` barriers, a padding block column): M=100, N=8456 (67 feature blocks, grid.y 68), K=256.
-#[test]
-fn matmul_hopper_rs_cluster_small() -> Result<()> {
-    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
-        check_matmul(&dev, 100, 8456, 256, Int4Config { group_size: 64, symmetric: false }, DType::F16)?;
     }
     Ok(())
 }

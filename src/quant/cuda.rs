@@ -428,7 +428,7 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
     let xs = contiguous_view::<T>(x, l)?;
     let y = alloc_output::<T>(dev, m * n)?;
     let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let name = format!("int4_gemm_rs_{sfx}_{}_{sym}", cfg.kernel_variant());
+    let name = format!("int4_gemm_rs_{sfx}_{}_{sym}", cfg.variant.name());
     let gemm = load_func(dev, RS_MODULE, ptx::INT4_GEMM_RS_SM90, &name)?;
     let smem = cfg.variant.smem_bytes();
     ensure_smem(dev, &gemm, &name, smem)?;
@@ -443,7 +443,7 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
         let zp = z_ptr.as_ref().map_or(s_ptr, |z| z.0);
         let maps = (|| {
             Some(TmaMaps {
-                x: tensor_map_2d(x_ptr, MapElem::U16, [k, m, k * 2], [64, cfg.x_box_rows()], true)?,
+                x: tensor_map_2d(x_ptr, MapElem::U16, [k, m, k * 2], [64, cfg.variant.tokens()], true)?,
                 w: cached_map_2d(p_ptr, MapElem::U32, [k, tiles, k * 4], [128, bw / super::format::TILE_N], false)?,
                 s: cached_map_2d(s_ptr, MapElem::U16, [n, k / gs, n * 2], [bw, srows], false)?,
                 z: cached_map_2d(zp, MapElem::U16, [n, k / gs, n * 2], [bw, srows], false)?,
@@ -470,9 +470,7 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
         // kernels/int4_gemm_rs_sm90.cu; the maps describe the live x, packed weight, scales and
         // zeros (views held until after the launch), every extent as `dims` describes it (checked by
         // int4_matmul / the format), `y` holds m * n elements (16-byte stores need N % 8 == 0, which
-        // `cuda_path` requires; padding blocks past N store nothing) and `smem` is the variant's
-        // layout (`RsSmem`). Clustered entries: grid.y is a multiple of their compile-time cluster
-        // (`choose_rs_config`) and x's box holds `tokens / cluster` rows, as the kernel expects.
+        // `cuda_path` requires) and `smem` is the variant's layout (`RsSmem`).
         unsafe { b.launch(lc) }.w()?;
         Ok(())
     })?;

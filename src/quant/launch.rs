@@ -358,46 +358,15 @@ impl RsVariant {
     pub fn block_w(self) -> usize {
         RS_BLOCK_W
     }
-    /// Whether the variant has entries for clusters of [`RS_CLUSTER`] blocks (`..c2`): a block's share
-    /// of the x box, `tokens / RS_CLUSTER` rows, must be whole 8-row (1024-byte) swizzle atoms.
-    pub fn clusters(self) -> bool {
-        (self.tokens() / RS_CLUSTER) % 8 == 0
-    }
 }
-
-/// Blocks per thread-block cluster of the clustered RS entries (`__cluster_dims__(1, 2, 1)`: two
-/// feature blocks of the same tokens; each loads half of every x box and multicasts it to both).
-pub(crate) const RS_CLUSTER: usize = 2;
-/// Feature blocks from which the RS GEMM runs in clusters (when the variant has such entries): x is
-/// read from L2 once per feature block, which bounds the unclustered kernel at large N (K=4096 ->
-/// N=11008, M=512: ~350 MB of x tiles); a narrow N gains little and an odd block count pads the grid
-/// by one block column.
-pub(crate) const RS_CLUSTER_MIN_BLOCKS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RsConfig {
     pub variant: RsVariant,
     /// Blocks of `tokens` activation rows (grid.x).
     pub m_blocks: usize,
-    /// Blocks of 128 output features (grid.y; a multiple of `cluster`, the last ones past N when padded).
+    /// Blocks of 128 output features (grid.y).
     pub n_blocks: usize,
-    /// Blocks per thread-block cluster along grid.y: 1 or [`RS_CLUSTER`].
-    pub cluster: usize,
-}
-
-impl RsConfig {
-    /// The entry's variant part: `t176s4`, or `t176s4c2` for the clustered entry.
-    pub fn kernel_variant(&self) -> String {
-        if self.cluster > 1 {
-            format!("{}c{}", self.variant.name(), self.cluster)
-        } else {
-            self.variant.name().to_string()
-        }
-    }
-    /// Rows of x's tensor-map box: the token block, split among the blocks of a cluster.
-    pub fn x_box_rows(&self) -> usize {
-        self.variant.tokens() / self.cluster
-    }
 }
 
 /// Launch shape of the RS GEMM: the token block with the fewest tokens per SM in its last wave
@@ -405,13 +374,11 @@ impl RsConfig {
 /// token block). K=4096 -> N=11008 on 132 SMs (86 feature blocks): M=256 88 tokens (258 blocks),
 /// M=384 128, M=512 and 1024 176. On an H100 (harness, benchmarks/int4.md round 8) this picked the
 /// fastest of the three variants at every measured point (M = 128 .. 1024 x K=4096 -> N=11008,
-/// K=11008 -> N=4096, K=N=4096). From [`RS_CLUSTER_MIN_BLOCKS`] feature blocks the variants with
-/// clustered entries run in clusters of [`RS_CLUSTER`] (grid.y padded to a multiple).
+/// K=11008 -> N=4096, K=N=4096).
 pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig {
     let n_blocks = n.div_ceil(RS_BLOCK_W).max(1);
     let sm_count = sm_count.max(1);
-    let shape =
-        |variant: RsVariant| RsConfig { variant, m_blocks: m.div_ceil(variant.tokens()).max(1), n_blocks, cluster: 1 };
+    let shape = |variant: RsVariant| RsConfig { variant, m_blocks: m.div_ceil(variant.tokens()).max(1), n_blocks };
     let cost = |c: &RsConfig| (c.m_blocks * c.n_blocks).div_ceil(sm_count) * c.variant.tokens();
     let mut best = shape(RsVariant::T176);
     for v in [RsVariant::T128, RsVariant::T88] {
@@ -419,10 +386,6 @@ pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig 
         if cost(&c) < cost(&best) {
             best = c;
         }
-    }
-    if best.variant.clusters() && n_blocks >= RS_CLUSTER_MIN_BLOCKS {
-        best.cluster = RS_CLUSTER;
-        best.n_blocks = n_blocks.next_multiple_of(RS_CLUSTER);
     }
     best
 }
@@ -570,20 +533,12 @@ mod tests {
 
     #[test]
     fn rs_config_on_h100() {
-        let want = |variant, m_blocks, cluster| RsConfig { variant, m_blocks, n_blocks: 86, cluster };
-        assert_eq!(choose_rs_config(256, 11008, 132), want(RsVariant::T88, 3, 1));
-        assert_eq!(choose_rs_config(384, 11008, 132), want(RsVariant::T128, 3, 2));
-        assert_eq!(choose_rs_config(512, 11008, 132), want(RsVariant::T176, 3, 2));
-        assert_eq!(choose_rs_config(1024, 11008, 132), want(RsVariant::T176, 6, 2));
-        assert_eq!(choose_rs_config(128, 11008, 132), want(RsVariant::T128, 1, 2));
-        assert_eq!(choose_rs_config(512, 11008, 132).kernel_variant(), "t176s4c2");
-        assert_eq!(choose_rs_config(512, 11008, 132).x_box_rows(), 88);
-        assert_eq!(choose_rs_config(256, 11008, 132).kernel_variant(), "t88s6");
-        // an odd feature-block count from RS_CLUSTER_MIN_BLOCKS on pads grid.y; fewer: no cluster
-        let c = choose_rs_config(512, 87 * 128 - 8, 132);
-        assert_eq!((c.variant, c.n_blocks, c.cluster, c.x_box_rows()), (RsVariant::T176, 88, 2, 88));
-        let c = choose_rs_config(2048, 15 * 128, 132);
-        assert_eq!((c.variant, c.n_blocks, c.cluster, c.x_box_rows()), (RsVariant::T128, 15, 1, 128));
+        let want = |variant, m_blocks| RsConfig { variant, m_blocks, n_blocks: 86 };
+        assert_eq!(choose_rs_config(256, 11008, 132), want(RsVariant::T88, 3));
+        assert_eq!(choose_rs_config(384, 11008, 132), want(RsVariant::T128, 3));
+        assert_eq!(choose_rs_config(512, 11008, 132), want(RsVariant::T176, 3));
+        assert_eq!(choose_rs_config(1024, 11008, 132), want(RsVariant::T176, 6));
+        assert_eq!(choose_rs_config(128, 11008, 132), want(RsVariant::T128, 1));
         // N=4096 (32 feature blocks): the harness's fastest variant at each M
         let n4096 = |m| choose_rs_config(m, 4096, 132).variant;
         assert_eq!(
@@ -591,43 +546,32 @@ mod tests {
             [RsVariant::T88, RsVariant::T88, RsVariant::T128, RsVariant::T128, RsVariant::T128]
         );
         // a grid below one wave: the narrowest token block (most blocks)
-        assert_eq!(
-            choose_rs_config(300, 16, 132),
-            RsConfig { variant: RsVariant::T88, m_blocks: 4, n_blocks: 1, cluster: 1 }
-        );
-        for n in [1, 8, 127, 128, 129, 1000, 2056, 4096, 11008] {
+        assert_eq!(choose_rs_config(300, 16, 132), RsConfig { variant: RsVariant::T88, m_blocks: 4, n_blocks: 1 });
+        for n in [1, 8, 127, 128, 129, 1000, 11008] {
             for m in [1, 88, 89, 193, 513, 1023] {
                 for sm in [1, 108, 132] {
                     let c = choose_rs_config(m, n, sm);
                     let tn = c.variant.tokens();
                     assert!(c.m_blocks * tn >= m && (c.m_blocks - 1) * tn < m.max(1), "{c:?}");
-                    // whole clusters; at most one padding block column (entirely past N)
-                    assert_eq!(c.n_blocks % c.cluster, 0, "{c:?}");
-                    assert!(c.cluster == 1 || c.variant.clusters(), "{c:?}");
-                    let real = n.div_ceil(128).max(1);
-                    assert!(c.n_blocks * 128 >= n && (c.n_blocks == real || c.n_blocks == real + 1), "{c:?}");
+                    assert!(c.n_blocks * 128 >= n && (c.n_blocks - 1) * 128 < n, "{c:?}");
                 }
             }
         }
     }
 
     #[test]
-    fn rs_cluster_shapes() {
-        // the shapes of tests/int4.rs `matmul_hopper_rs_cluster_path` / `_small` on 132 SMs
+    fn rs_wide_n_shapes() {
+        // the shapes of tests/int4.rs `matmul_hopper_rs_wide_n` on 132 SMs
         let c = |m, n| {
             let c = choose_rs_config(m, n, 132);
-            (c.kernel_variant(), c.n_blocks)
+            (c.variant, c.m_blocks, c.n_blocks)
         };
-        assert_eq!(c(100, 11008), ("t128s5c2".to_string(), 86));
-        assert_eq!(c(512, 11136), ("t176s4c2".to_string(), 88));
-        assert_eq!(c(520, 11136), ("t176s4c2".to_string(), 88));
-        assert_eq!(c(1000, 4104), ("t128s5c2".to_string(), 34));
-        assert_eq!(c(700, 2056), ("t128s5c2".to_string(), 18));
-        assert_eq!(c(384, 4096), ("t128s5c2".to_string(), 32));
-        assert_eq!(c(100, 8456), ("t128s5c2".to_string(), 68));
-        // the unclustered RS test shapes keep the plain entries
-        assert_eq!(c(300, 344), ("t88s6".to_string(), 3));
-        assert_eq!(c(520, 136), ("t88s6".to_string(), 2));
+        assert_eq!(c(100, 11008), (RsVariant::T128, 1, 86));
+        assert_eq!(c(512, 11136), (RsVariant::T176, 3, 87));
+        assert_eq!(c(520, 11136), (RsVariant::T176, 3, 87));
+        assert_eq!(c(1000, 4104), (RsVariant::T128, 8, 33));
+        assert_eq!(c(700, 2056), (RsVariant::T128, 6, 17));
+        assert_eq!(c(384, 4096), (RsVariant::T128, 3, 32));
     }
 
     #[test]
@@ -638,9 +582,6 @@ mod tests {
             // what an H100 block can opt in to (static_assert in RsSmem)
             assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
             assert_eq!(v.tokens() * 128 % 1024, 0, "{v:?}: 1024-byte swizzle atoms");
-            if v.clusters() {
-                assert_eq!(v.tokens() / RS_CLUSTER * 128 % 1024, 0, "{v:?}: a cluster block's share of the box");
-            }
         }
     }
 }
