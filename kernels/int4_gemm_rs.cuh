@@ -30,9 +30,13 @@
 // K tail chunks (K % 128 != 0: 1..3 words per lane) use scalar loads of the chunk's layout
 // (lane l's words at l * wc + j) and run 2 wc k16 steps. The tensor maps need N % 8 == 0.
 // Status (benchmarks/int4.md, helper round 8; H100, 2026-11-27): correct (harness f64 checks of 5
-// variants on 15 shapes; crate tests, memcheck, racecheck); the crate's path for 192 < M <= 1024 on
-// sm_90 (N % 8 == 0). K=4096 -> N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16
-// 58.2), M=1024 146.5 (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
+// variants on 15 shapes; crate tests, memcheck, racecheck); the crate's path for 64 < M <= 1024 on
+// sm_90 (N % 8 == 0; branch int4-rs-m64: GPU-run through the crate only for 192 < M). K=4096 ->
+// N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16 58.2), M=1024 146.5
+// (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
+// Clusters (CL > 1, harness-only; round 9): correct (f64 checks, crate tests, memcheck, racecheck on
+// the H100) but ~1.5x slower with .release.cluster remote arrivals (MEMBAR.ALL.GPU per chunk per
+// warp); the CUTLASS-form arrivals now here are not GPU-run yet (branch int4-mc-cluster routes them).
 #pragma once
 #include "int4_gemm_tma.cuh"
 
@@ -101,6 +105,42 @@ template <int N> __device__ __forceinline__ void fence_u32(uint32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 __device__ __forceinline__ void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+
+// ---- thread-block cluster pieces (CL > 1: CL blocks along the weight rows share each x tile) ----
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+// Every thread of every block of the cluster (exited threads must not be counted on: all reach it).
+// RELAXED: no ordering of earlier memory operations (after fence.mbarrier_init, as CUTLASS's
+// cluster_arrive_relaxed; .release costs a MEMBAR.ALL.GPU); else release (the kernel's end: a
+// block's remote arrivals land before its partner may exit).
+template <bool RELAXED> __device__ __forceinline__ void cluster_sync() {
+  if constexpr (RELAXED) {
+    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  } else {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+  }
+}
+// Arrive on the mbarrier at the same shared-memory offset `bar` in cluster block `rank` (default
+// .release.cta semantics, as CUTLASS's ClusterBarrier::arrive: the arrival only says "my reads of the
+// stage are complete" (a WAR hand-off to the producers' copy engine), nothing has to become visible;
+// `.release.cluster` compiles to MEMBAR.ALL.GPU before every arrival, ~0.5 us per chunk (round 9)).
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
+// TMA 2-D load multicast to the blocks of `mask`: the box lands at offset `dst` of each one's shared
+// memory and completes `bytes` on the mbarrier at offset `bar` of each.
+__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const tg::int4_tma::TmaDesc& map, uint32_t bar, int c0, int c1,
+                                               uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+}
 
 // D[64 x N] += A[64 x 16] (registers) . B[16 x N]^T (shared memory, K-major descriptor).
 template <typename T, int N> struct WgmmaRS;
@@ -187,7 +227,13 @@ template <> struct WgmmaRS<__nv_bfloat16, 256> {
 
 // DIAG (harness-only; 0 = real): 2 = no dequantization (fragments from the raw words: loads + wgmma),
 // 3 = no wgmma (loads + dequantization; the fragments are kept alive by an empty asm).
-template <typename T, int TN, int STAGES, bool SYM, int DIAG = 0>
+// CL: blocks per thread-block cluster along the weight rows (grid.y, a multiple of CL; 1 = no
+// cluster). With CL > 1 block rank r of the cluster loads token rows [r TN / CL, (r + 1) TN / CL) of
+// each x box (x's tensor map box is [TN / CL][64]) and multicasts them to every block of the
+// cluster; each block's `full` barrier expects the whole box, and a stage is free for the producers
+// only once the consumers of every block of the cluster released it (`empty`: one arrival per
+// consumer warp per block, remote arrivals through mapa).
+template <typename T, int TN, int STAGES, bool SYM, int CL = 1, int DIAG = 0>
 __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict__ y, WsDims d, const T* __restrict__ bias,
                                              int act) {
   using L = RsSmem<TN, STAGES>;
@@ -202,14 +248,21 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
   const int n_chunks = tg::ceil_div(d.K, CHUNK_K);
   const int spg_shift = d.group_size == 32 ? 0 : d.group_size == 64 ? 1 : 2;  // log2(G / 32)
 
+  static_assert(CL == 1 || CL == 2 || CL == 4, "cluster of 1, 2 or 4 blocks");
+  static_assert((TN / CL) % 8 == 0, "a block's share of the x box is whole 1024-byte swizzle atoms");
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full_bar + 8 * s, 1);
-      mbar_init(empty_bar + 8 * s, 256);
+      mbar_init(empty_bar + 8 * s, CL == 1 ? 256 : 8 * CL);
     }
     fence_mbar_init();
   }
-  __syncthreads();
+  if constexpr (CL > 1) {
+    cluster_sync<true>();  // every block's barriers are initialized before any multicast or remote arrival
+  } else {
+    __syncthreads();
+  }
+  const uint32_t rank = CL > 1 ? cluster_rank() : 0u;
 
   if (warp == 8) {
     // ---------------- producer (one lane) ----------------
@@ -225,12 +278,23 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
         const bool two = d.K - CHUNK_K * c > 64;  // the chunk's second 64-k x box holds k < K
         const uint32_t bar = full_bar + 8 * s, st = sm + s * L::STAGE;
         mbar_expect_tx(bar, (two ? 2 : 1) * L::XH + L::W + (SYM ? 1 : 2) * gpc * BW * 2);
-        tma_load_2d(st, maps.x, bar, CHUNK_K * c, t0);
-        if (two) tma_load_2d(st + L::XH, maps.x, bar, CHUNK_K * c + 64, t0);
+        if constexpr (CL > 1) {
+          constexpr uint16_t MASK = (1u << CL) - 1u;
+          const uint32_t part = rank * (L::XH / CL);
+          const int tr = t0 + static_cast<int>(rank) * (TN / CL);
+          tma_load_2d_mc(st + part, maps.x, bar, CHUNK_K * c, tr, MASK);
+          if (two) tma_load_2d_mc(st + L::XH + part, maps.x, bar, CHUNK_K * c + 64, tr, MASK);
+        } else {
+          tma_load_2d(st, maps.x, bar, CHUNK_K * c, t0);
+          if (two) tma_load_2d(st + L::XH, maps.x, bar, CHUNK_K * c + 64, t0);
+        }
         tma_load_2d(st + L::X, maps.w, bar, CHUNK_K * c, tile0);
         tma_load_2d(st + L::X + L::W, maps.s, bar, n0, c * gpc);
         if (!SYM) tma_load_2d(st + L::X + L::W + L::S, maps.z, bar, n0, c * gpc);
       }
+    }
+    if constexpr (CL > 1) {
+      cluster_sync<false>();  // no block leaves while another may still arrive on its barriers
     }
     return;
   }
@@ -313,7 +377,14 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
         tg::int4_ws::wgmma_commit();
         tg::int4_ws::wgmma_wait<1>();  // the previous step's group is done: its fragments are free
         fence_u32(fr[h ^ 1]);
-        if (ks == 0 && c > 0) mbar_arrive(empty_bar + 8 * ((c - 1) % STAGES));  // chunk c - 1 fully read
+        if (ks == 0 && c > 0) {  // chunk c - 1 fully read
+          if constexpr (CL > 1) {
+            __syncwarp();
+            if (lane < CL) mbar_arrive_cluster(empty_bar + 8 * ((c - 1) % STAGES), lane);
+          } else {
+            mbar_arrive(empty_bar + 8 * ((c - 1) % STAGES));
+          }
+        }
       }
     }
   }
@@ -339,6 +410,9 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
     if (m < d.M && n < d.N) {
       *reinterpret_cast<uint4*>(y + (int64_t)m * d.N + n) = *reinterpret_cast<const uint4*>(stg + tok * EPI_STRIDE + 8 * q);
     }
+  }
+  if constexpr (CL > 1) {
+    cluster_sync<false>();
   }
 }
 

@@ -6,7 +6,9 @@
 // N not multiples of the blocks, K with tail chunks), then kernel-only timing (CUDA events, 50
 // back-to-back launches alternating two weight copies) for M = 128 .. 1024 at K=4096 -> N=11008,
 // 11008 -> 4096 and 4096 -> 4096. `harness quick`: four small shapes, RS only, no timing (for
-// compute-sanitizer). Build (repository root):
+// compute-sanitizer). Variants `..c2` / `..c4`: thread-block clusters of 2 / 4 feature blocks
+// (compile-time `__cluster_dims__`, grid.y padded to a multiple) sharing each x tile by TMA multicast.
+// Build (repository root; with the pip CUDA toolchain add -L$CUDA_ROOT/lib):
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Ikernels -o int4_rs_harness scripts/int4_rs_harness.cu
 #define INT4_TC_NO_ENTRIES
 #include "int4_gemm_sm90.cuh"
@@ -67,19 +69,34 @@ constexpr int NT = sizeof(TVARS) / sizeof(TVARS[0]);
 // ---- transposed-RS variants (kernels/int4_gemm_rs.cuh) -------------------------------------------
 template <typename T, int TN, int ST, bool SYM, int DIAG>
 __global__ void __launch_bounds__(tg::int4_rs::THREADS, 1) krs(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
-  tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, DIAG>(maps, y, d, nullptr, (int)tg::Act::Identity);
+  tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, 1, DIAG>(maps, y, d, nullptr, (int)tg::Act::Identity);
 }
-struct RVar { const char* name; TFn f[2][2]; int tn, smem; };
-#define RV(TN, ST, DG, NAME) {NAME, \
-  {{(TFn)krs<__half, TN, ST, true, DG>, (TFn)krs<__half, TN, ST, false, DG>}, \
-   {(TFn)krs<__nv_bfloat16, TN, ST, true, DG>, (TFn)krs<__nv_bfloat16, TN, ST, false, DG>}}, \
-  TN, tg::int4_rs::RsSmem<TN, ST>::BYTES}
+// thread-block clusters of CL blocks along the weight rows (x tiles multicast), compile-time cluster
+// dims as the crate's entries
+template <typename T, int TN, int ST, bool SYM, int DIAG>
+__global__ void __cluster_dims__(1, 2, 1) __launch_bounds__(tg::int4_rs::THREADS, 1) krs_c2(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
+  tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, 2, DIAG>(maps, y, d, nullptr, (int)tg::Act::Identity);
+}
+template <typename T, int TN, int ST, bool SYM, int DIAG>
+__global__ void __cluster_dims__(1, 4, 1) __launch_bounds__(tg::int4_rs::THREADS, 1) krs_c4(const __grid_constant__ TmaMaps maps, T* y, WsDims d) {
+  tg::int4_rs::int4_gemm_rs<T, TN, ST, SYM, 4, DIAG>(maps, y, d, nullptr, (int)tg::Act::Identity);
+}
+struct RVar { const char* name; TFn f[2][2]; int tn, smem, cl; };
+#define RVK(K, CL, TN, ST, DG, NAME) {NAME, \
+  {{(TFn)K<__half, TN, ST, true, DG>, (TFn)K<__half, TN, ST, false, DG>}, \
+   {(TFn)K<__nv_bfloat16, TN, ST, true, DG>, (TFn)K<__nv_bfloat16, TN, ST, false, DG>}}, \
+  TN, tg::int4_rs::RsSmem<TN, ST>::BYTES, CL}
+#define RV(TN, ST, DG, NAME) RVK(krs, 1, TN, ST, DG, NAME)
+#define RV2(TN, ST, DG, NAME) RVK(krs_c2, 2, TN, ST, DG, NAME)
+#define RV4(TN, ST, DG, NAME) RVK(krs_c4, 4, TN, ST, DG, NAME)
 static RVar RVARS[] = {
-  RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"), RV(256, 3, 0, "rs256s3"), RV(176, 3, 0, "rs176s3"),
+  RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"),
+  RV2(176, 4, 0, "rs176s4c2"), RV2(128, 5, 0, "rs128s5c2"), RV4(128, 5, 0, "rs128s5c4"), RV2(256, 3, 0, "rs256s3c2"),
+  RV2(176, 3, 0, "rs176s3c2"), RV4(256, 3, 0, "rs256s3c4"),
 };
 constexpr int NR = sizeof(RVARS) / sizeof(RVARS[0]);
 // diagnostics (wrong results): diag2 = loads + wgmma, no dequantization; diag3 = loads + dequantization, no wgmma
-static RVar RDVARS[] = { RV(176, 4, 2, "rs176s4-diag2"), RV(176, 4, 3, "rs176s4-diag3") };
+static RVar RDVARS[] = { RV(176, 4, 2, "rs176s4-diag2"), RV(176, 4, 3, "rs176s4-diag3"), RV2(176, 4, 2, "rs176s4c2-diag2"), RV2(176, 4, 3, "rs176s4c2-diag3") };
 
 typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
@@ -107,15 +124,17 @@ static bool map2d(tg::int4_tma::TmaDesc* out, const void* ptr, CUtensorMapDataTy
 }
 // A kernel under test: a TMA variant (x box BM rows, weight box BN rows) or an RS variant (x box TN
 // tokens, weight box 128 rows, scale box [128 / G][128]).
-struct KUT { const char* name; TFn f[2][2]; int rs, xrows, wrows, smem, threads; dim3 grid(const Prob& P) const {
+// cl: RS blocks per cluster along the weight rows (grid.y padded to a multiple; x box [tn / cl][64]).
+struct KUT { const char* name; TFn f[2][2]; int rs, xrows, wrows, smem, threads, cl; dim3 grid(const Prob& P) const {
   int wb = ((P.N + 7) / 8 + wrows / 8 - 1) / (wrows / 8), xb = (P.M + xrows - 1) / xrows;
-  return rs ? dim3(xb, wb) : dim3(xb, wb); } };
-static KUT of(const TVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 0, v.bm, v.bn, v.smem, v.threads}; }
-static KUT of(const RVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 1, v.tn, 128, v.smem, tg::int4_rs::THREADS}; }
+  wb = (wb + cl - 1) / cl * cl;
+  return dim3(xb, wb); } };
+static KUT of(const TVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 0, v.bm, v.bn, v.smem, v.threads, 1}; }
+static KUT of(const RVar& v) { return KUT{v.name, {{v.f[0][0], v.f[0][1]}, {v.f[1][0], v.f[1][1]}}, 1, v.tn, 128, v.smem, tg::int4_rs::THREADS, v.cl}; }
 static bool make_maps(Prob& P, const KUT& v, int bf, int copy, TmaMaps* m) {
   int tiles = (P.N + 7) / 8;
   uint32_t sb = v.rs ? 128 : v.wrows, sr = 128 / P.G;
-  return map2d(&m->x, P.x[bf], CU_TENSOR_MAP_DATA_TYPE_UINT16, P.K, P.M, (uint64_t)P.K * 2, 64, v.xrows, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  return map2d(&m->x, P.x[bf], CU_TENSOR_MAP_DATA_TYPE_UINT16, P.K, P.M, (uint64_t)P.K * 2, 64, v.xrows / v.cl, CU_TENSOR_MAP_SWIZZLE_128B) &&
          map2d(&m->w, P.p[copy], CU_TENSOR_MAP_DATA_TYPE_UINT32, P.K, tiles, (uint64_t)P.K * 4, 128, v.wrows / 8, CU_TENSOR_MAP_SWIZZLE_NONE) &&
          map2d(&m->s, P.s, CU_TENSOR_MAP_DATA_TYPE_UINT16, P.N, P.K / P.G, (uint64_t)P.N * 2, sb, sr, CU_TENSOR_MAP_SWIZZLE_NONE) &&
          map2d(&m->z, P.z, CU_TENSOR_MAP_DATA_TYPE_UINT16, P.N, P.K / P.G, (uint64_t)P.N * 2, sb, sr, CU_TENSOR_MAP_SWIZZLE_NONE);
@@ -171,7 +190,15 @@ int main(int argc, char** argv) {
     for (auto& a : v.f) for (auto f : a) {
       CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, v.smem));
       cudaFuncAttributes at; CK(cudaFuncGetAttributes(&at, f));
-      if (f == v.f[0][0]) printf("%-22s regs %d local %zu smem %d threads %d\n", v.name, at.numRegs, at.localSizeBytes, v.smem, v.threads);
+      if (f == v.f[0][0]) {
+        int clusters = 0;
+        if (v.cl > 1) {
+          cudaLaunchConfig_t lc = {}; lc.gridDim = dim3(1, 132 * v.cl); lc.blockDim = dim3(v.threads); lc.dynamicSmemBytes = v.smem;
+          cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, (const void*)f, &lc);
+          if (e != cudaSuccess) { printf("    cudaOccupancyMaxActiveClusters: %s\n", cudaGetErrorString(e)); cudaGetLastError(); clusters = -1; }
+        }
+        printf("%-22s regs %d local %zu smem %d threads %d cluster %d (max active clusters %d)\n", v.name, at.numRegs, at.localSizeBytes, v.smem, v.threads, v.cl, clusters);
+      }
     }
   }
   fflush(stdout);

@@ -152,20 +152,20 @@ fn matmul_tensor_core_path() -> Result<()> {
     Ok(())
 }
 
-/// CUDA_WS_MIN_M < M <= CUDA_RS_MIN_M (f16 / bf16): on Hopper the TMA warp-specialized wgmma GEMM
-/// for N % 8 == 0 (kernels/int4_gemm_tma.cuh; 128-row blocks of 168 or 128 columns), elsewhere the
-/// tensor-core GEMM. M not a multiple of 128, N a multiple of 8 but not of the column block, N
+/// CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M (f16 / bf16): on Hopper the transposed-RS wgmma GEMM for
+/// N % 8 == 0 (since CUDA_RS_MIN_M = CUDA_WS_MIN_M; before, the TMA GEMM of kernels/int4_gemm_tma.cuh),
+/// elsewhere the tensor-core GEMM. M not a multiple of 128, N a multiple of 8 but not of the column block, N
 /// below one column block (N=16: boxes larger than the tensor), both column blocks (N=11008 and
 /// 132 SMs pick 168 columns, the smaller N 128), K with a tail chunk of 3 words (K=96: two 64-wide
 /// stages, the second partly past K, zero-filled by the copy engine), 1 word (K=160) and 2 words
 /// (one stage; group sizes 32 and 64), every group size, sym and asym. CUDA only.
 #[test]
 fn matmul_hopper_wgmma_path() -> Result<()> {
-    let rs_min = tiny_gemm::quant::CUDA_RS_MIN_M;
+    let tc_max = tiny_gemm::quant::CUDA_TC_MAX_M;
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
         for cfg in configs() {
             let gs = cfg.group_size;
-            for (m, n, k) in [(65, 1000, 3 * gs), (130, 344, 14 * gs), (rs_min, 1352, 5 * gs), (100, 16, 2 * gs)] {
+            for (m, n, k) in [(65, 1000, 3 * gs), (130, 344, 14 * gs), (tc_max, 1352, 5 * gs), (100, 16, 2 * gs)] {
                 for dtype in [DType::F16, DType::BF16] {
                     check_matmul(&dev, m, n, k, cfg, dtype)?;
                 }
@@ -174,7 +174,7 @@ fn matmul_hopper_wgmma_path() -> Result<()> {
         check_matmul(&dev, 129, 4096, 1024, Int4Config::default(), DType::F16)?;
         // 132 SMs: 168-column blocks; N % 168 != 0, N odd (the tensor-core GEMM) with a 3-word K
         // tail, N % 8 == 0 with a 1-word tail
-        check_matmul(&dev, rs_min, 11008, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, tc_max, 11008, 256, Int4Config::default(), DType::F16)?;
         check_matmul(&dev, 150, 11001, 96, Int4Config { group_size: 32, symmetric: true }, DType::BF16)?;
         check_matmul(&dev, 160, 11000, 160, Int4Config { group_size: 32, symmetric: false }, DType::F16)?;
     }
@@ -202,11 +202,11 @@ fn matmul_hopper_wgmma_small() -> Result<()> {
 /// asym. CUDA only.
 #[test]
 fn matmul_hopper_rs_path() -> Result<()> {
-    let (rs_min, rs_max) = (tiny_gemm::quant::CUDA_RS_MIN_M, tiny_gemm::quant::CUDA_RS_MAX_M);
+    let (tc_max, rs_max) = (tiny_gemm::quant::CUDA_TC_MAX_M, tiny_gemm::quant::CUDA_RS_MAX_M);
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
         for cfg in configs() {
             let gs = cfg.group_size;
-            for (m, n, k) in [(rs_min + 1, 1000, 3 * gs), (300, 344, 14 * gs), (1023, 136, 5 * gs), (257, 16, 2 * gs)] {
+            for (m, n, k) in [(tc_max + 1, 1000, 3 * gs), (300, 344, 14 * gs), (1023, 136, 5 * gs), (257, 16, 2 * gs)] {
                 for dtype in [DType::F16, DType::BF16] {
                     check_matmul(&dev, m, n, k, cfg, dtype)?;
                 }
@@ -243,6 +243,31 @@ fn linear_bias_act_rs_path() -> Result<()> {
     for dev in devices().into_iter().filter(|d| d.is_cuda()) {
         for (dtype, symmetric) in [(DType::F16, false), (DType::BF16, true)] {
             check_linear(&dev, 520, 136, 256, Int4Config { group_size: 64, symmetric }, dtype)?;
+        }
+    }
+    Ok(())
+}
+
+/// The RS GEMM at wide N (src/quant/launch.rs `rs_wide_n_shapes` pins each shape here to its token
+/// block on 132 SMs): 128-token blocks for M=100 (CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M: the range the
+/// RS GEMM took over from the TMA GEMM) and above, 176-token blocks at M=512 / 520, odd feature-block
+/// counts (N=11136, 4104, 2056), K tails of 1 .. 3 words, every group size, sym / asym, f16 / bf16,
+/// bias and every activation. CUDA only.
+#[test]
+fn matmul_hopper_rs_wide_n() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        for cfg in configs() {
+            for dtype in [DType::F16, DType::BF16] {
+                check_matmul(&dev, 100, 11008, 2 * cfg.group_size, cfg, dtype)?;
+            }
+        }
+        check_matmul(&dev, 512, 11136, 256, Int4Config::default(), DType::F16)?;
+        check_matmul(&dev, 520, 11136, 160, Int4Config { group_size: 32, symmetric: false }, DType::BF16)?;
+        check_matmul(&dev, 1000, 4104, 96, Int4Config { group_size: 32, symmetric: true }, DType::F16)?;
+        check_matmul(&dev, 700, 2056, 4160, Int4Config { group_size: 64, symmetric: false }, DType::F16)?;
+        check_matmul(&dev, 384, 4096, 1024, Int4Config { group_size: 128, symmetric: false }, DType::BF16)?;
+        for (dtype, symmetric) in [(DType::F16, true), (DType::BF16, false)] {
+            check_linear(&dev, 384, 4096, 128, Int4Config { group_size: 64, symmetric }, dtype)?;
         }
     }
     Ok(())

@@ -560,6 +560,21 @@ mod tests {
     }
 
     #[test]
+    fn rs_wide_n_shapes() {
+        // the shapes of tests/int4.rs `matmul_hopper_rs_wide_n` on 132 SMs
+        let c = |m, n| {
+            let c = choose_rs_config(m, n, 132);
+            (c.variant, c.m_blocks, c.n_blocks)
+        };
+        assert_eq!(c(100, 11008), (RsVariant::T128, 1, 86));
+        assert_eq!(c(512, 11136), (RsVariant::T176, 3, 87));
+        assert_eq!(c(520, 11136), (RsVariant::T176, 3, 87));
+        assert_eq!(c(1000, 4104), (RsVariant::T128, 8, 33));
+        assert_eq!(c(700, 2056), (RsVariant::T128, 6, 17));
+        assert_eq!(c(384, 4096), (RsVariant::T128, 3, 32));
+    }
+
+    #[test]
     fn rs_shared_memory() {
         // 4 stages x (2 x 176 x 128 x boxes + 16 tiles x 512 B + scales and zeros [4][128] f16)
         assert_eq!(RsVariant::T176.smem_bytes(), 4 * (45056 + 8192 + 2048) + 64 + 1024);

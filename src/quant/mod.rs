@@ -71,9 +71,10 @@ pub const CUDA_WS_MIN_M: usize = 64;
 /// dequantized once per block of up to 176 tokens) instead of the TMA GEMM or dequantize + cuBLAS.
 /// Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md round 8): M=256 52.5
 /// against 51.2 for the TMA GEMM, M=384 62.0 against 95.1 (TMA) / 93.8 (dequantize + cuBLAS), M=512
-/// 73.6 against 102.3 / 105.3, and M=128 31.5 against 47.2 (TMA): the same run says this could be 64
-/// (not yet run through the crate below 193 rows).
-pub const CUDA_RS_MIN_M: usize = 192;
+/// 73.6 against 102.3 / 105.3, and M=128 31.5 against 47.2 (TMA; K=11008 -> N=4096 67.7 against
+/// 114.9): so it starts where the TMA GEMM did, which no longer runs (kept as a fallback; NOT yet
+/// run through the crate below 193 rows, branch `int4-rs-m64`).
+pub const CUDA_RS_MIN_M: usize = 64;
 
 /// Upper end of the transposed-RS GEMM's rows (see [`CUDA_RS_MIN_M`]). Harness (H100, kernel µs,
 /// same run): M=1024 146.5 against 159.9 for dequantize + cuBLAS at K=4096 -> N=11008, 155.9 against
@@ -392,29 +393,28 @@ mod tests {
 
     #[test]
     fn cuda_path_by_rows_and_dtype() {
-        // the ranges as documented: TMA GEMM from CUDA_WS_MIN_M, RS GEMM from CUDA_RS_MIN_M
-        const { assert!(CUDA_WS_MIN_M < CUDA_RS_MIN_M && CUDA_RS_MIN_M < CUDA_WS_MAX_M && CUDA_WS_MAX_M <= CUDA_RS_MAX_M) };
+        // the ranges as documented: the RS GEMM from CUDA_RS_MIN_M covers the TMA GEMM's range
+        const { assert!(CUDA_WS_MIN_M <= CUDA_RS_MIN_M && CUDA_WS_MAX_M <= CUDA_RS_MAX_M && CUDA_RS_MIN_M < CUDA_TC_MAX_M) };
         for hopper in [false, true] {
             assert_eq!(cuda_path(1, 64, DType::F32, hopper), CudaPath::SmallM);
             assert_eq!(cuda_path(16, 64, DType::BF16, hopper), CudaPath::SmallM);
             for dtype in [DType::F16, DType::BF16] {
                 assert_eq!(cuda_path(17, 64, dtype, hopper), CudaPath::TensorCore);
-                assert_eq!(cuda_path(CUDA_WS_MIN_M, 64, dtype, hopper), CudaPath::TensorCore);
-                let mid = if hopper { CudaPath::Wgmma } else { CudaPath::TensorCore };
-                assert_eq!(cuda_path(CUDA_WS_MIN_M + 1, 64, dtype, hopper), mid);
-                assert_eq!(cuda_path(CUDA_TC_MAX_M.min(CUDA_RS_MIN_M), 64, dtype, hopper), mid);
+                assert_eq!(cuda_path(CUDA_RS_MIN_M, 64, dtype, hopper), CudaPath::TensorCore);
+                let mid = if hopper { CudaPath::Rs } else { CudaPath::TensorCore };
+                assert_eq!(cuda_path(CUDA_RS_MIN_M + 1, 64, dtype, hopper), mid);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M, 64, dtype, hopper), mid);
                 // N % 8 != 0 keeps the tensor-core GEMM
                 assert_eq!(cuda_path(CUDA_TC_MAX_M, 1001, dtype, hopper), CudaPath::TensorCore);
                 let rs = if hopper { CudaPath::Rs } else { CudaPath::DequantizeMatmul };
-                assert_eq!(cuda_path(CUDA_RS_MIN_M + 1, 64, dtype, hopper), rs);
-                assert_eq!(cuda_path(CUDA_WS_MAX_M, 64, dtype, hopper), rs);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), rs);
                 assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), rs);
                 assert_eq!(cuda_path(CUDA_RS_MAX_M, 11008, dtype, hopper), rs);
                 assert_eq!(cuda_path(CUDA_RS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 assert_eq!(cuda_path(4096, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 // N % 8 != 0: no tensor map of the scales, dequantize + matmul
                 assert_eq!(cuda_path(512, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
-                assert_eq!(cuda_path(CUDA_RS_MIN_M + 1, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
+                assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 1001, dtype, hopper), CudaPath::DequantizeMatmul);
             }
             // f32 activations: the tensor-core GEMMs take 2-byte operands only
             assert_eq!(cuda_path(17, 64, DType::F32, hopper), CudaPath::DequantizeMatmul);
