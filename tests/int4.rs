@@ -152,8 +152,8 @@ fn matmul_tensor_core_path() -> Result<()> {
     Ok(())
 }
 
-/// CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M (f16 / bf16): on Hopper the transposed-RS wgmma GEMM for
-/// N % 8 == 0 (since CUDA_RS_MIN_M = CUDA_WS_MIN_M; before, the TMA GEMM of kernels/int4_gemm_tma.cuh),
+/// CUDA_RS_MIN_M < M <= CUDA_TC_MAX_M (f16 / bf16): on Hopper the transposed-RS wgmma GEMM for
+/// N % 8 == 0 (before the 6th session the TMA GEMM of kernels/int4_gemm_tma.cuh),
 /// elsewhere the tensor-core GEMM. M not a multiple of 128, N a multiple of 8 but not of the column block, N
 /// below one column block (N=16: boxes larger than the tensor), both column blocks (N=11008 and
 /// 132 SMs pick 168 columns, the smaller N 128), K with a tail chunk of 3 words (K=96: two 64-wide
@@ -249,7 +249,7 @@ fn linear_bias_act_rs_path() -> Result<()> {
 }
 
 /// The RS GEMM at wide N (src/quant/launch.rs `rs_wide_n_shapes` pins each shape here to its token
-/// block on 132 SMs): 128-token blocks for M=100 (CUDA_WS_MIN_M < M <= CUDA_TC_MAX_M: the range the
+/// block on 132 SMs): 128-token blocks for M=100 (CUDA_RS_MIN_M < M <= CUDA_TC_MAX_M: the range the
 /// RS GEMM took over from the TMA GEMM) and above, 176-token blocks at M=512 / 520, odd feature-block
 /// counts (N=11136, 4104, 2056), K tails of 1 .. 3 words, every group size, sym / asym, f16 / bf16,
 /// bias and every activation. CUDA only.

@@ -1,5 +1,5 @@
 //! CUDA glue of the INT4 ops (kernels/int4_gemm.cu, kernels/int4_gemm_tc.cu,
-//! kernels/int4_gemm_tma_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
+//! kernels/int4_gemm_rs_sm90.cu): dtype dispatch, launch shape, tensor maps, launches.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -13,7 +13,7 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, S
 use half::f16;
 
 use super::format::Int4Weight;
-use super::launch::{choose_gemm_config, choose_rs_config, choose_tc_config, choose_ws_config};
+use super::launch::{choose_gemm_config, choose_rs_config, choose_tc_config, RsVariant};
 pub(super) use crate::cuda::is_sm90;
 use crate::cuda::{
     alloc_output, contiguous_view, dtype_suffix, elementwise_config, ensure_smem, launch_ex, load_func, ptx, sm_count,
@@ -23,7 +23,6 @@ use crate::Activation;
 
 const MODULE: &str = "int4_gemm";
 const TC_MODULE: &str = "int4_gemm_tc";
-const WS_MODULE: &str = "int4_gemm_tma_sm90";
 const RS_MODULE: &str = "int4_gemm_rs_sm90";
 /// Outputs per thread of `int4_dequant_*` (`RUN` in kernels/int4_gemm.cu).
 const DEQUANT_RUN: usize = 8;
@@ -138,7 +137,6 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     match super::cuda_path(m, w.n, x.dtype(), is_sm90(dev)?) {
         super::CudaPath::SmallM => {}
         super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
-        super::CudaPath::Wgmma => return matmul_ws::<T>(w, x, l, bias, act),
         super::CudaPath::Rs => return matmul_rs::<T>(w, x, l, bias, act),
         super::CudaPath::DequantizeMatmul => {
             bail!("int4_matmul: M={m} in {:?} takes the dequantize + matmul path, not a fused kernel", x.dtype())
@@ -311,76 +309,6 @@ fn tensor_map_2d(
     tensor_map(ptr, elem, &dims, &[stride_bytes as u64], &[box_cols as u32, box_rows as u32], swizzle_128b)
 }
 
-/// The Hopper TMA + `wgmma` GEMM (`int4_gemm_tma_*`, f16 / bf16 activations, compute capability
-/// 9.0, N % 8 == 0), the bias and the activation in its epilogue.
-fn matmul_ws<T: CudaDType + DeviceRepr>(
-    w: &Int4Weight,
-    x: &CudaStorage,
-    l: &Layout,
-    bias: Option<&CudaView<T>>,
-    act: Activation,
-) -> Result<(CudaStorage, Shape)> {
-    let dev = x.device();
-    let (m, n, k) = (l.dims()[0], w.n, w.k);
-    let cfg = choose_ws_config(m, n, sm_count(dev)?);
-    let gs = w.cfg.group_size;
-    let dims = WsDims { m: i32_dim(m, "M")?, n: i32_dim(n, "N")?, k: i32_dim(k, "K")?, group_size: gs as i32 };
-    // grid.y (column blocks) is limited to 65535
-    if cfg.n_blocks > 65535 {
-        bail!("int4_matmul: N={n} needs {} column blocks, more than the 65535 the kernel's grid takes", cfg.n_blocks);
-    }
-    let sfx = dtype_suffix(x.dtype(), "int4_matmul")?;
-    let xs = contiguous_view::<T>(x, l)?;
-    let y = alloc_output::<T>(dev, m * n)?;
-    let sym = if w.cfg.symmetric { "sym" } else { "asym" };
-    let name = format!("int4_gemm_tma_{sfx}_{}_{sym}", cfg.variant.name());
-    let gemm = load_func(dev, WS_MODULE, ptx::INT4_GEMM_TMA_SM90, &name)?;
-    let smem = cfg.variant.smem_bytes();
-    ensure_smem(dev, &gemm, &name, smem)?;
-    let (bn, tiles) = (cfg.variant.block_n(), n.div_ceil(super::format::TILE_N));
-    let srows = super::launch::WsVariant::scale_rows(gs);
-    with_views(w, |p, s, z| {
-        let stream = dev.cuda_stream();
-        let (x_ptr, _xg) = xs.device_ptr(&stream);
-        let (p_ptr, _pg) = p.device_ptr(&stream);
-        let (s_ptr, _sg) = s.device_ptr(&stream);
-        let z_ptr = z.as_ref().map(|z| z.device_ptr(&stream));
-        let zp = z_ptr.as_ref().map_or(s_ptr, |z| z.0);
-        let maps = (|| {
-            Some(TmaMaps {
-                x: tensor_map_2d(x_ptr, MapElem::U16, [k, m, k * 2], [64, 128], true)?,
-                w: tensor_map_2d(p_ptr, MapElem::U32, [k, tiles, k * 4], [128, bn / super::format::TILE_N], false)?,
-                s: tensor_map_2d(s_ptr, MapElem::U16, [n, k / gs, n * 2], [bn, srows], false)?,
-                z: tensor_map_2d(zp, MapElem::U16, [n, k / gs, n * 2], [bn, srows], false)?,
-            })
-        })();
-        let Some(maps) = maps else {
-            bail!("int4_matmul: the driver refused a tensor map (M={m}, N={n}, K={k}, group size {gs})");
-        };
-        let null = 0u64; // a null pointer: no bias
-        let mut b = stream.launch_builder(&gemm);
-        b.arg(&maps).arg(&y).arg(&dims);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
-        let act = act_code(act);
-        b.arg(&act);
-        let lc = LaunchConfig {
-            grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
-            block_dim: (cfg.variant.threads() as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        // SAFETY: argument types and count match `int4_gemm_tma_<T>_<variant>_<sym>` in
-        // kernels/int4_gemm_tma_sm90.cu; the maps describe the live x, packed weight, scales and
-        // zeros (views held until after the launch), every extent as `dims` describes it (checked by
-        // int4_matmul / the format), and `smem` is the variant's layout (`TmaSmem`).
-        unsafe { b.launch(lc) }.w()?;
-        Ok(())
-    })?;
-    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
-}
-
 /// [`tensor_map_2d`] memoized: a tensor map is a pure function of its arguments (the pointer
 /// included), so a cached one is exactly what encoding again would give. For the weight's maps
 /// (packed tiles, scales, zeros), which repeat every call; bounded (cleared past 4096 entries).
@@ -433,7 +361,7 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
     let smem = cfg.variant.smem_bytes();
     ensure_smem(dev, &gemm, &name, smem)?;
     let (bw, tiles) = (cfg.variant.block_w(), n.div_ceil(super::format::TILE_N));
-    let srows = super::launch::WsVariant::scale_rows(gs);
+    let srows = RsVariant::scale_rows(gs);
     with_views(w, |p, s, z| {
         let stream = dev.cuda_stream();
         let (x_ptr, _xg) = xs.device_ptr(&stream);
@@ -452,26 +380,32 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
         let Some(maps) = maps else {
             bail!("int4_matmul: the driver refused a tensor map (M={m}, N={n}, K={k}, group size {gs})");
         };
-        let null = 0u64; // a null pointer: no bias
-        let mut b = stream.launch_builder(&gemm);
-        b.arg(&maps).arg(&y).arg(&dims);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
-        let act = act_code(act);
-        b.arg(&act);
+        let (y_ptr, _yg) = y.device_ptr(&stream);
+        let bias_ptr = bias.map(|b| b.device_ptr(&stream));
+        let (mut maps, mut y_ptr, mut dims, mut act) = (maps, y_ptr, dims, act_code(act));
+        let mut bias_arg = bias_ptr.as_ref().map_or(0u64, |b| b.0); // 0: a null pointer, no bias
+        let arg = |v: &mut u64| v as *mut u64 as *mut std::ffi::c_void;
+        let mut args = [
+            &mut maps as *mut TmaMaps as *mut std::ffi::c_void,
+            arg(&mut y_ptr),
+            &mut dims as *mut WsDims as *mut std::ffi::c_void,
+            arg(&mut bias_arg),
+            &mut act as *mut i32 as *mut std::ffi::c_void,
+        ];
         let lc = LaunchConfig {
             grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
             block_dim: (cfg.variant.threads() as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // SAFETY: argument types and count match `int4_gemm_rs_<T>_<variant>_<sym>` in
-        // kernels/int4_gemm_rs_sm90.cu; the maps describe the live x, packed weight, scales and
-        // zeros (views held until after the launch), every extent as `dims` describes it (checked by
+        // a programmatic dependent launch, as for the small-M GEMM: the grid is scheduled while the
+        // previous one drains and waits for it in `tg::pdl_enter`
+        // SAFETY: `args` match `int4_gemm_rs_<T>_<variant>_<sym>(TmaMaps maps, T* y, WsDims d,
+        // const T* bias, int act)` in kernels/int4_gemm_rs_sm90.cu, which begins with
+        // `tg::pdl_enter`; the maps describe the live x, packed weight, scales and zeros (views and
+        // guards held until after the launch), every extent as `dims` describes it (checked by
         // int4_matmul / the format), `y` holds m * n elements (16-byte stores need N % 8 == 0, which
         // `cuda_path` requires) and `smem` is the variant's layout (`RsSmem`).
-        unsafe { b.launch(lc) }.w()?;
+        unsafe { launch_ex(dev, &gemm, lc, false, true, &mut args) }?;
         Ok(())
     })?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))

@@ -1,5 +1,5 @@
 //! Launch shapes of the CUDA kernels (the small-M kernel of kernels/int4_gemm.cu, the tensor-core
-//! GEMM of kernels/int4_gemm_tc.cu and the Hopper TMA + wgmma GEMM of kernels/int4_gemm_tma.cuh): pure
+//! GEMM of kernels/int4_gemm_tc.cu and the Hopper transposed-RS wgmma GEMM of kernels/int4_gemm_rs.cuh): pure
 //! functions of the problem and the SM count.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
@@ -197,105 +197,6 @@ pub(crate) fn choose_tc_config(m: usize, n: usize, k: usize, sm_count: usize) ->
     TcConfig { variant, m_blocks, n_blocks, splits: n_chunks.div_ceil(chunks_per_split), chunks_per_split }
 }
 
-/// Activation rows per block of the Hopper GEMM (`BM` in kernels/int4_gemm_tma.cuh: 64 per
-/// consumer warpgroup, two consumer warpgroups).
-const WS_BLOCK_M: usize = 128;
-/// k per pipeline stage of the Hopper GEMM (`STAGE_K`).
-const WS_STAGE_K: usize = 64;
-
-/// The `int4_gemm_tma_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
-/// kernels/int4_gemm_tma_sm90.cu): 128 activation rows x `block_n` output columns per block, one
-/// block per SM (shared memory), the copy engine (TMA) loading x, the packed tiles and the scales
-/// into a `stages`-deep ring of 64-wide K stages (`raw` slots of packed 128-wide chunks), `producers`
-/// warpgroups (less the loader warp) dequantizing into shared memory, two consumer warpgroups running
-/// `wgmma`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WsVariant {
-    /// 168 output columns (21 format tiles): K=4096 -> N=11008 gives 66 column blocks, so M=256 /
-    /// 512 / 1024 are exactly 1 / 2 / 4 waves on 132 SMs.
-    N168,
-    /// 128 output columns.
-    N128,
-}
-
-impl WsVariant {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::N168 => "n168c2s4r3p2e",
-            Self::N128 => "n128c2s5r3p2e",
-        }
-    }
-    /// Output columns per block (`BN`).
-    pub fn block_n(self) -> usize {
-        match self {
-            Self::N168 => 168,
-            Self::N128 => 128,
-        }
-    }
-    /// Ring stages (`STAGES`).
-    pub fn stages(self) -> usize {
-        match self {
-            Self::N168 => 4,
-            Self::N128 => 5,
-        }
-    }
-    /// Raw slots of packed 128-wide chunks (`RAW`; 2 raw >= stages + 1).
-    pub fn raw(self) -> usize {
-        3
-    }
-    /// Producer warpgroups (`PW`).
-    pub fn producers(self) -> usize {
-        2
-    }
-    /// Threads per block: the producers and two consumer warpgroups.
-    pub fn threads(self) -> usize {
-        128 * (self.producers() + 2)
-    }
-    /// Dynamic shared memory (mirrors `TmaSmem`): per stage the x slot `[128][64]` and the
-    /// dequantized weight slot `[BN][64]` (2-byte elements), per raw slot the packed tiles of a chunk
-    /// and the scales and zeros `[4][BN]` (f16, each padded to 128 bytes: TMA destinations), the
-    /// loaded / full / empty mbarriers, 1024 bytes of alignment.
-    pub fn smem_bytes(self) -> usize {
-        let bn = self.block_n();
-        let stage = WS_BLOCK_M * WS_STAGE_K * 2 + bn * WS_STAGE_K * 2;
-        let raw = bn / TILE_N * TC_TILE_BYTES + 2 * (TC_MAX_GROUPS_PER_CHUNK * bn * 2).next_multiple_of(128);
-        self.stages() * stage + self.raw() * raw + 3 * self.stages() * 8 + 1024
-    }
-    /// Rows of the scales box of the tensor map (128-wide format chunk / group size).
-    pub fn scale_rows(group_size: usize) -> usize {
-        CHUNK_K / group_size
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WsConfig {
-    pub variant: WsVariant,
-    /// Blocks of 128 activation rows (grid.x).
-    pub m_blocks: usize,
-    /// Blocks of `block_n` output columns (grid.y).
-    pub n_blocks: usize,
-}
-
-/// Launch shape of the Hopper GEMM: the column block with the fewest columns per SM in its last
-/// wave (waves x `block_n`; one block per SM), ties to the wider block (fewer x re-reads). K=4096
-/// -> N=11008 on 132 SMs: M=512 168 columns (264 blocks, 2 waves) against 128 (344, 3 waves);
-/// K=11008 -> N=4096, M=512: 128 columns (128 blocks, 1 wave).
-pub(crate) fn choose_ws_config(m: usize, n: usize, sm_count: usize) -> WsConfig {
-    let m_blocks = m.div_ceil(WS_BLOCK_M).max(1);
-    let sm_count = sm_count.max(1);
-    let shape = |variant: WsVariant| {
-        let n_blocks = n.div_ceil(TILE_N).div_ceil(variant.block_n() / TILE_N).max(1);
-        WsConfig { variant, m_blocks, n_blocks }
-    };
-    let cost = |c: &WsConfig| (c.m_blocks * c.n_blocks).div_ceil(sm_count) * c.variant.block_n();
-    let (wide, narrow) = (shape(WsVariant::N168), shape(WsVariant::N128));
-    if cost(&narrow) < cost(&wide) {
-        narrow
-    } else {
-        wide
-    }
-}
-
 /// Output features per block of the transposed-RS Hopper GEMM (`BW` in kernels/int4_gemm_rs.cuh: two
 /// consumer warpgroups of 64 weight rows).
 const RS_BLOCK_W: usize = 128;
@@ -354,7 +255,11 @@ impl RsVariant {
         let epilogue = 2 * tn * RS_EPI_STRIDE * 2;
         (self.stages() * stage).max(epilogue) + 2 * self.stages() * 8 + 1024
     }
-    /// Output features per block (the packed and scale boxes' rows).
+    /// Rows of the scales box of the tensor map (128-wide format chunk / group size).
+    pub fn scale_rows(group_size: usize) -> usize {
+        CHUNK_K / group_size
+    }
+    /// Output features per block (`BW`: the packed and scale boxes' rows).
     pub fn block_w(self) -> usize {
         RS_BLOCK_W
     }
@@ -491,43 +396,6 @@ mod tests {
         for v in [TcVariant::M32N128, TcVariant::M64N128] {
             // an H100 SM: 228 KB of shared memory, 1 KB reserved per block
             assert!(v.blocks_per_sm() * (v.smem_bytes() + 1024) <= 228 * 1024, "{v:?}");
-        }
-    }
-
-    #[test]
-    fn ws_llama_shapes_on_h100() {
-        let c = choose_ws_config(512, 11008, 132);
-        assert_eq!(c, WsConfig { variant: WsVariant::N168, m_blocks: 4, n_blocks: 66 });
-        let c = choose_ws_config(256, 11008, 132);
-        assert_eq!(c, WsConfig { variant: WsVariant::N168, m_blocks: 2, n_blocks: 66 });
-        let c = choose_ws_config(1024, 11008, 132);
-        assert_eq!((c.variant, c.m_blocks), (WsVariant::N168, 8));
-        let c = choose_ws_config(512, 4096, 132);
-        assert_eq!(c, WsConfig { variant: WsVariant::N128, m_blocks: 4, n_blocks: 32 });
-    }
-
-    #[test]
-    fn ws_grid_covers_the_output() {
-        for n in [1, 8, 9, 100, 168, 169, 1001, 4096, 11008] {
-            for m in [1, 127, 128, 129, 193, 1023] {
-                for sm in [1, 108, 132] {
-                    let c = choose_ws_config(m, n, sm);
-                    let tiles = c.variant.block_n() / TILE_N;
-                    assert!(c.m_blocks * 128 >= m && (c.m_blocks - 1) * 128 < m, "{c:?}");
-                    assert!(c.n_blocks * tiles >= n.div_ceil(TILE_N) && (c.n_blocks - 1) * tiles < n.div_ceil(TILE_N));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn ws_shared_memory() {
-        // 4 stages x (16 KB x + 21 KB weights) + 3 x (21 tiles x 512 B + scales and zeros [4][168]
-        // f16, 1344 bytes each padded to 1408)
-        assert_eq!(WsVariant::N168.smem_bytes(), 4 * (16384 + 21504) + 3 * (10752 + 2 * 1408) + 96 + 1024);
-        for v in [WsVariant::N168, WsVariant::N128] {
-            // what an H100 block can opt in to (static_assert in WsSmem)
-            assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
         }
     }
 

@@ -40,11 +40,10 @@ use crate::cpu::{dispatch_float, is_half_float};
 use crate::Activation;
 
 /// Activation rows up to which CUDA runs the small-M kernel (weights streamed once per 16 rows);
-/// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations), above it
-/// up to [`CUDA_WS_MAX_M`] the Hopper TMA + `wgmma` GEMM on compute capability 9.0 (f16 / bf16,
-/// N % 8 == 0; from [`CUDA_RS_MIN_M`] to [`CUDA_RS_MAX_M`] rows the transposed-RS `wgmma` GEMM
-/// instead), else dequantizes the weight to the activation dtype in a scratch buffer and calls
-/// candle's (cuBLAS) matmul.
+/// larger M takes the tensor-core GEMM up to [`CUDA_TC_MAX_M`] (f16 / bf16 activations) — on Hopper
+/// (compute capability 9.0, f16 / bf16, N % 8 == 0) the transposed-RS `wgmma` GEMM from
+/// [`CUDA_RS_MIN_M`] to [`CUDA_RS_MAX_M`] rows instead — else dequantizes the weight to the
+/// activation dtype in a scratch buffer and calls candle's (cuBLAS) matmul.
 pub const CUDA_FUSED_MAX_M: usize = 16;
 
 /// Activation rows up to which f16 / bf16 activations take the tensor-core GEMM with in-loop
@@ -53,27 +52,14 @@ pub const CUDA_FUSED_MAX_M: usize = 16;
 /// against 88; K=11008 -> N=4096 M=256 77 against 102; K=N=2048 M=256 14.5 against 13.7.
 pub const CUDA_TC_MAX_M: usize = 192;
 
-/// Activation rows up to which f16 / bf16 activations on Hopper (compute capability 9.0, N % 8 ==
-/// 0) take the TMA + `wgmma` GEMM (kernels/int4_gemm_tma.cuh) above [`CUDA_TC_MAX_M`] rather than
-/// dequantize + cuBLAS. Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md
-/// round 7): M=256 53.1 against 87.2, M=384 95.7 against 93.9, M=512 104.3 against 106.1, M=1024
-/// 202.8 against 161.0; per call (criterion, same run) M=512 114.9 against 129.2.
-pub const CUDA_WS_MAX_M: usize = 512;
-
-/// On Hopper (f16 / bf16, N % 8 == 0) the TMA + `wgmma` GEMM also takes the rows above this that
-/// are at most [`CUDA_TC_MAX_M`] (instead of the mma.sync tensor-core GEMM). Harness (H100, K=4096 ->
-/// N=11008, kernel µs, benchmarks/int4.md round 7): M=128 47.3 against 53.5. NOT yet measured per
-/// call (branch int4-tma-m128, 5th session): the next GPU run decides.
-pub const CUDA_WS_MIN_M: usize = 64;
-
 /// On Hopper (f16 / bf16, N % 8 == 0) the rows above this up to [`CUDA_RS_MAX_M`] take the
 /// transposed-RS `wgmma` GEMM (kernels/int4_gemm_rs.cuh: the weights are the register operand,
-/// dequantized once per block of up to 176 tokens) instead of the TMA GEMM or dequantize + cuBLAS.
-/// Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md round 8): M=256 52.5
-/// against 51.2 for the TMA GEMM, M=384 62.0 against 95.1 (TMA) / 93.8 (dequantize + cuBLAS), M=512
-/// 73.6 against 102.3 / 105.3, and M=128 31.5 against 47.2 (TMA; K=11008 -> N=4096 67.7 against
-/// 114.9): so it starts where the TMA GEMM did, which no longer runs (kept as a fallback; NOT yet
-/// run through the crate below 193 rows, branch `int4-rs-m64`).
+/// dequantized once per block of up to 176 tokens) instead of the mma.sync tensor-core GEMM or
+/// dequantize + cuBLAS. Harness (H100, K=4096 -> N=11008, kernel µs, same run; benchmarks/int4.md
+/// rounds 8 and 9): M=128 31.3 against 47.2 for the TMA warp-specialized GEMM that had this range
+/// before (53.5 for the mma.sync GEMM in round 7; cuBLAS f16 38.7), M=256 52.5 against 51.2, M=384
+/// 62.0 against 95.1 (dequantize + cuBLAS 93.8), M=512 73.6 against 102.3 / 105.3. The TMA GEMM
+/// (kernels/int4_gemm_tma.cuh) is no longer built into the crate; its harness keeps it.
 pub const CUDA_RS_MIN_M: usize = 64;
 
 /// Upper end of the transposed-RS GEMM's rows (see [`CUDA_RS_MIN_M`]). Harness (H100, kernel µs,
@@ -89,10 +75,6 @@ pub(crate) enum CudaPath {
     SmallM,
     /// `int4_gemm_tc_*` (kernels/int4_gemm_tc.cu).
     TensorCore,
-    /// `int4_gemm_tma_*` (kernels/int4_gemm_tma_sm90.cu): f16 / bf16 above [`CUDA_WS_MIN_M`] up to
-    /// [`CUDA_WS_MAX_M`] on Hopper where [`CudaPath::Rs`] does not apply, N % 8 == 0 (the scales'
-    /// tensor map needs 16-byte rows).
-    Wgmma,
     /// `int4_gemm_rs_*` (kernels/int4_gemm_rs_sm90.cu): f16 / bf16 above [`CUDA_RS_MIN_M`] up to
     /// [`CUDA_RS_MAX_M`] on Hopper, N % 8 == 0.
     Rs,
@@ -106,8 +88,6 @@ pub(crate) fn cuda_path(m: usize, n: usize, dtype: DType, hopper: bool) -> CudaP
         CudaPath::SmallM
     } else if wgmma && m > CUDA_RS_MIN_M && m <= CUDA_RS_MAX_M {
         CudaPath::Rs
-    } else if wgmma && m > CUDA_WS_MIN_M && m <= CUDA_WS_MAX_M {
-        CudaPath::Wgmma
     } else if m <= CUDA_TC_MAX_M && is_half_float(dtype) {
         CudaPath::TensorCore
     } else {
@@ -133,7 +113,7 @@ fn is_hopper(dev: &candle_core::Device) -> Result<bool> {
 /// activations are rounded to f16 on the way in (|x| must stay below 65504). Larger M multiplies
 /// by the weight dequantized to the activation dtype (one rounding per weight; bf16: the scale
 /// is rounded to bf16 first in the tensor-core GEMMs: M ≤ [`CUDA_TC_MAX_M`], and f16 / bf16 above
-/// it up to [`CUDA_WS_MAX_M`] / [`CUDA_RS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
+/// it up to [`CUDA_RS_MAX_M`] on Hopper for N % 8 == 0), with f32 accumulation.
 pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
     int4_linear_impl("int4_matmul", x, w, None, Activation::Identity)
 }
@@ -144,7 +124,7 @@ pub fn int4_matmul(x: &Tensor, w: &Int4Weight) -> Result<Tensor> {
 /// CPU: the output loop), before the output's one rounding to `x`'s dtype; numerics otherwise as
 /// [`int4_matmul`]. On CUDA past the fused kernels' row limits (f32 above
 /// [`CUDA_FUSED_MAX_M`] rows, f16 / bf16 above [`CUDA_TC_MAX_M`] except on Hopper up to
-/// [`CUDA_WS_MAX_M`] / [`CUDA_RS_MAX_M`] rows with N % 8 == 0) it is candle's
+/// [`CUDA_RS_MAX_M`] rows with N % 8 == 0) it is candle's
 /// matmul on the dequantized weight followed by [`bias_act`](crate::bias_act).
 ///
 /// ```
@@ -393,8 +373,8 @@ mod tests {
 
     #[test]
     fn cuda_path_by_rows_and_dtype() {
-        // the ranges as documented: the RS GEMM from CUDA_RS_MIN_M covers the TMA GEMM's range
-        const { assert!(CUDA_WS_MIN_M <= CUDA_RS_MIN_M && CUDA_WS_MAX_M <= CUDA_RS_MAX_M && CUDA_RS_MIN_M < CUDA_TC_MAX_M) };
+        // the ranges as documented: the RS GEMM starts inside the tensor-core GEMM's range
+        const { assert!(CUDA_FUSED_MAX_M < CUDA_RS_MIN_M && CUDA_RS_MIN_M < CUDA_TC_MAX_M && CUDA_TC_MAX_M < CUDA_RS_MAX_M) };
         for hopper in [false, true] {
             assert_eq!(cuda_path(1, 64, DType::F32, hopper), CudaPath::SmallM);
             assert_eq!(cuda_path(16, 64, DType::BF16, hopper), CudaPath::SmallM);
@@ -408,7 +388,7 @@ mod tests {
                 assert_eq!(cuda_path(CUDA_TC_MAX_M, 1001, dtype, hopper), CudaPath::TensorCore);
                 let rs = if hopper { CudaPath::Rs } else { CudaPath::DequantizeMatmul };
                 assert_eq!(cuda_path(CUDA_TC_MAX_M + 1, 64, dtype, hopper), rs);
-                assert_eq!(cuda_path(CUDA_WS_MAX_M + 1, 64, dtype, hopper), rs);
+                assert_eq!(cuda_path(512, 64, dtype, hopper), rs);
                 assert_eq!(cuda_path(CUDA_RS_MAX_M, 11008, dtype, hopper), rs);
                 assert_eq!(cuda_path(CUDA_RS_MAX_M + 1, 64, dtype, hopper), CudaPath::DequantizeMatmul);
                 assert_eq!(cuda_path(4096, 64, dtype, hopper), CudaPath::DequantizeMatmul);
