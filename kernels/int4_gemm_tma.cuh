@@ -23,7 +23,7 @@
 // Status (benchmarks/int4.md, round 7; H100): correct (harness f64 checks, memcheck; crate tests,
 // memcheck, racecheck while it was the crate's path for 64 < M <= 512 on sm_90): K=4096 -> N=11008
 // M=512 104.3 us kernel against 106.1 for int4_dequant + cuBLAS, M=256 53.1 against 87.2. Since the
-// 6th session harness-only (scripts/int4_tma_harness.cu, int4_rs_harness.cu): the transposed-RS GEMM
+// 6th session harness-only (scripts/int4_rs_harness.cu times its two best variants next to the RS GEMM): the transposed-RS GEMM
 // (int4_gemm_rs.cuh, which shares its TmaMaps and TMA helpers) replaced it in the crate.
 #pragma once
 #include "int4_gemm_ws.cuh"

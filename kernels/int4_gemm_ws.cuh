@@ -18,8 +18,8 @@
 // whose k past K are zeros in both slots (every stage runs 4 k16 steps). f32 accumulators; the
 // epilogue adds the bias and applies the activation in f32 before the one rounding to T (no K split).
 //
-// Status (harness-only as a kernel: scripts/int4_tma_harness.cu times it; its pieces serve
-// kernels/int4_gemm_tma.cuh; benchmarks/int4.md, helper round 6): correct
+// Status (harness-only as a kernel, timed by scripts/int4_tma_harness.cu until the 6th session, which
+// removed that harness: see git history; its pieces serve kernels/int4_gemm_tma.cuh and int4_gemm_rs.cuh; benchmarks/int4.md, helper round 6): correct
 // (f64 checks; memcheck and racecheck clean, the latter through a crate entry since removed), but on
 // an H100 at K=4096 -> N=11008 only faster than int4_dequant + cuBLAS for one full wave (M=200 /
 // 256: 73.5 / 75.8 against 86.3 / 87.7 us); M=512 143.6 against 106.6. The producer side limits

@@ -1,4 +1,4 @@
-// Shared body of the INT4 GEMM harnesses (scripts/int4_tc_harness.cu, scripts/int4_tma_harness.cu):
+// Shared body of the INT4 GEMM harnesses (scripts/int4_tc_harness.cu, scripts/int4_rs_harness.cu):
 // reduce / dequantize kernels, the split rule of src/quant/launch.rs, random problems, the f64
 // reference and its tolerance check, kernel timing with CUDA events, cuBLAS (dlopen'ed) timing.
 // Include it after the includer has defined `CK`, `Var` (name, f[bf16][asym] of the mma.sync GEMM

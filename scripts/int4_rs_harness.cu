@@ -11,7 +11,7 @@
 // Build (repository root; with the pip CUDA toolchain add -L$CUDA_ROOT/lib):
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Ikernels -o int4_rs_harness scripts/int4_rs_harness.cu
 #define INT4_TC_NO_ENTRIES
-#include "int4_gemm_sm90.cuh"
+#include "int4_gemm_tc.cu"  // TcDims and the mma.sync GEMM the harness compares (no entries)
 #include "int4_gemm_ws.cuh"
 #include "int4_gemm_tma.cuh"
 #include "int4_gemm_rs.cuh"
