@@ -1,9 +1,8 @@
 // Shared body of the INT4 GEMM harnesses (scripts/int4_tc_harness.cu, scripts/int4_rs_harness.cu):
 // reduce / dequantize kernels, the split rule of src/quant/launch.rs, random problems, the f64
 // reference and its tolerance check, kernel timing with CUDA events, cuBLAS (dlopen'ed) timing.
-// Include it after the includer has defined `CK`, `Var` (name, f[bf16][asym] of the mma.sync GEMM
-// `ktc` with TcDims, bm, bn, threads, smem, per_sm) and `VARS` (the mma.sync variants), with
-// int4_gemm_tc.cu and int4_gemm.cu included.
+// Include it after int4_gemm_tc.cu, int4_gemm.cu and int4_harness_tc.cuh (`CK`, `ktc`, `Var`), with
+// `VARS` (the mma.sync variants) defined.
 #pragma once
 __global__ void kreduce_h(const float* part, __half* y, int64_t mn, int splits) { int4_reduce<__half>(part, y, mn, splits); }
 __global__ void kreduce_b(const float* part, __nv_bfloat16* y, int64_t mn, int splits) { int4_reduce<__nv_bfloat16>(part, y, mn, splits); }
