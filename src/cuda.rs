@@ -2,7 +2,7 @@
 //! slices at a layout's offset, output allocation (poisoned in tests) and launch shapes.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,18 +57,21 @@ pub(crate) fn is_sm90(dev: &CudaDevice) -> Result<bool> {
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 
-/// Opts `func` (the entry `name`) into `bytes` of dynamic shared memory, once per (device, entry):
-/// the attribute call is a driver call, which shows in µs-scale calls.
-pub(crate) fn ensure_smem(dev: &CudaDevice, func: &CudaFunction, name: &str, bytes: usize) -> Result<()> {
+/// Opts `func` into at least `bytes` of dynamic shared memory. The attribute call is a driver call,
+/// which shows in µs-scale calls, so it runs only when `bytes` exceeds what this function handle
+/// was last opted into ([`load_func`] hands out one handle per (device, module, entry)); the limit
+/// only grows (one entry may be launched with different sizes: the small-M INT4 GEMM's staged
+/// scales vary with K and the group size, though they stay under 48 KB for every shape today).
+pub(crate) fn ensure_smem(func: &CudaFunction, bytes: usize) -> Result<()> {
     if bytes <= DEFAULT_SMEM_LIMIT {
         return Ok(());
     }
-    static DONE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let key = format!("{:?}/{name}", dev.id());
-    let mut done = DONE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if !done.contains(&key) {
+    static OPTED: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
+    let mut opted = OPTED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    let limit = opted.entry(func.cu_function() as usize).or_insert(DEFAULT_SMEM_LIMIT);
+    if bytes > *limit {
         func.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).w()?;
-        done.insert(key);
+        *limit = bytes;
     }
     Ok(())
 }

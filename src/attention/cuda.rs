@@ -236,7 +236,7 @@ fn fwd_t<T: CudaDType + DeviceRepr>(prob: &Problem, q: Arg, k: Arg, v: Arg) -> R
                 );
                 let func = load_func(dev, "attention", ptx::ATTENTION, &name)?;
                 let smem = block.smem_bytes(head_dim, elem as usize);
-                ensure_smem(dev, &func, &name, smem)?;
+                ensure_smem(&func, smem)?;
                 params.num_splits = splits.num_splits as i32;
                 params.keys_per_split = splits.keys_per_split as i32;
                 let q_blocks = prob.nq.div_ceil(block.block_m());

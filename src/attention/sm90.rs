@@ -239,7 +239,7 @@ mod cuda {
         let name = block.kernel_name(suffix, prob.d);
         let func = load_func(dev, "attention_sm90", ptx::ATTENTION_SM90, &name)?;
         let smem = block.smem_bytes(prob.d);
-        ensure_smem(dev, &func, &name, smem)?;
+        ensure_smem(&func, smem)?;
         let cfg = LaunchConfig {
             // x: (batch, head) with the head fastest; y: query blocks (walked backwards when causal)
             grid_dim: ((prob.b * prob.hq) as u32, q_blocks as u32, 1),

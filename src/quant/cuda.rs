@@ -64,8 +64,6 @@ struct WsDims {
     k: i32,
     group_size: i32,
 }
-// SAFETY: plain-old-data, layout identical to the C struct (four ints).
-unsafe impl DeviceRepr for WsDims {}
 
 fn i32_dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("int4: {what}={v} exceeds the kernel's i32 range")))
@@ -111,11 +109,12 @@ pub(super) fn matmul(
     l: &Layout,
     bias: Option<(&CudaStorage, &Layout)>,
     act: Activation,
+    path: super::CudaPath,
 ) -> Result<(CudaStorage, Shape)> {
     match x.dtype() {
-        DType::F32 => matmul_t::<f32>(w, x, l, bias, act),
-        DType::F16 => matmul_t::<half::f16>(w, x, l, bias, act),
-        DType::BF16 => matmul_t::<half::bf16>(w, x, l, bias, act),
+        DType::F32 => matmul_t::<f32>(w, x, l, bias, act, path),
+        DType::F16 => matmul_t::<half::f16>(w, x, l, bias, act, path),
+        DType::BF16 => matmul_t::<half::bf16>(w, x, l, bias, act, path),
         dtype => Err(candle_core::Error::UnsupportedDTypeForOp(dtype, "int4_matmul")),
     }
 }
@@ -126,6 +125,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     l: &Layout,
     bias: Option<(&CudaStorage, &Layout)>,
     act: Activation,
+    path: super::CudaPath,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let bias_view = bias.map(|(s, l)| contiguous_view::<T>(s, l)).transpose()?;
@@ -134,7 +134,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     if l.start_offset() % 8 != 0 {
         bail!("int4_matmul: x must start at a multiple of 8 elements (offset {})", l.start_offset());
     }
-    match super::cuda_path(m, w.n, x.dtype(), is_sm90(dev)?) {
+    match path {
         super::CudaPath::SmallM => {}
         super::CudaPath::TensorCore => return matmul_tc::<T>(w, x, l, bias, act),
         super::CudaPath::Rs => return matmul_rs::<T>(w, x, l, bias, act),
@@ -159,7 +159,7 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
     let name = format!("int4_gemm_{sfx}_{}_{sym}", cfg.variant.name());
     let gemm = load_func(dev, MODULE, ptx::INT4_GEMM, &name)?;
     let smem = cfg.smem_bytes(w.cfg.group_size, w.cfg.symmetric);
-    ensure_smem(dev, &gemm, &name, smem)?;
+    ensure_smem(&gemm, smem)?;
     with_views(w, |p, s, z| {
         let stream = dev.cuda_stream();
         // the kernel's parameters by value; a null pointer: no zeros (symmetric) / no partials (one
@@ -241,7 +241,7 @@ fn matmul_tc<T: CudaDType + DeviceRepr>(
     let name = format!("int4_gemm_tc_{sfx}_{}_{sym}", cfg.variant.name());
     let gemm = load_func(dev, TC_MODULE, ptx::INT4_GEMM_TC, &name)?;
     let smem = cfg.variant.smem_bytes();
-    ensure_smem(dev, &gemm, &name, smem)?;
+    ensure_smem(&gemm, smem)?;
     with_views(w, |p, s, z| {
         let null = 0u64; // a null pointer: no zeros (symmetric) / no partials (one split)
         let stream = dev.cuda_stream();
@@ -293,8 +293,6 @@ struct TmaMaps {
     z: [u64; 16],
 }
 const _: () = assert!(std::mem::size_of::<TmaMaps>() == 512, "mirrors tg::int4_tma::TmaMaps");
-// SAFETY: plain old data with the C layout of `tg::int4_tma::TmaMaps`.
-unsafe impl DeviceRepr for TmaMaps {}
 
 /// The 2-D tensor map of `rows` rows of `cols` elements (rows `stride_bytes` apart) at `ptr`, boxes
 /// of `box_cols` x `box_rows` ([`crate::cuda::tensor_map`]).
@@ -359,7 +357,7 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
     let name = format!("int4_gemm_rs_{sfx}_{}_{sym}", cfg.variant.name());
     let gemm = load_func(dev, RS_MODULE, ptx::INT4_GEMM_RS_SM90, &name)?;
     let smem = cfg.variant.smem_bytes();
-    ensure_smem(dev, &gemm, &name, smem)?;
+    ensure_smem(&gemm, smem)?;
     let (bw, tiles) = (cfg.variant.block_w(), n.div_ceil(super::format::TILE_N));
     let srows = RsVariant::scale_rows(gs);
     with_views(w, |p, s, z| {

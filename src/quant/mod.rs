@@ -183,21 +183,22 @@ fn int4_linear_impl(
     if x2.device().is_cuda() && x2.layout().start_offset() % 8 != 0 {
         x2 = x2.force_contiguous()?; // a fresh buffer: the kernel's vector loads want an aligned start
     }
-    let op = Int4MatMul { w: w.clone(), act };
-    let y =
-        if x.device().is_cuda() && cuda_path(m, w.n, x.dtype(), is_hopper(x.device())?) == CudaPath::DequantizeMatmul {
-            let y = x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?;
-            if bias.is_none() && act == Activation::Identity {
-                y
-            } else {
-                crate::bias_act(&y, bias, act)?
-            }
+    // chosen once here; the op's CUDA side runs the kernel it names
+    let path = cuda_path(m, w.n, x.dtype(), is_hopper(x.device())?);
+    let op = Int4MatMul { w: w.clone(), act, path };
+    let y = if x.device().is_cuda() && path == CudaPath::DequantizeMatmul {
+        let y = x2.matmul(&w.dequantize_to(x.dtype())?.t()?)?;
+        if bias.is_none() && act == Activation::Identity {
+            y
         } else {
-            match bias {
-                None => x2.apply_op1_no_bwd(&op)?,
-                Some(b) => x2.apply_op2_no_bwd(&b.contiguous()?, &op)?,
-            }
-        };
+            crate::bias_act(&y, bias, act)?
+        }
+    } else {
+        match bias {
+            None => x2.apply_op1_no_bwd(&op)?,
+            Some(b) => x2.apply_op2_no_bwd(&b.contiguous()?, &op)?,
+        }
+    };
     y.reshape(out_dims)
 }
 
@@ -235,6 +236,9 @@ fn with_host_view<R>(w: &Int4Weight, f: impl FnOnce(&cpu::WeightView) -> Result<
 struct Int4MatMul {
     w: Int4Weight,
     act: Activation,
+    /// The CUDA kernel(s) for this call's rows ([`cuda_path`]; unused on the CPU).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    path: CudaPath,
 }
 
 fn matmul_cpu_t<T: crate::cpu::CpuFloat>(
@@ -261,7 +265,7 @@ impl CustomOp1 for Int4MatMul {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::matmul(&self.w, s, l, None, self.act)
+        cuda::matmul(&self.w, s, l, None, self.act, self.path)
     }
 }
 
@@ -284,7 +288,7 @@ impl CustomOp2 for Int4MatMul {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::matmul(&self.w, s1, l1, Some((s2, l2)), self.act)
+        cuda::matmul(&self.w, s1, l1, Some((s2, l2)), self.act, self.path)
     }
 }
 
