@@ -9,6 +9,8 @@
 #pragma once
 #include "common.cuh"
 
+#include <type_traits>
+
 namespace tg::int4 {
 
 constexpr int TILE_N = 8;         // rows per packed tile = N of one m16n8k16 MMA
@@ -113,6 +115,20 @@ template <typename T> __device__ __forceinline__ float bias_act(float v, const T
     case (int)Act::Relu: return tg::activate<Act::Relu>(v);
     case (int)Act::Silu: return tg::activate<Act::Silu>(v);
     default: return v;
+  }
+}
+
+// Calls f(std::integral_constant<Act, A>{}) for the runtime activation `act`: an epilogue that
+// applies the activation to many unrolled accumulators is instantiated once per activation and
+// picked by one switch (bias_act's switch inlined per accumulator makes epilogues of ~100 KB of
+// code whose instruction fetches cost more than the math).
+template <typename F> __device__ __forceinline__ void with_act(int act, F&& f) {
+  switch (act) {
+    case (int)Act::Gelu: f(std::integral_constant<Act, Act::Gelu>{}); break;
+    case (int)Act::GeluTanh: f(std::integral_constant<Act, Act::GeluTanh>{}); break;
+    case (int)Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); break;
+    case (int)Act::Silu: f(std::integral_constant<Act, Act::Silu>{}); break;
+    default: f(std::integral_constant<Act, Act::Identity>{}); break;
   }
 }
 

@@ -24,9 +24,10 @@
 //   built while step s's wgmma runs (one group in flight); a stage is released once the next
 //   chunk's first wgmma has been issued and the previous group has completed.
 // - Epilogue: the accumulator is y^T (rows = output features, columns = tokens); each warpgroup
-//   stages its 64 features x TN tokens (+ bias, activation in f32, one rounding to T) in shared
-//   memory (the ring's space, after all consumers are done) as [token][64 (+8 pad)] and writes
-//   16-byte pieces of y rows (N % 8 == 0).
+//   stages its 64 features x TN tokens + bias in f32 in shared memory (the ring's space, after all
+//   consumers are done) as [token][64 (+4 pad)], then a rolled loop, instantiated per activation
+//   and picked by one switch, applies the activation in f32, rounds once to T and writes 16-byte
+//   pieces of y rows (N % 8 == 0).
 // K tail chunks (K % 128 != 0: 1..3 words per lane) use scalar loads of the chunk's layout
 // (lane l's words at l * wc + j) and run 2 wc k16 steps. The tensor maps need N % 8 == 0.
 // Status (benchmarks/int4.md, helper round 8; H100, 2026-11-27): correct (harness f64 checks of 5
@@ -60,7 +61,7 @@ constexpr int BT = BW / TILE_N;          // format tiles per block
 constexpr int THREADS = 256 + 32;        // 2 consumer warpgroups + 1 producer warp
 constexpr int TILE_BYTES = tg::WARP_SIZE * 16;
 constexpr int MAX_GROUPS = CHUNK_K / 32;
-constexpr int EPI_STRIDE = 64 + 8;       // staged row: 64 features + 8 pad (bank spread)
+constexpr int EPI_STRIDE = 64 + 4;       // staged f32 row: 64 features + 4 pad (bank spread, 16-byte rows)
 
 // Mirrors `RsVariant::smem_bytes` in src/quant/launch.rs.
 template <int TN, int STAGES> struct RsSmem {
@@ -70,7 +71,7 @@ template <int TN, int STAGES> struct RsSmem {
   static constexpr int S = MAX_GROUPS * BW * 2;      // [4 groups][128 rows] f16
   static constexpr int STAGE = X + W + 2 * S;
   static constexpr int RING = STAGES * STAGE;
-  static constexpr int EPI = 2 * TN * EPI_STRIDE * 2;
+  static constexpr int EPI = 2 * TN * EPI_STRIDE * 4;
   static constexpr int BAR_OFF = RING > EPI ? RING : EPI;
   static constexpr int BYTES = BAR_OFF + 2 * STAGES * 8 + 1024;
   static_assert(TN % 8 == 0 && TN >= 8 && TN <= 256, "wgmma N and the TMA box");
@@ -224,6 +225,24 @@ template <> struct WgmmaRS<__nv_bfloat16, 256> {
   }
 };
 
+
+// One warpgroup's staged tile [TN tokens][64 features] (f32, row stride EPI_STRIDE) to y: the
+// activation in f32, one rounding to T, 16-byte stores of 8 features (N % 8 == 0).
+template <tg::Act A, int TN, typename T>
+__device__ __forceinline__ void store_tile(const float* stg, T* __restrict__ y, const WsDims& d, int t0, int n0, int wtid) {
+  for (int idx = wtid; idx < TN * 8; idx += 128) {
+    const int tok = idx >> 3, q = idx & 7, m = t0 + tok, n = n0 + 8 * q;
+    if (m < d.M && n < d.N) {
+      const float4 a = *reinterpret_cast<const float4*>(stg + tok * EPI_STRIDE + 8 * q);
+      const float4 b = *reinterpret_cast<const float4*>(stg + tok * EPI_STRIDE + 8 * q + 4);
+      const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      alignas(16) T o[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = tg::from_float<T>(tg::activate<A>(v[e]));
+      *reinterpret_cast<uint4*>(y + (int64_t)m * d.N + n) = *reinterpret_cast<const uint4*>(o);
+    }
+  }
+}
 
 // DIAG (harness-only; 0 = real): 2 = no dequantization (fragments from the raw words: loads + wgmma),
 // 3 = no wgmma (loads + dequantization; the fragments are kept alive by an empty asm).
@@ -392,25 +411,23 @@ __device__ __forceinline__ void int4_gemm_rs(const TmaMaps& maps, T* __restrict_
   tg::int4_ws::fence_regs(acc);
 
   // ---------------- epilogue ----------------
+  // acc + bias staged in f32, the activation applied by the (rolled) store loop, instantiated per
+  // activation (`with_act`): a switch per accumulator made a ~120 KB epilogue whose instruction
+  // fetches cost ~25% of the kernel at M=512 (ncu, base clocks: 121 vs 92 µs)
   named_sync(1, 256);  // every consumer is done with the ring: reuse it for staging
-  T* stg = reinterpret_cast<T*>(smem) + cw * TN * EPI_STRIDE;
+  float* stg = reinterpret_cast<float*>(smem) + cw * TN * EPI_STRIDE;
   const int nl0 = 16 * wq + g;  // warpgroup-local features of accumulator rows (i / 2) % 2 = 0 / 1: nl0, nl0 + 8
   const int nA = n0 + 64 * cw + nl0, nB = nA + 8;
   const float bA = bias != nullptr && nA < d.N ? tg::to_float<T>(bias[nA]) : 0.0f;
   const float bB = bias != nullptr && nB < d.N ? tg::to_float<T>(bias[nB]) : 0.0f;
-  const T* no_bias = nullptr;
 #pragma unroll
   for (int i = 0; i < TN / 2; ++i) {
     const int r = (i >> 1) & 1, tok = 8 * (i >> 2) + 2 * t + (i & 1);
-    stg[tok * EPI_STRIDE + nl0 + 8 * r] = tg::from_float<T>(bias_act(acc[i] + (r ? bB : bA), no_bias, 0, act));
+    stg[tok * EPI_STRIDE + nl0 + 8 * r] = acc[i] + (r ? bB : bA);
   }
   named_sync(2 + cw, 128);
-  for (int idx = tid & 127; idx < TN * 8; idx += 128) {
-    const int tok = idx >> 3, q = idx & 7, m = t0 + tok, n = n0 + 64 * cw + 8 * q;
-    if (m < d.M && n < d.N) {
-      *reinterpret_cast<uint4*>(y + (int64_t)m * d.N + n) = *reinterpret_cast<const uint4*>(stg + tok * EPI_STRIDE + 8 * q);
-    }
-  }
+  const int wn0 = n0 + 64 * cw, wtid = tid & 127;
+  with_act(act, [&](auto a) { store_tile<decltype(a)::value, TN>(stg, y, d, t0, wn0, wtid); });
   if constexpr (CL > 1) {
     cluster_sync<false>();
   }

@@ -249,26 +249,31 @@ __device__ __forceinline__ void int4_gemm_tc(const T* __restrict__ x,           
   }
   tg::int4_tc::cp_async_wait<0>();
 
-  // Epilogue: acc[p][tb][r] -> y[row 8 tb + 2t + r % 2][column of tile 2p + r / 2, row g].
+  // Epilogue: acc[p][tb][r] -> y[row 8 tb + 2t + r % 2][column of tile 2p + r / 2, row g] (split
+  // partials raw; else + bias, the activation, one rounding), one instance per activation.
+  tg::int4::with_act(gridDim.z > 1 ? (int)tg::Act::Identity : act, [&](auto a) {
+    constexpr tg::Act A = decltype(a)::value;
 #pragma unroll
-  for (int tb = 0; tb < TB; ++tb) {
+    for (int tb = 0; tb < TB; ++tb) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int row = m0 + wm * WTM + 8 * tb + 2 * t + r % 2;
-      if (row >= d.M) continue;
+      for (int r = 0; r < 4; ++r) {
+        const int row = m0 + wm * WTM + 8 * tb + 2 * t + r % 2;
+        if (row >= d.M) continue;
 #pragma unroll
-      for (int p = 0; p < NP; ++p) {
-        const int col = (tile0 + wn * NTW + 2 * p + r / 2) * TILE_N + g;
-        if (col >= d.N) continue;
-        const int64_t o = (int64_t)row * d.N + col;
-        if (gridDim.z > 1) {
-          partial[(int64_t)blockIdx.z * d.M * d.N + o] = acc[p][tb][r];
-        } else {
-          y[o] = tg::from_float<T>(tg::int4::bias_act(acc[p][tb][r], bias, col, act));
+        for (int p = 0; p < NP; ++p) {
+          const int col = (tile0 + wn * NTW + 2 * p + r / 2) * TILE_N + g;
+          if (col >= d.N) continue;
+          const int64_t o = (int64_t)row * d.N + col;
+          if (gridDim.z > 1) {
+            partial[(int64_t)blockIdx.z * d.M * d.N + o] = acc[p][tb][r];
+          } else {
+            const float b = bias != nullptr ? tg::to_float<T>(bias[col]) : 0.0f;
+            y[o] = tg::from_float<T>(tg::activate<A>(acc[p][tb][r] + b));
+          }
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace tg::int4_tc

@@ -200,8 +200,8 @@ pub(crate) fn choose_tc_config(m: usize, n: usize, k: usize, sm_count: usize) ->
 /// Output features per block of the transposed-RS Hopper GEMM (`BW` in kernels/int4_gemm_rs.cuh: two
 /// consumer warpgroups of 64 weight rows).
 const RS_BLOCK_W: usize = 128;
-/// Staged epilogue row of the RS GEMM (`EPI_STRIDE`: 64 features + 8 pad).
-const RS_EPI_STRIDE: usize = 64 + 8;
+/// Staged epilogue row of the RS GEMM (`EPI_STRIDE`: 64 f32 features + 4 pad).
+const RS_EPI_STRIDE: usize = 64 + 4;
 
 /// The `int4_gemm_rs_<dtype>_<variant>_<sym>` kernels (mirrors the instance table of
 /// kernels/int4_gemm_rs_sm90.cu): y^T = W x^T with the weights as wgmma's register A operand
@@ -247,12 +247,12 @@ impl RsVariant {
         256 + 32
     }
     /// Dynamic shared memory (mirrors `RsSmem`): per stage two x boxes `[tokens][64]` (2-byte), the
-    /// chunk's 16 packed tiles and the scales and zeros `[4][128]` (f16); the epilogue's staging
-    /// `[2][tokens][72]` reuses the ring; the full / empty mbarriers, 1024 bytes of alignment.
+    /// chunk's 16 packed tiles and the scales and zeros `[4][128]` (f16); the epilogue's f32 staging
+    /// `[2][tokens][68]` reuses the ring; the full / empty mbarriers, 1024 bytes of alignment.
     pub fn smem_bytes(self) -> usize {
         let tn = self.tokens();
         let stage = 2 * tn * 128 + RS_BLOCK_W / TILE_N * TC_TILE_BYTES + 2 * TC_MAX_GROUPS_PER_CHUNK * RS_BLOCK_W * 2;
-        let epilogue = 2 * tn * RS_EPI_STRIDE * 2;
+        let epilogue = 2 * tn * RS_EPI_STRIDE * 4;
         (self.stages() * stage).max(epilogue) + 2 * self.stages() * 8 + 1024
     }
     /// Rows of the scales box of the tensor map (128-wide format chunk / group size).
