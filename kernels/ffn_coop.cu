@@ -51,6 +51,17 @@ constexpr int COOP_WARPS = 8;                      // mirrors COOP_WARPS in src/
 constexpr int COOP_THREADS = COOP_WARPS * tg::WARP_SIZE;
 constexpr int COOP_MIN_BLOCKS = 2;                 // per SM, for __launch_bounds__ (<= 128 registers)
 constexpr int COOP_PRE = 4;                        // phase 2: chunks per warp per W2 load batch (mirrored in Rust)
+// The 16-row entries' phase-2 W2 double buffering (PIPE2) and first-batch mode (PRO) by token tiles:
+// with two tiles (NT = 2, 9-16 tokens) the prologue's W2 batch held in 32 registers through phase 1
+// made ptxas (128 registers) issue half of each step's loads only after the step's first mma, in
+// both phases; prefetching that batch into L2 instead frees the registers (every load of a step
+// goes out before its mmas), and the double-buffered W2 batch keeps one batch in flight during the
+// mmas. benchmarks/ffn.md round 7.
+template <int NT> struct CoopTile {
+  static constexpr int U1 = unroll<false, NT>();  // ffn_coop's default
+  static constexpr bool PIPE2 = NT >= 2;
+  static constexpr int PRO = NT >= 2 ? 1 : 0;
+};
 
 // Shared-memory row stride of the warps' partial sums for `rows` rows: +4 keeps the lanes'
 // accumulator stores (rows g, tokens 2t and 2t + 1) on distinct banks (stride 20 or 36: 8t mod 32).
@@ -114,8 +125,13 @@ __device__ __forceinline__ void grid_barrier_sleep(unsigned* word) {
 //         every block, PF / 8 of those ranges. For weights from HBM: keeps HBM busy in the
 //         barrier's shadow.
 //   U1 / P1  phase 1's chunks per step and software pipelining (`stream_k`'s UNROLL / PIPE).
+//   PIPE2 phase 2 double-buffers the W2 batch: batch kb + PRE * CHUNK_K is issued before batch kb's
+//         hidden loads and mmas, so a warp always has a W2 batch in flight (twice the W2 registers).
+//   PRO   the first W2 batch of the block's first unit: 0 loaded into registers at kernel start (held
+//         through phase 1), 1 prefetched into L2 at kernel start (cp.async.bulk.prefetch, no registers
+//         held through phase 1), 2 neither (loaded after the grid barrier).
 template <typename T, tg::Act A, int NT, int R2 = ROWS, int PRE = COOP_PRE, bool PAIR1 = false, bool HL1 = false,
-          int SLEEP = 0, int PF = 0, int U1 = unroll<false, NT>(), bool P1 = false>
+          int SLEEP = 0, int PF = 0, int U1 = unroll<false, NT>(), bool P1 = false, bool PIPE2 = false, int PRO = 0>
 __device__ void ffn_coop(const CoopParams& p) {
   static_assert(R2 == 8 || R2 == 16 || R2 == 32, "phase-2 rows per unit: 8, 16 or 32");
   constexpr int TOK = TOKENS * NT;
@@ -165,8 +181,28 @@ __device__ void ffn_coop(const CoopParams& p) {
   if (unit < units) {
     locate(unit);
     if (kw0 < kw1) {
-      load_w2(kw0);
-      have = true;
+      if constexpr (PRO == 0) {
+        load_w2(kw0);
+        have = true;
+      } else if constexpr (PRO == 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (t == 0) {  // one bulk prefetch per row: the batch's whole k range
+          const int len = min(kw1 - kw0, PRE * CHUNK_K);  // a multiple of VEC (H % 8 == 0): 16-byte sizes
+#pragma unroll
+          for (int r = 0; r < LR; ++r)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rows[r] + kw0), "r"(len * (int)sizeof(T))
+                         : "memory");
+        }
+#else
+#pragma unroll
+        for (int c = 0; c < PRE; ++c) {  // each lane its own 16 bytes of every chunk
+          const int k = kw0 + c * CHUNK_K + t * VEC;
+#pragma unroll
+          for (int r = 0; r < LR; ++r)
+            if (k < kw1) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(rows[r] + k) : "memory");
+        }
+#endif
+      }
     }
   }
 
@@ -240,9 +276,24 @@ __device__ void ffn_coop(const CoopParams& p) {
     const int rg = unit / p.splits;
     locate(unit);
     float acc[NP][NT][4] = {};
-    for (int kb = kw0; kb < kw1; kb += PRE * CHUNK_K) {  // warp-uniform
-      if (!have) load_w2(kb);
+    if constexpr (PIPE2) {
+      if (!have && kw0 < kw1) load_w2(kw0);
       have = false;
+    }
+    for (int kb = kw0; kb < kw1; kb += PRE * CHUNK_K) {  // warp-uniform
+      uint4 wn[LR][PRE];
+      if constexpr (PIPE2) {
+        // the next batch goes out before this batch's hidden loads and mmas (zeros past kw1: no loads)
+#pragma unroll
+        for (int c = 0; c < PRE; ++c) {
+          const int k = kb + (PRE + c) * CHUNK_K + t * VEC;
+#pragma unroll
+          for (int r = 0; r < LR; ++r) wn[r][c] = load8<T, true, true>(rows[r], k, kw1);
+        }
+      } else {
+        if (!have) load_w2(kb);
+        have = false;
+      }
       uint4 hb[NT][PRE];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -264,6 +315,13 @@ __device__ void ffn_coop(const CoopParams& p) {
 #pragma unroll
             for (int j = 0; j < NP; ++j) mma_chunk<T>(acc[j][nt], wv[2 * j][c], wv[2 * j + 1][c], hb[nt][c]);
           }
+        }
+      }
+      if constexpr (PIPE2) {
+#pragma unroll
+        for (int c = 0; c < PRE; ++c) {
+#pragma unroll
+          for (int r = 0; r < LR; ++r) wv[r][c] = wn[r][c];
         }
       }
     }
@@ -323,9 +381,10 @@ __device__ void ffn_coop(const CoopParams& p) {
     tg::pdl_enter();                                                                              \
     ffn::ffn_coop<T, tg::Act::A, NT, __VA_ARGS__>(p);                                             \
   }
-// template knobs: R2, PRE, PAIR1, HL1
-#define FFN_COOP_TILE(T, TNAME, A, ANAME, NT)                                                       \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, , ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true) \
+// template knobs: R2, PRE, PAIR1, HL1 (, SLEEP, PF, U1, P1, PIPE2, PRO)
+#define FFN_COOP_TILE(T, TNAME, A, ANAME, NT)                                                                   \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, , ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true, 0, 0,     \
+                 ffn::CoopTile<NT>::U1, false, ffn::CoopTile<NT>::PIPE2, ffn::CoopTile<NT>::PRO)                 \
   FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _r8, ffn::COOP_MIN_BLOCKS, 8, 8, false, false)              \
   FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _pr8, 1, 8, 12, true, false)
 #define FFN_COOP_TILES(T, TNAME, A, ANAME) \

@@ -1,0 +1,208 @@
+// Round 7 (benchmarks/ffn.md): the cooperative FFN's load scheduling at 16 tokens. ptxas (CUDA 13.0,
+// 128 registers) interleaves the NT = 2 loops' loads with the mmas (`-Xptxas -v` + cuobjdump: half a
+// step's W1 / W2 loads go out only after the first mma, which waits for the first half), because the
+// prologue's W2 batch stays in 32 registers through phase 1. Variants (template knobs PIPE2, PRO, PRE,
+// U1 / P1 of `ffn_coop`) are each checked against an f64 reference (10 shapes incl. 16x4096x11008, 3
+// split choices, 2 grids, bitwise repeatable), then timed back to back between CUDA events next to the
+// crate's entries (`hl1` = the 16-row entries, `pr8` = the paired entries), interleaved over rounds.
+// Build on the build machine, run on the GPU host:
+//   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -L$CUDA_ROOT/lib -o ffn_r7 scripts/ffn_r7_timing.cu && ./ffn_r7
+#define FFN_NO_ENTRIES
+#include "ffn_coop.cu"
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
+
+template <int NT, int R2, int PRE, bool PAIR1, bool HL1, int LB, int U1, bool P1, bool PIPE2, int PRO>
+__global__ void __launch_bounds__(ffn::COOP_THREADS, LB) kc(const ffn::CoopParams p) {
+  ffn::ffn_coop<__half, tg::Act::Gelu, NT, R2, PRE, PAIR1, HL1, 0, 0, U1, P1, PIPE2, PRO>(p);
+}
+typedef void (*KC)(const ffn::CoopParams);
+struct Var { const char* name; KC f1, f2; int r2; bool paired; };
+// 16-row variants: R2 16, HL1, 2 blocks / SM; U1 for NT = 1 is 4 (the default), for NT = 2 as given
+#define V16(NAME, PRE, U2, P1, PIPE2, PRO) \
+  {NAME, kc<1, 16, PRE, false, true, 2, 4, false, PIPE2, PRO>, kc<2, 16, PRE, false, true, 2, U2, P1, PIPE2, PRO>, 16, false}
+#define VPR8(NAME, PRO) {NAME, kc<1, 8, 12, true, false, 1, 4, false, false, PRO>, kc<2, 8, 12, true, false, 1, 4, false, false, PRO>, 8, true}
+static Var VARS[] = {
+  V16("hl1", 4, 4, false, false, 0),  // the crate's 16-row entries
+  V16("pro1", 4, 4, false, false, 1),
+  V16("pro2", 4, 4, false, false, 2),
+  V16("p2pro1", 4, 4, false, true, 1),
+  V16("p2pre3pro1", 3, 4, false, true, 1),
+  V16("p2pre2pro1", 2, 4, false, true, 1),
+  V16("p2pro0", 4, 4, false, true, 0),
+  V16("u2p1p2pre3", 3, 2, true, true, 1),
+  V16("pre6pro1", 6, 4, false, false, 1),
+  VPR8("pr8", 0),  // the crate's paired entries (768x3072)
+  VPR8("pr8pro1", 1),
+};
+
+static int g_sms = 132;
+static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+static void fill(__half* d, size_t n, float scale, std::mt19937& rng, std::vector<__half>* keep = nullptr) {
+  std::vector<__half> h(n);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& v : h) v = __float2half(nd(rng) * scale);
+  CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
+  if (keep) *keep = h;
+}
+struct Scratch { float* partial; unsigned* tickets; __half* hidden; };
+// mirrors choose_coop_config in src/ffn/cuda.rs (one split while a warp's share of H is <= 12 / 8 chunks)
+static ffn::CoopParams params(const Scratch& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
+                              const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits, int r2) {
+  const int groups = (o + r2 - 1) / r2;
+  const int chunks_per_warp = ((h + 31) / 32 + 7) / 8;
+  const int max_splits = chunks_per_warp <= (m <= 8 ? 12 : 8) ? 1 : std::max(((h + 31) / 32) / 8, 1);
+  int want = std::min(std::max(blocks / groups, 1), max_splits);
+  if (force_splits) want = std::min(force_splits, std::max(((h + 31) / 32) / 8, 1));
+  const int kps = std::max(((h + want - 1) / want + 31) / 32, 1) * 32;
+  const int splits = std::max((h + kps - 1) / kps, 1);
+  return ffn::CoopParams{x, w1, b1, w2, b2, y, sc.hidden, sc.partial, sc.tickets, m, d, h, o, splits, kps};
+}
+static void launch(const ffn::CoopParams& p, int blocks, const Var& v) {
+  void* args[] = {(void*)&p};
+  CK(cudaLaunchCooperativeKernel((const void*)(p.m <= 8 ? v.f1 : v.f2), blocks, ffn::COOP_THREADS, args, 0, 0));
+}
+struct Case { int m, d, h, o; __half *x, *w1, *b1, *w2, *b2, *y; std::vector<double> ref; };
+static std::vector<Case>& cases() {
+  static std::vector<Case> cs;
+  if (!cs.empty()) return cs;
+  std::mt19937 rng(std::random_device{}());
+  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {13, 768, 3072}, {9, 72, 136},
+                     {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}, {16, 4096, 11008}};
+  for (auto& s : shapes) {
+    Case c;
+    c.m = s[0]; c.d = s[1]; c.h = s[2]; c.o = s[1];
+    const int m = c.m, d = c.d, h = c.h, o = c.o;
+    std::vector<__half> hx, hw1, hb1, hw2, hb2;
+    CK(cudaMalloc(&c.x, (size_t)m * d * 2)); CK(cudaMalloc(&c.w1, (size_t)h * d * 2)); CK(cudaMalloc(&c.b1, h * 2));
+    CK(cudaMalloc(&c.w2, (size_t)o * h * 2)); CK(cudaMalloc(&c.b2, o * 2)); CK(cudaMalloc(&c.y, (size_t)m * o * 2));
+    fill(c.x, (size_t)m * d, 1.f, rng, &hx); fill(c.w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(c.b1, h, 1.f, rng, &hb1);
+    fill(c.w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(c.b2, o, 1.f, rng, &hb2);
+    auto f32 = [](const std::vector<__half>& v) { std::vector<float> r(v.size()); for (size_t i = 0; i < v.size(); ++i) r[i] = __half2float(v[i]); return r; };
+    const std::vector<float> fx = f32(hx), fw1 = f32(hw1), fb1 = f32(hb1), fw2 = f32(hw2), fb2 = f32(hb2);
+    std::vector<double> hid((size_t)m * h);
+    c.ref.resize((size_t)m * o);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < h; ++j) {
+        double a = fb1[j];
+        for (int q = 0; q < d; ++q) a += (double)fx[(size_t)i * d + q] * fw1[(size_t)j * d + q];
+        hid[(size_t)i * h + j] = gelu(a);
+      }
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < o; ++j) {
+        double a = fb2[j];
+        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * fw2[(size_t)j * h + q];
+        c.ref[(size_t)i * o + j] = a;
+      }
+    cs.push_back(std::move(c));
+  }
+  return cs;
+}
+// every case, 3 launches each with the output poisoned: within tolerance and bitwise repeatable
+static bool check(const Scratch& sc, int blocks, const Var& v, int fs) {
+  bool ok = true;
+  for (auto& c : cases()) {
+    std::vector<__half> first;
+    for (int rep = 0; rep < 3; ++rep) {
+      CK(cudaMemset(c.y, 0xff, (size_t)c.m * c.o * 2));
+      launch(params(sc, c.x, c.w1, c.b1, c.w2, c.b2, c.y, c.m, c.d, c.h, c.o, blocks, v.paired ? 1 : fs, v.r2), blocks, v);
+      CK(cudaDeviceSynchronize());
+      std::vector<__half> hy((size_t)c.m * c.o);
+      CK(cudaMemcpy(hy.data(), c.y, hy.size() * 2, cudaMemcpyDeviceToHost));
+      double worst = 0;
+      for (size_t i = 0; i < hy.size(); ++i) {
+        double e = fabs(__half2float(hy[i]) - c.ref[i]) / (8e-3 + 8e-3 * fabs(c.ref[i]));
+        if (!(e <= worst)) worst = std::isnan(e) ? 1e30 : std::max(worst, e);
+      }
+      if (worst > 1.0) { printf("CHECK FAIL %s splits=%d G=%d m=%d d=%d h=%d worst/tol=%.3f\n", v.name, fs, blocks, c.m, c.d, c.h, worst); ok = false; }
+      if (rep == 0) first = hy;
+      else if (memcmp(first.data(), hy.data(), hy.size() * 2)) { printf("CHECK FAIL %s G=%d m=%d d=%d h=%d not repeatable\n", v.name, blocks, c.m, c.d, c.h); ok = false; }
+    }
+  }
+  printf("check %-11s splits=%d G=%d: %s\n", v.name, fs, blocks, ok ? "ok" : "FAILED");
+  return ok;
+}
+template <typename F> static double time_us(F f, int iters) {
+  for (int i = 0; i < 3; ++i) f();
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a));
+  for (int i = 0; i < iters; ++i) f();
+  CK(cudaEventRecord(b));
+  CK(cudaEventSynchronize(b));
+  float ms;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  CK(cudaGetLastError());
+  cudaEventDestroy(a); cudaEventDestroy(b);
+  return ms * 1000.0 / iters;
+}
+static int occ(KC f) { int o = 0; CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, f, ffn::COOP_THREADS, 0)); return o; }
+
+int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  const int rounds = argc > 1 ? atoi(argv[1]) : 5;
+  const char* only = argc > 2 ? argv[2] : nullptr;  // time only variants whose name contains this (plus the baselines)
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  g_sms = prop.multiProcessorCount;
+  printf("%s, %d SMs\n", prop.name, g_sms);
+  for (auto& v : VARS) {
+    cudaFuncAttributes a1, a2;
+    CK(cudaFuncGetAttributes(&a1, v.f1)); CK(cudaFuncGetAttributes(&a2, v.f2));
+    printf("var %-11s nt1 regs %3d local %zu blocks/SM %d | nt2 regs %3d local %zu blocks/SM %d\n", v.name, a1.numRegs,
+           a1.localSizeBytes, occ(v.f1), a2.numRegs, a2.localSizeBytes, occ(v.f2));
+  }
+  Scratch sc;
+  CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
+  CK(cudaMalloc(&sc.hidden, 1 << 20));
+  std::vector<const Var*> good;
+  for (auto& v : VARS) {
+    bool ok = true;
+    if (v.paired) ok = check(sc, g_sms, v, 1);
+    else
+      for (int blocks : {2 * g_sms, 192})
+        for (int fs : {0, 1, 3}) ok = check(sc, blocks, v, fs) && ok;
+    if (ok) good.push_back(&v);
+  }
+  printf("checks: %zu of %zu variants passed\n", good.size(), sizeof(VARS) / sizeof(VARS[0]));
+  std::mt19937 rng(1);
+  const int D = 4096, H = 11008, MMAX = 16;
+  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
+  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
+  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
+  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
+  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  sc.hidden = hid;
+  struct Shape { int d, h, m; bool paired; int iters; };
+  // 4096x11008 (weights from HBM, 264 blocks), 1024x4096 (256 blocks: one per phase-1 row group, 4 splits),
+  // 768x3072 (the paired entries, 132 blocks)
+  Shape shapes[] = {{4096, 11008, 16, false, 100}, {4096, 11008, 1, false, 100}, {4096, 11008, 4, false, 100},
+                    {1024, 4096, 16, false, 300}, {1024, 4096, 1, false, 300}, {768, 3072, 1, true, 500},
+                    {768, 3072, 16, true, 500}};
+  for (auto& s : shapes) {
+    const int blocks = s.paired ? g_sms : std::min(2 * g_sms, std::max((s.h + 15) / 16, g_sms));
+    std::vector<const Var*> vs;
+    for (auto* v : good)
+      if (v->paired == s.paired && (!only || strstr(v->name, only) || !strcmp(v->name, "hl1") || !strcmp(v->name, "pr8"))) vs.push_back(v);
+    std::vector<std::vector<double>> t(vs.size());
+    for (int r = 0; r < rounds; ++r)
+      for (size_t i = 0; i < vs.size(); ++i) {
+        ffn::CoopParams cp = params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
+        t[i].push_back(time_us([&] { launch(cp, blocks, *vs[i]); }, s.iters));
+      }
+    for (size_t i = 0; i < vs.size(); ++i) {
+      std::sort(t[i].begin(), t[i].end());
+      ffn::CoopParams cp = params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
+      printf("r7 %dx%d m=%-2d %-11s G=%d splits=%d median %.2f min %.2f max %.2f us (%d rounds x %d)\n", s.d, s.h, s.m,
+             vs[i]->name, blocks, cp.splits, t[i][t[i].size() / 2], t[i][0], t[i].back(), rounds, s.iters);
+    }
+  }
+  return 0;
+}
