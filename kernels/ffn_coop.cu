@@ -51,16 +51,10 @@ constexpr int COOP_WARPS = 8;                      // mirrors COOP_WARPS in src/
 constexpr int COOP_THREADS = COOP_WARPS * tg::WARP_SIZE;
 constexpr int COOP_MIN_BLOCKS = 2;                 // per SM, for __launch_bounds__ (<= 128 registers)
 constexpr int COOP_PRE = 4;                        // phase 2: chunks per warp per W2 load batch (mirrored in Rust)
-// The 16-row entries' phase-2 W2 double buffering (PIPE2) and first-batch mode (PRO) by token tiles:
-// with two tiles (NT = 2, 9-16 tokens) the prologue's W2 batch held in 32 registers through phase 1
-// made ptxas (128 registers) issue half of each step's loads only after the step's first mma, in
-// both phases; prefetching that batch into L2 instead frees the registers (every load of a step
-// goes out before its mmas), and the double-buffered W2 batch keeps one batch in flight during the
-// mmas. benchmarks/ffn.md round 7.
-template <int NT> struct CoopTile {
-  static constexpr int U1 = unroll<false, NT>();  // ffn_coop's default
-  static constexpr bool PIPE2 = NT >= 2;
-  static constexpr int PRO = NT >= 2 ? 1 : 0;
+// ffn_coop's default phase-1 chunks per step, as a constant the entry macros can pass (nvcc does not
+// let a __global__ function's template arguments call the host constexpr `unroll`).
+template <int NT> struct CoopU1 {
+  static constexpr int value = unroll<false, NT>();
 };
 
 // Shared-memory row stride of the warps' partial sums for `rows` rows: +4 keeps the lanes'
@@ -127,9 +121,14 @@ __device__ __forceinline__ void grid_barrier_sleep(unsigned* word) {
 //   U1 / P1  phase 1's chunks per step and software pipelining (`stream_k`'s UNROLL / PIPE).
 //   PIPE2 phase 2 double-buffers the W2 batch: batch kb + PRE * CHUNK_K is issued before batch kb's
 //         hidden loads and mmas, so a warp always has a W2 batch in flight (twice the W2 registers).
+//         Measured (round 7): no gain over PRO = 1 alone; no entry uses it.
 //   PRO   the first W2 batch of the block's first unit: 0 loaded into registers at kernel start (held
-//         through phase 1), 1 prefetched into L2 at kernel start (cp.async.bulk.prefetch, no registers
-//         held through phase 1), 2 neither (loaded after the grid barrier).
+//         through phase 1), 1 prefetched into L2 at kernel start (cp.async.bulk.prefetch on sm_90,
+//         prefetch.global.L2 before: no registers held through phase 1), 2 neither (loaded after the
+//         grid barrier). At 128 registers the 32 registers of a held batch make ptxas (CUDA 13.0) issue
+//         half of each step's loads only after the step's first mma (it waits for the first half),
+//         in phase 1 for two token tiles and in phase 2 too; with PRO = 1 every load of a step goes out
+//         before its mmas (benchmarks/ffn.md round 7).
 template <typename T, tg::Act A, int NT, int R2 = ROWS, int PRE = COOP_PRE, bool PAIR1 = false, bool HL1 = false,
           int SLEEP = 0, int PF = 0, int U1 = unroll<false, NT>(), bool P1 = false, bool PIPE2 = false, int PRO = 0>
 __device__ void ffn_coop(const CoopParams& p) {
@@ -369,6 +368,11 @@ __device__ void ffn_coop(const CoopParams& p) {
 // `choose_coop_launch` picks one), up to 8 * NT tokens. H100 kernel times: benchmarks/ffn.md round 5.
 //   ffn_coop_<dtype>_<act>_nt<NT>       16 output rows per phase-2 unit, L1-cached hidden loads
 //                                        (4096x11008 M = 16: 69.68 vs 71.68 µs with __ldcg)
+//   ffn_coop_<dtype>_<act>_nt<NT>_pf    the same with the first W2 batch prefetched into L2 instead of
+//                                        held in registers through phase 1 (PRO = 1): weights from
+//                                        HBM (4096x11008 M = 16: 68.31 vs 69.65 µs, M = 1: 65.46 vs
+//                                        66.67); slower where they are L2-resident (1024x4096 M = 16:
+//                                        11.90 vs 11.47)
 //   ffn_coop_<dtype>_<act>_nt<NT>_r8    8 rows per unit, 8 chunks per W2 batch: the same W2 loads
 //                                        per lane, spread over twice the blocks
 //   ffn_coop_<dtype>_<act>_nt<NT>_pr8   8 rows per unit, 12 chunks per W2 batch, phase-1 row-group
@@ -382,9 +386,10 @@ __device__ void ffn_coop(const CoopParams& p) {
     ffn::ffn_coop<T, tg::Act::A, NT, __VA_ARGS__>(p);                                             \
   }
 // template knobs: R2, PRE, PAIR1, HL1 (, SLEEP, PF, U1, P1, PIPE2, PRO)
-#define FFN_COOP_TILE(T, TNAME, A, ANAME, NT)                                                                   \
-  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, , ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true, 0, 0,     \
-                 ffn::CoopTile<NT>::U1, false, ffn::CoopTile<NT>::PIPE2, ffn::CoopTile<NT>::PRO)                 \
+#define FFN_COOP_TILE(T, TNAME, A, ANAME, NT)                                                                \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, , ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true)       \
+  FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _pf, ffn::COOP_MIN_BLOCKS, ffn::ROWS, ffn::COOP_PRE, false, true, 0, \
+                 0, ffn::CoopU1<NT>::value, false, false, 1)                                                 \
   FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _r8, ffn::COOP_MIN_BLOCKS, 8, 8, false, false)              \
   FFN_COOP_ENTRY(T, TNAME, A, ANAME, NT, _pr8, 1, 8, 12, true, false)
 #define FFN_COOP_TILES(T, TNAME, A, ANAME) \

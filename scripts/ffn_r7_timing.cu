@@ -5,6 +5,7 @@
 // U1 / P1 of `ffn_coop`) are each checked against an f64 reference (10 shapes incl. 16x4096x11008, 3
 // split choices, 2 grids, bitwise repeatable), then timed back to back between CUDA events next to the
 // crate's entries (`hl1` = the 16-row entries, `pr8` = the paired entries), interleaved over rounds.
+// `./ffn_r7 0 san` only checks `pro1` (the crate's `_pf` entries' knobs), for compute-sanitizer.
 // Build on the build machine, run on the GPU host:
 //   nvcc -arch=sm_90a -O3 -std=c++17 -Ikernels -L$CUDA_ROOT/lib -o ffn_r7 scripts/ffn_r7_timing.cu && ./ffn_r7
 #define FFN_NO_ENTRIES
@@ -28,6 +29,8 @@ struct Var { const char* name; KC f1, f2; int r2; bool paired; };
 // 16-row variants: R2 16, HL1, 2 blocks / SM; U1 for NT = 1 is 4 (the default), for NT = 2 as given
 #define V16(NAME, PRE, U2, P1, PIPE2, PRO) \
   {NAME, kc<1, 16, PRE, false, true, 2, 4, false, PIPE2, PRO>, kc<2, 16, PRE, false, true, 2, U2, P1, PIPE2, PRO>, 16, false}
+#define V16P(NAME, PRE, PIPE2, PRO) \
+  {NAME, kc<1, 16, PRE, true, true, 2, 4, false, PIPE2, PRO>, kc<2, 16, PRE, true, true, 2, 4, false, PIPE2, PRO>, 16, false}
 #define VPR8(NAME, PRO) {NAME, kc<1, 8, 12, true, false, 1, 4, false, false, PRO>, kc<2, 8, 12, true, false, 1, 4, false, false, PRO>, 8, true}
 static Var VARS[] = {
   V16("hl1", 4, 4, false, false, 0),  // the crate's 16-row entries
@@ -39,6 +42,7 @@ static Var VARS[] = {
   V16("p2pro0", 4, 4, false, true, 0),
   V16("u2p1p2pre3", 3, 2, true, true, 1),
   V16("pre6pro1", 6, 4, false, false, 1),
+  V16P("pairpro1", 4, false, 1),  // phase-1 row-group pairs (4 W1 rows per lane share each x fragment)
   VPR8("pr8", 0),  // the crate's paired entries (768x3072)
   VPR8("pr8pro1", 1),
 };
@@ -162,6 +166,10 @@ int main(int argc, char** argv) {
   Scratch sc;
   CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
   CK(cudaMalloc(&sc.hidden, 1 << 20));
+  if (only && !strcmp(only, "san")) {  // `./ffn_r7 0 san`: the crate's `_pf` knobs only, for compute-sanitizer
+    for (auto& v : VARS)
+      if (!strcmp(v.name, "pro1")) return check(sc, 2 * g_sms, v, 0) && check(sc, 192, v, 3) ? 0 : 1;
+  }
   std::vector<const Var*> good;
   for (auto& v : VARS) {
     bool ok = true;

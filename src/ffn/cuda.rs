@@ -585,14 +585,18 @@ pub(crate) struct CoopConfig {
     pub partial_len: usize,
     /// The `_pr8` entries: phase-1 row-group pairs, one block per SM (see [`choose_coop_launch`]).
     pub paired: bool,
+    /// The `_pf` entries: 16-row units whose first W2 batch is prefetched into L2 rather than held in
+    /// registers through phase 1 (see [`choose_coop_launch`]).
+    pub prefetch: bool,
 }
 
 impl CoopConfig {
-    /// Entry-point suffix (kernels/ffn_coop.cu): `""` (16-row units), `"_r8"` or `"_pr8"`.
+    /// Entry-point suffix (kernels/ffn_coop.cu): `""` (16-row units), `"_pf"`, `"_r8"` or `"_pr8"`.
     fn suffix(&self) -> &'static str {
         match (self.paired, self.rows) {
             (true, _) => "_pr8",
             (false, COOP_NARROW_ROWS) => "_r8",
+            _ if self.prefetch => "_pf",
             _ => "",
         }
     }
@@ -652,7 +656,7 @@ pub(crate) fn choose_coop_config(m: usize, h: usize, o: usize, blocks: usize) ->
     let k_per_split = h.div_ceil(want).div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let splits = h.div_ceil(k_per_split).max(1);
     let partial_len = if splits > 1 { groups * splits * m * rows } else { 0 };
-    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len, paired: false }
+    CoopConfig { nt, blocks, rows, groups, splits, k_per_split, partial_len, paired: false, prefetch: false }
 }
 
 /// 32-wide chunks per warp per W2 batch of the paired entries (`_pr8`); mirrors their PRE.
@@ -665,7 +669,9 @@ const COOP_PAIRED_PRE: usize = 12;
 /// paired entries (`_pr8`) on one block per SM: phase 1 takes row groups `b` and `b + sms` together,
 /// phase 2 one 8-row unit per block, one split. H100 kernel time (f16, benchmarks/ffn.md round 5):
 /// 768x3072 M = 1 7.22 µs vs 7.98 for `_r8` on 192 blocks (8.88 for the round-4 config), M = 4 7.52
-/// vs 8.37, M = 16 9.00 vs 9.84. Otherwise [`choose_coop_grid`] and [`choose_coop_config`].
+/// vs 8.37, M = 16 9.00 vs 9.84. Otherwise [`choose_coop_grid`] and [`choose_coop_config`], with the
+/// `_pf` entries ([`CoopConfig::prefetch`]) for 16-row units once W2 has at least
+/// [`COOP_PREFETCH_MIN_WEIGHTS`] elements.
 pub(crate) fn choose_coop_launch(m: usize, h: usize, o: usize, sms: usize, per_sm: usize) -> CoopConfig {
     let groups1 = h.div_ceil(ROWS);
     let chunks_per_warp = h.div_ceil(CHUNK_K).div_ceil(COOP_WARPS);
@@ -675,13 +681,36 @@ pub(crate) fn choose_coop_launch(m: usize, h: usize, o: usize, sms: usize, per_s
         && o.div_ceil(COOP_NARROW_ROWS) <= sms
         && chunks_per_warp <= COOP_PAIRED_PRE;
     if !paired {
-        return choose_coop_config(m, h, o, choose_coop_grid(h, sms, per_sm));
+        let cfg = choose_coop_config(m, h, o, choose_coop_grid(h, sms, per_sm));
+        let prefetch = cfg.rows == ROWS && h * o >= COOP_PREFETCH_MIN_WEIGHTS;
+        return CoopConfig { prefetch, ..cfg };
     }
     let nt = COOP_TOKEN_TILES.into_iter().find(|&nt| m <= nt * TOKENS).unwrap_or(COOP_TOKEN_TILES[1]);
     let k_per_split = h.div_ceil(CHUNK_K).max(1) * CHUNK_K;
     let groups = o.div_ceil(COOP_NARROW_ROWS).max(1);
-    CoopConfig { nt, blocks: sms, rows: COOP_NARROW_ROWS, groups, splits: 1, k_per_split, partial_len: 0, paired }
+    CoopConfig {
+        nt,
+        blocks: sms,
+        rows: COOP_NARROW_ROWS,
+        groups,
+        splits: 1,
+        k_per_split,
+        partial_len: 0,
+        paired,
+        prefetch: false,
+    }
 }
+
+/// W2 elements (`h * o`) from which the cooperative FFN's 16-row units take the `_pf` entries: the
+/// first W2 batch of each warp is prefetched into L2 at kernel start instead of being loaded into
+/// 32 registers held through phase 1. At the 128-register budget those held registers make ptxas
+/// issue half of each step's weight loads only after the step's first mma (which waits for the first
+/// half), in both phases; without them every load of a step goes out first. That pays where the
+/// weights stream from HBM and phase 1 takes several steps; where they are L2-resident and phase 1 is
+/// one step, the batch held in registers is worth more. H100 kernel time (f16, back to back,
+/// benchmarks/ffn.md round 7): 4096x11008 (45M) M = 16 68.31 µs vs 69.65, M = 4 65.73 vs 66.82, M = 1
+/// 65.46 vs 66.67; 1024x4096 (4M, L2-resident) M = 16 11.90 vs 11.47, M = 1 10.30 vs 9.81.
+const COOP_PREFETCH_MIN_WEIGHTS: usize = 16 << 20;
 
 /// Co-resident blocks per SM for the cooperative FFN with hidden size `h` on `sms` SMs, where the
 /// driver allows `occupancy` blocks per SM (0: the kernel does not fit). One block per SM when
@@ -820,7 +849,12 @@ fn coop_plan(
     let func = match cfg.suffix() {
         "" => func,
         suffix => {
-            let key = (if cfg.paired { "ffn_coop_pr8" } else { "ffn_coop_r8" }, dtype, act, false, nt, true);
+            let name = match suffix {
+                "_pr8" => "ffn_coop_pr8",
+                "_pf" => "ffn_coop_pf",
+                _ => "ffn_coop_r8",
+            };
+            let key = (name, dtype, act, false, nt, true);
             let f = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
                 Ok(format!("ffn_coop_{}_{}_nt{nt}{suffix}", dtype_suffix(dtype, "fused_ffn")?, act.name()))
             })?;
@@ -1092,14 +1126,30 @@ mod tests {
         // 1024x4096: 16 chunks per warp, more than one batch: 16-row units with K splits on 256 blocks
         let c = choose_coop_launch(1, 4096, 1024, H100_SMS, 2);
         assert_eq!((c.suffix(), c.blocks, c.splits), ("", 256, 4));
-        // LLaMA-7B: more than two rounds of row groups
-        let c = choose_coop_launch(16, 11008, 4096, H100_SMS, 2);
-        assert_eq!((c.suffix(), c.blocks, c.splits), ("", 264, 1));
+        // LLaMA-7B: more than two rounds of row groups; W2 of 45M elements: the prefetching entries
+        for m in [1, 16] {
+            let c = choose_coop_launch(m, 11008, 4096, H100_SMS, 2);
+            assert_eq!((c.suffix(), c.blocks, c.splits, c.rows), ("_pf", 264, 1, ROWS));
+        }
         // a wide output (more 8-row units than SMs): not paired
         assert!(!choose_coop_launch(1, 3072, 8 * H100_SMS + 8, H100_SMS, 2).paired);
         // a partial H tile: k_per_split covers H in whole chunks
         let c = choose_coop_launch(1, 3000, 768, H100_SMS, 2);
         assert!(c.paired && c.k_per_split >= 3000 && c.k_per_split % CHUNK_K == 0, "{c:?}");
+    }
+
+    #[test]
+    fn coop_prefetch_from_the_weight_threshold() {
+        // 16-row units on either side of COOP_PREFETCH_MIN_WEIGHTS (8-row units, one split with at
+        // most 264 blocks, have at most 2112 x 3072 weights); paired units never
+        let c = choose_coop_launch(16, 4096, 4096, H100_SMS, 2);
+        assert!(c.prefetch && c.rows == ROWS && c.suffix() == "_pf", "{c:?}");
+        let c = choose_coop_launch(16, 4096, 4095, H100_SMS, 2);
+        assert!(!c.prefetch && c.rows == ROWS && c.suffix().is_empty(), "{c:?}");
+        let c = choose_coop_launch(16, 4096, 1024, H100_SMS, 2);
+        assert!(!c.prefetch && c.suffix().is_empty(), "{c:?}");
+        assert!(!choose_coop_launch(1, 3072, 768, H100_SMS, 2).prefetch);
+        assert!(!choose_coop_launch(1, 2048, 512, H100_SMS, 1).prefetch);
     }
 
     #[test]
