@@ -52,22 +52,20 @@ fn bench_pair(c: &mut Criterion, dev: &Device, group: &str, param: usize, s: &Sh
     g.throughput(Throughput::Elements(s.flops()));
     g.bench_with_input(BenchmarkId::new("fused", param), &param, |bch, _| {
         let (q, k, v, _) = inputs();
-        bch.iter_custom(|iters| common::time_iters(dev, iters, || fused_attention(q, k, v, s.causal)))
+        common::iter_gpu(bch, dev, || fused_attention(q, k, v, s.causal))
     });
     if tiny_gemm::attention::hopper_prefill_available(dev).unwrap() {
         // the portable kernels on the same GPU (the Hopper kernel takes "fused" where it applies)
         g.bench_with_input(BenchmarkId::new("fused_portable", param), &param, |bch, _| {
             let (q, k, v, _) = inputs();
             tiny_gemm::testing::set_hopper_attention(false);
-            bch.iter_custom(|iters| common::time_iters(dev, iters, || fused_attention(q, k, v, s.causal)));
+            common::iter_gpu(bch, dev, || fused_attention(q, k, v, s.causal));
             tiny_gemm::testing::set_hopper_attention(true);
         });
     }
     g.bench_with_input(BenchmarkId::new("stock", param), &param, |bch, _| {
         let (q, k, v, mask) = inputs();
-        bch.iter_custom(|iters| {
-            common::time_iters(dev, iters, || reference::attention_with_mask(q, k, v, mask.as_ref()))
-        })
+        common::iter_gpu(bch, dev, || reference::attention_with_mask(q, k, v, mask.as_ref()))
     });
     g.finish();
 }

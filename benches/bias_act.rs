@@ -17,12 +17,8 @@ fn bench(c: &mut Criterion) {
             // one read and one write of x
             g.throughput(Throughput::Bytes((2 * rows * cols * dtype.size_in_bytes()) as u64));
             let act = Activation::GeluTanh;
-            g.bench_function("fused", |bch| {
-                bch.iter_custom(|iters| common::time_iters(&dev, iters, || bias_act(&x, Some(&b), act)))
-            });
-            g.bench_function("stock", |bch| {
-                bch.iter_custom(|iters| common::time_iters(&dev, iters, || reference::bias_act(&x, Some(&b), act)))
-            });
+            g.bench_function("fused", |bch| common::iter_gpu(bch, &dev, || bias_act(&x, Some(&b), act)));
+            g.bench_function("stock", |bch| common::iter_gpu(bch, &dev, || reference::bias_act(&x, Some(&b), act)));
             g.finish();
         }
     }

@@ -39,12 +39,9 @@ fn gpu_path_variants(
         return;
     }
     let timed = |bch: &mut criterion::Bencher, kernel: Option<FfnKernel>, switch: fn(bool)| {
-        bch.iter_custom(|iters| {
-            switch(false);
-            let t = common::time_iters(dev, iters, || forward(kernel));
-            switch(true);
-            t
-        })
+        switch(false);
+        common::iter_gpu(bch, dev, || forward(kernel));
+        switch(true);
     };
     if m <= GPU_ONE_LAUNCH_MAX_M {
         for (name, kernel) in [
@@ -84,17 +81,13 @@ fn bench_plain(
         let x = weight(m, d, dtype, dev);
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/{dtype:?}/{d}x{h}/m{m}{act_name}"));
         g.throughput(Throughput::Bytes((2 * d * h * dtype.size_in_bytes()) as u64)); // the weights, once
-        g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        g.bench_function("fused", |bch| common::iter_gpu(bch, dev, || mlp.forward(&x)));
         gpu_path_variants(&mut g, dev, m, false, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("fused_seed_layout", |bch| {
-            bch.iter_custom(|iters| {
-                common::time_iters(dev, iters, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
-            })
+            common::iter_gpu(bch, dev, || fused_ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
         });
         g.bench_function("stock", |bch| {
-            bch.iter_custom(|iters| {
-                common::time_iters(dev, iters, || reference::ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
-            })
+            common::iter_gpu(bch, dev, || reference::ffn(&x, &w1, Some(&b1), &w2, Some(&b2), act))
         });
         g.finish();
     }
@@ -108,12 +101,10 @@ fn bench_gated(c: &mut Criterion, dev_name: &str, dev: &Device, dtype: DType, d:
         let x = weight(m, d, dtype, dev);
         let mut g = c.benchmark_group(format!("{dev_name}/ffn/gated/{dtype:?}/{d}x{h}/m{m}"));
         g.throughput(Throughput::Bytes((3 * d * h * dtype.size_in_bytes()) as u64));
-        g.bench_function("fused", |bch| bch.iter_custom(|iters| common::time_iters(dev, iters, || mlp.forward(&x))));
+        g.bench_function("fused", |bch| common::iter_gpu(bch, dev, || mlp.forward(&x)));
         gpu_path_variants(&mut g, dev, m, true, |kernel| mlp.forward_with(&x, kernel));
         g.bench_function("stock", |bch| {
-            bch.iter_custom(|iters| {
-                common::time_iters(dev, iters, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))
-            })
+            common::iter_gpu(bch, dev, || reference::gated_ffn(&x, &wg, None, &wu, None, &wd, None, act))
         });
         g.finish();
     }

@@ -32,30 +32,22 @@ fn bench(c: &mut Criterion) {
                 }
                 // the int4 weight bytes: what bounds every variant at small M
                 g.throughput(Throughput::Bytes(q.size_in_bytes() as u64));
-                g.bench_function(format!("int4_{dtype:?}"), |b| {
-                    b.iter_custom(|iters| common::time_iters(&dev, iters, || int4_matmul(&xd, &q)))
-                });
+                g.bench_function(format!("int4_{dtype:?}"), |b| common::iter_gpu(b, &dev, || int4_matmul(&xd, &q)));
                 if dev.is_cuda() {
                     let xb = x.to_dtype(DType::BF16).unwrap();
-                    g.bench_function("int4_BF16", |b| {
-                        b.iter_custom(|iters| common::time_iters(&dev, iters, || int4_matmul(&xb, &q)))
-                    });
+                    g.bench_function("int4_BF16", |b| common::iter_gpu(b, &dev, || int4_matmul(&xb, &q)));
                 }
                 if dev.is_cuda() && m > tiny_gemm::quant::CUDA_TC_MAX_M {
                     // the large-M path off Hopper (and on Hopper before the wgmma GEMMs): the weight
                     // dequantized per call, then candle's matmul
                     g.bench_function(format!("int4_{dtype:?}_dequantize_matmul"), |b| {
-                        b.iter_custom(|iters| {
-                            common::time_iters(&dev, iters, || xd.matmul(&q.dequantize_to(dtype)?.t()?))
-                        })
+                        common::iter_gpu(b, &dev, || xd.matmul(&q.dequantize_to(dtype)?.t()?))
                     });
                 }
                 g.bench_function(format!("candle_{dtype:?}_matmul"), |b| {
-                    b.iter_custom(|iters| common::time_iters(&dev, iters, || xd.matmul(&w_dense.t()?)))
+                    common::iter_gpu(b, &dev, || xd.matmul(&w_dense.t()?))
                 });
-                g.bench_function("candle_q4_0_qmatmul", |b| {
-                    b.iter_custom(|iters| common::time_iters(&dev, iters, || q4_0.forward(&x)))
-                });
+                g.bench_function("candle_q4_0_qmatmul", |b| common::iter_gpu(b, &dev, || q4_0.forward(&x)));
                 g.finish();
             }
         }

@@ -18,14 +18,10 @@ fn bench(c: &mut Criterion) {
             // reads x and r, writes the sum and the normalized output
             grp.throughput(Throughput::Bytes((4 * rows * cols * dtype.size_in_bytes()) as u64));
             grp.bench_function("fused", |bch| {
-                bch.iter_custom(|iters| {
-                    common::time_iters(&dev, iters, || add_layer_norm(&x, Some(&r), &g, Some(&b), 1e-5))
-                })
+                common::iter_gpu(bch, &dev, || add_layer_norm(&x, Some(&r), &g, Some(&b), 1e-5))
             });
             grp.bench_function("stock", |bch| {
-                bch.iter_custom(|iters| {
-                    common::time_iters(&dev, iters, || reference::add_layer_norm(&x, Some(&r), &g, Some(&b), 1e-5))
-                })
+                common::iter_gpu(bch, &dev, || reference::add_layer_norm(&x, Some(&r), &g, Some(&b), 1e-5))
             });
             grp.finish();
         }

@@ -34,6 +34,17 @@ pub fn spin_up(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Criterion's `iter_custom` over [`time_iters`], after a priming call outside the timed routine.
+/// The first call of an op loads its module and JITs its PTX (up to seconds for the INT4 GEMMs);
+/// inside criterion's warm-up that call would be taken as the iteration time, so criterion would
+/// plan one iteration per sample and time host-bound single calls (an H100 run measured INT4 M=1
+/// at 17.4 µs that way against 8.1 at M=4 right after it).
+pub fn iter_gpu<T>(b: &mut criterion::Bencher<'_>, dev: &Device, mut f: impl FnMut() -> Result<T>) {
+    f().expect("priming call failed");
+    dev.synchronize().unwrap();
+    b.iter_custom(|iters| time_iters(dev, iters, &mut f))
+}
+
 /// Times `iters` back-to-back calls with one synchronize at the end (GPU work is asynchronous),
 /// after a warm-up call that loads and JITs the PTX.
 pub fn time_iters<T>(dev: &Device, iters: u64, mut f: impl FnMut() -> Result<T>) -> Duration {
