@@ -30,6 +30,7 @@
 #include <random>
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
+#include "ffn_harness_common.cuh"  // time_us, fill, gelu, Coop, coop_params, CoopCase, coop_cases
 
 // Launch and grid-barrier floors of the cooperative FFN: an empty kernel, launched plainly and
 // cooperatively, and one with a single grid sync (the barrier between the FFN's phases).
@@ -127,20 +128,11 @@ static Cfg choose(int m, int n, int k, int nt, int force_warps) {  // mirrors ch
   return c;
 }
 
-static void fill(__half* d, size_t n, float scale, std::mt19937& rng, std::vector<__half>* keep = nullptr) {
-  std::vector<__half> h(n);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  for (auto& v : h) v = __float2half(nd(rng) * scale);
-  CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
-  if (keep) *keep = h;
-}
-
 static void launch(KProj f, const Cfg& c, const __half* x, const __half* w, const __half* b, __half* y, int m, int n, int k) {
   Params p{x, w, b, y, m, n, k, c.kpw};
   f<<<c.blocks, c.warps * 32, c.smem>>>(p);
 }
 
-static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
 
 // every variant vs an f64 reference on an odd-ish shape (and the big one at M = 16)
 static bool check_variants() {
@@ -207,76 +199,9 @@ static bool check_variants() {
 }
 
 
-// The cooperative FFN: config as choose_coop_config in src/ffn/cuda.rs picks it for `blocks`.
-struct Coop {
-  float* partial;
-  unsigned* tickets;
-  __half* hidden;
-};
-static ffn::CoopParams coop_params(const Coop& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
-                                   const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits = 0,
-                                   int r2 = 16) {
-  const int groups = (o + r2 - 1) / r2;
-  // one split while a warp's share of H is <= 12 (one token tile) / 8 (two) chunks, as the crate
-  const int chunks_per_warp = ((h + 31) / 32 + 7) / 8;
-  const int max_splits = chunks_per_warp <= (m <= 8 ? 12 : 8) ? 1 : std::max(((h + 31) / 32) / 8, 1);
-  int want = std::min(std::max(blocks / groups, 1), max_splits);
-  if (force_splits) want = std::min(force_splits, std::max(((h + 31) / 32) / 8, 1));
-  const int kps = std::max(((h + want - 1) / want + 31) / 32, 1) * 32;
-  const int splits = std::max((h + kps - 1) / kps, 1);
-  return ffn::CoopParams{x, w1, b1, w2, b2, y, sc.hidden, sc.partial, sc.tickets, m, d, h, o, splits, kps};
-}
 static void launch_coop(const ffn::CoopParams& p, int blocks, const CoopVar& v = CVARS[0]) {
   void* args[] = {(void*)&p};
   CK(cudaLaunchCooperativeKernel((const void*)(p.m <= 8 ? v.f1 : v.f2), blocks, ffn::COOP_THREADS, args, 0, 0));
-}
-// One check case of the cooperative FFN: inputs on the device and the f64 reference (made once per
-// process, fresh random values each process).
-struct CoopCase {
-  int m, d, h, o;
-  __half *x, *w1, *b1, *w2, *b2, *y;
-  std::vector<double> ref;
-};
-static std::vector<CoopCase>& coop_cases() {
-  static std::vector<CoopCase> cases;
-  if (!cases.empty()) return cases;
-  std::mt19937 rng(std::random_device{}());
-  // o = d; 72 and 200 are not multiples of the 16 / 32-row units, 4360 not of a grid's units; the
-  // last one is LLaMA-7B's FFN at 16 tokens (16-row units, weights from HBM)
-  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {13, 768, 3072}, {9, 72, 136},
-                     {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}, {16, 4096, 11008}};
-  for (auto& s : shapes) {
-    CoopCase c;
-    c.m = s[0]; c.d = s[1]; c.h = s[2]; c.o = s[1];
-    const int m = c.m, d = c.d, h = c.h, o = c.o;
-    std::vector<__half> hx, hw1, hb1, hw2, hb2;
-    CK(cudaMalloc(&c.x, (size_t)m * d * 2)); CK(cudaMalloc(&c.w1, (size_t)h * d * 2)); CK(cudaMalloc(&c.b1, h * 2));
-    CK(cudaMalloc(&c.w2, (size_t)o * h * 2)); CK(cudaMalloc(&c.b2, o * 2)); CK(cudaMalloc(&c.y, (size_t)m * o * 2));
-    fill(c.x, (size_t)m * d, 1.f, rng, &hx); fill(c.w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(c.b1, h, 1.f, rng, &hb1);
-    fill(c.w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(c.b2, o, 1.f, rng, &hb2);
-    auto f32 = [](const std::vector<__half>& v) {
-      std::vector<float> r(v.size());
-      for (size_t i = 0; i < v.size(); ++i) r[i] = __half2float(v[i]);
-      return r;
-    };
-    const std::vector<float> fx = f32(hx), fw1 = f32(hw1), fb1 = f32(hb1), fw2 = f32(hw2), fb2 = f32(hb2);
-    std::vector<double> hid((size_t)m * h);
-    c.ref.resize((size_t)m * o);
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < h; ++j) {
-        double a = fb1[j];
-        for (int q = 0; q < d; ++q) a += (double)fx[(size_t)i * d + q] * fw1[(size_t)j * d + q];
-        hid[(size_t)i * h + j] = gelu(a);
-      }
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < o; ++j) {
-        double a = fb2[j];
-        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * fw2[(size_t)j * h + q];
-        c.ref[(size_t)i * o + j] = a;
-      }
-    cases.push_back(std::move(c));
-  }
-  return cases;
 }
 
 // Variant v at `blocks` blocks and `force_splits` (0: the crate's rule) on every case, 3 launches
@@ -306,21 +231,6 @@ static bool check_coop(const Coop& sc, int blocks, const CoopVar& v = CVARS[0], 
   return ok;
 }
 
-static bool NCU = false;
-template <typename F> static double time_us(F f, int iters) {
-  for (int i = 0; i < (NCU ? 1 : 3); ++i) f();
-  if (NCU) { CK(cudaDeviceSynchronize()); return 0; }
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
-  CK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i) f();
-  CK(cudaEventRecord(b));
-  CK(cudaEventSynchronize(b));
-  float ms;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  CK(cudaGetLastError());
-  return ms * 1000.0 / iters;
-}
 
 // Round 5: the cooperative FFN's variants (CVARS) x grid (1 / 2 blocks per SM, where the variant's
 // occupancy allows) x phase-2 splits (0 = the crate's rule for the variant's R2), every variant first
@@ -360,13 +270,9 @@ static int round5(bool ncu) {
         for (int fs : {0, 1, 3}) ok = check_coop(sc, blocks, v, fs) && ok;
     if (!ok) { printf("round5 checks FAILED\n"); return 1; }
   }
-  std::mt19937 rng(1);
-  const int D = 4096, H = 11008, MMAX = 16;
-  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
-  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
-  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
-  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
-  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  const TimingBufs tb = timing_bufs();
+  const int D = TimingBufs::D, H = TimingBufs::H;
+  __half *x = tb.x, *w1 = tb.w1, *b1 = tb.b1, *w2 = tb.w2, *b2 = tb.b2, *y = tb.y, *hid = tb.hid;
   sc.hidden = hid;
   auto timed = [&](auto f, int iters) {
     if (ncu) { for (int i = 0; i < 3; ++i) f(); CK(cudaDeviceSynchronize()); return 0.0; }
@@ -505,13 +411,9 @@ static int round6(const char* which) {
     if (ok) good.push_back(v);
   }
   if (base && !check_coop(sc, 2 * g_sms, CVARS[1])) return 1;
-  std::mt19937 rng(1);
-  const int D = 4096, H = 11008, MMAX = 16;
-  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
-  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
-  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
-  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
-  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  const TimingBufs tb = timing_bufs();
+  const int D = TimingBufs::D, H = TimingBufs::H;
+  __half *x = tb.x, *w1 = tb.w1, *b1 = tb.b1, *w2 = tb.w2, *b2 = tb.b2, *y = tb.y, *hid = tb.hid;
   sc.hidden = hid;
   const double bytes = 2.0 * H * D * 2;
   if (base) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d: %s\n", #x, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
+#include "ffn_harness_common.cuh"  // time_us, fill, gelu, Coop, coop_params, CoopCase, coop_cases
 
 template <int NT, int R2, int PRE, bool PAIR1, bool HL1, int LB, int U1, bool P1, bool PIPE2, int PRO>
 __global__ void __launch_bounds__(ffn::COOP_THREADS, LB) kc(const ffn::CoopParams p) {
@@ -48,75 +49,18 @@ static Var VARS[] = {
 };
 
 static int g_sms = 132;
-static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
-static void fill(__half* d, size_t n, float scale, std::mt19937& rng, std::vector<__half>* keep = nullptr) {
-  std::vector<__half> h(n);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  for (auto& v : h) v = __float2half(nd(rng) * scale);
-  CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
-  if (keep) *keep = h;
-}
-struct Scratch { float* partial; unsigned* tickets; __half* hidden; };
-// mirrors choose_coop_config in src/ffn/cuda.rs (one split while a warp's share of H is <= 12 / 8 chunks)
-static ffn::CoopParams params(const Scratch& sc, const __half* x, const __half* w1, const __half* b1, const __half* w2,
-                              const __half* b2, __half* y, int m, int d, int h, int o, int blocks, int force_splits, int r2) {
-  const int groups = (o + r2 - 1) / r2;
-  const int chunks_per_warp = ((h + 31) / 32 + 7) / 8;
-  const int max_splits = chunks_per_warp <= (m <= 8 ? 12 : 8) ? 1 : std::max(((h + 31) / 32) / 8, 1);
-  int want = std::min(std::max(blocks / groups, 1), max_splits);
-  if (force_splits) want = std::min(force_splits, std::max(((h + 31) / 32) / 8, 1));
-  const int kps = std::max(((h + want - 1) / want + 31) / 32, 1) * 32;
-  const int splits = std::max((h + kps - 1) / kps, 1);
-  return ffn::CoopParams{x, w1, b1, w2, b2, y, sc.hidden, sc.partial, sc.tickets, m, d, h, o, splits, kps};
-}
 static void launch(const ffn::CoopParams& p, int blocks, const Var& v) {
   void* args[] = {(void*)&p};
   CK(cudaLaunchCooperativeKernel((const void*)(p.m <= 8 ? v.f1 : v.f2), blocks, ffn::COOP_THREADS, args, 0, 0));
 }
-struct Case { int m, d, h, o; __half *x, *w1, *b1, *w2, *b2, *y; std::vector<double> ref; };
-static std::vector<Case>& cases() {
-  static std::vector<Case> cs;
-  if (!cs.empty()) return cs;
-  std::mt19937 rng(std::random_device{}());
-  int shapes[][3] = {{1, 512, 2048}, {4, 512, 2048}, {1, 768, 3072}, {4, 768, 3072}, {13, 768, 3072}, {9, 72, 136},
-                     {16, 200, 1000}, {1, 4360, 264}, {2, 64, 4360}, {16, 4096, 11008}};
-  for (auto& s : shapes) {
-    Case c;
-    c.m = s[0]; c.d = s[1]; c.h = s[2]; c.o = s[1];
-    const int m = c.m, d = c.d, h = c.h, o = c.o;
-    std::vector<__half> hx, hw1, hb1, hw2, hb2;
-    CK(cudaMalloc(&c.x, (size_t)m * d * 2)); CK(cudaMalloc(&c.w1, (size_t)h * d * 2)); CK(cudaMalloc(&c.b1, h * 2));
-    CK(cudaMalloc(&c.w2, (size_t)o * h * 2)); CK(cudaMalloc(&c.b2, o * 2)); CK(cudaMalloc(&c.y, (size_t)m * o * 2));
-    fill(c.x, (size_t)m * d, 1.f, rng, &hx); fill(c.w1, (size_t)h * d, 1.f / sqrtf(d), rng, &hw1); fill(c.b1, h, 1.f, rng, &hb1);
-    fill(c.w2, (size_t)o * h, 1.f / sqrtf(h), rng, &hw2); fill(c.b2, o, 1.f, rng, &hb2);
-    auto f32 = [](const std::vector<__half>& v) { std::vector<float> r(v.size()); for (size_t i = 0; i < v.size(); ++i) r[i] = __half2float(v[i]); return r; };
-    const std::vector<float> fx = f32(hx), fw1 = f32(hw1), fb1 = f32(hb1), fw2 = f32(hw2), fb2 = f32(hb2);
-    std::vector<double> hid((size_t)m * h);
-    c.ref.resize((size_t)m * o);
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < h; ++j) {
-        double a = fb1[j];
-        for (int q = 0; q < d; ++q) a += (double)fx[(size_t)i * d + q] * fw1[(size_t)j * d + q];
-        hid[(size_t)i * h + j] = gelu(a);
-      }
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < o; ++j) {
-        double a = fb2[j];
-        for (int q = 0; q < h; ++q) a += hid[(size_t)i * h + q] * fw2[(size_t)j * h + q];
-        c.ref[(size_t)i * o + j] = a;
-      }
-    cs.push_back(std::move(c));
-  }
-  return cs;
-}
 // every case, 3 launches each with the output poisoned: within tolerance and bitwise repeatable
-static bool check(const Scratch& sc, int blocks, const Var& v, int fs) {
+static bool check(const Coop& sc, int blocks, const Var& v, int fs) {
   bool ok = true;
-  for (auto& c : cases()) {
+  for (auto& c : coop_cases()) {
     std::vector<__half> first;
     for (int rep = 0; rep < 3; ++rep) {
       CK(cudaMemset(c.y, 0xff, (size_t)c.m * c.o * 2));
-      launch(params(sc, c.x, c.w1, c.b1, c.w2, c.b2, c.y, c.m, c.d, c.h, c.o, blocks, v.paired ? 1 : fs, v.r2), blocks, v);
+      launch(coop_params(sc, c.x, c.w1, c.b1, c.w2, c.b2, c.y, c.m, c.d, c.h, c.o, blocks, v.paired ? 1 : fs, v.r2), blocks, v);
       CK(cudaDeviceSynchronize());
       std::vector<__half> hy((size_t)c.m * c.o);
       CK(cudaMemcpy(hy.data(), c.y, hy.size() * 2, cudaMemcpyDeviceToHost));
@@ -132,20 +76,6 @@ static bool check(const Scratch& sc, int blocks, const Var& v, int fs) {
   }
   printf("check %-11s splits=%d G=%d: %s\n", v.name, fs, blocks, ok ? "ok" : "FAILED");
   return ok;
-}
-template <typename F> static double time_us(F f, int iters) {
-  for (int i = 0; i < 3; ++i) f();
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
-  CK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i) f();
-  CK(cudaEventRecord(b));
-  CK(cudaEventSynchronize(b));
-  float ms;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  CK(cudaGetLastError());
-  cudaEventDestroy(a); cudaEventDestroy(b);
-  return ms * 1000.0 / iters;
 }
 static int occ(KC f) { int o = 0; CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, f, ffn::COOP_THREADS, 0)); return o; }
 
@@ -163,7 +93,7 @@ int main(int argc, char** argv) {
     printf("var %-11s nt1 regs %3d local %zu blocks/SM %d | nt2 regs %3d local %zu blocks/SM %d\n", v.name, a1.numRegs,
            a1.localSizeBytes, occ(v.f1), a2.numRegs, a2.localSizeBytes, occ(v.f2));
   }
-  Scratch sc;
+  Coop sc;
   CK(cudaMalloc(&sc.partial, 16 << 20)); CK(cudaMalloc(&sc.tickets, 4096 * 4)); CK(cudaMemset(sc.tickets, 0, 4096 * 4));
   CK(cudaMalloc(&sc.hidden, 1 << 20));
   if (only && !strcmp(only, "san")) {  // `./ffn_r7 0 san`: the crate's `_pf` knobs only, for compute-sanitizer
@@ -180,13 +110,9 @@ int main(int argc, char** argv) {
     if (ok) good.push_back(&v);
   }
   printf("checks: %zu of %zu variants passed\n", good.size(), sizeof(VARS) / sizeof(VARS[0]));
-  std::mt19937 rng(1);
-  const int D = 4096, H = 11008, MMAX = 16;
-  __half *x, *w1, *b1, *w2, *b2, *y, *hid;
-  CK(cudaMalloc(&x, MMAX * H * 2)); CK(cudaMalloc(&w1, (size_t)H * D * 2)); CK(cudaMalloc(&w2, (size_t)D * H * 2));
-  CK(cudaMalloc(&b1, H * 2)); CK(cudaMalloc(&b2, D * 2)); CK(cudaMalloc(&y, MMAX * D * 2)); CK(cudaMalloc(&hid, MMAX * H * 2));
-  fill(x, MMAX * H, 1.f, rng); fill(w1, (size_t)H * D, 0.015f, rng); fill(w2, (size_t)D * H, 0.01f, rng);
-  fill(b1, H, 1.f, rng); fill(b2, D, 1.f, rng);
+  const TimingBufs tb = timing_bufs();
+  const int D = TimingBufs::D, H = TimingBufs::H;
+  __half *x = tb.x, *w1 = tb.w1, *b1 = tb.b1, *w2 = tb.w2, *b2 = tb.b2, *y = tb.y, *hid = tb.hid;
   sc.hidden = hid;
   struct Shape { int d, h, m; bool paired; int iters; };
   // 4096x11008 (weights from HBM, 264 blocks), 1024x4096 (256 blocks: one per phase-1 row group, 4 splits),
@@ -202,12 +128,12 @@ int main(int argc, char** argv) {
     std::vector<std::vector<double>> t(vs.size());
     for (int r = 0; r < rounds; ++r)
       for (size_t i = 0; i < vs.size(); ++i) {
-        ffn::CoopParams cp = params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
+        ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
         t[i].push_back(time_us([&] { launch(cp, blocks, *vs[i]); }, s.iters));
       }
     for (size_t i = 0; i < vs.size(); ++i) {
       std::sort(t[i].begin(), t[i].end());
-      ffn::CoopParams cp = params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
+      ffn::CoopParams cp = coop_params(sc, x, w1, b1, w2, b2, y, s.m, s.d, s.h, s.d, blocks, s.paired ? 1 : 0, vs[i]->r2);
       printf("r7 %dx%d m=%-2d %-11s G=%d splits=%d median %.2f min %.2f max %.2f us (%d rounds x %d)\n", s.d, s.h, s.m,
              vs[i]->name, blocks, cp.splits, t[i][t[i].size() / 2], t[i][0], t[i].back(), rounds, s.iters);
     }
