@@ -30,14 +30,15 @@
 //   pieces of y rows (N % 8 == 0).
 // K tail chunks (K % 128 != 0: 1..3 words per lane) use scalar loads of the chunk's layout
 // (lane l's words at l * wc + j) and run 2 wc k16 steps. The tensor maps need N % 8 == 0.
-// Status (benchmarks/int4.md, helper round 8; H100, 2026-11-27): correct (harness f64 checks of 5
-// variants on 15 shapes; crate tests, memcheck, racecheck); the crate's path for 64 < M <= 1024 on
-// sm_90 (N % 8 == 0; branch int4-rs-m64: GPU-run through the crate only for 192 < M). K=4096 ->
-// N=11008 kernel µs, same run: M=512 73.6 (TMA GEMM 102.3, cuBLAS f16 58.2), M=1024 146.5
-// (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS 37.5).
-// Clusters (CL > 1, harness-only; round 9): correct (f64 checks, crate tests, memcheck, racecheck on
-// the H100) but ~1.5x slower with .release.cluster remote arrivals (MEMBAR.ALL.GPU per chunk per
-// warp); the CUTLASS-form arrivals now here are not GPU-run yet (branch int4-mc-cluster routes them).
+// Status (benchmarks/int4.md; H100, 2026-11-27): correct (harness f64 checks of 5 variants on 15
+// shapes; crate tests, memcheck, racecheck); the crate's path for 64 < M <= 1024 on sm_90 (N % 8 ==
+// 0). K=4096 -> N=11008 kernel µs (round 8 harness): M=512 73.6 (TMA GEMM 102.3, cuBLAS f16 on zeros
+// 58.2), M=1024 146.5 (dequantize + cuBLAS 159.9), M=384 62.0 (t128), M=128 31.5 (t128; cuBLAS
+// 37.5). Per call through the crate (7th session's final run): M=512 85.1, M=128 30.0.
+// Clusters (CL > 1, harness-only; round 9 and the 6th session): correct, but slower: with
+// .release.cluster remote arrivals ~1.5x (MEMBAR.ALL.GPU per chunk per warp), with the CUTLASS-form
+// arrivals now here 76.7 vs 73.5 µs (harness) and 96.7-97.3 vs 94.0 per call (before the 7th
+// session's epilogue fix; branch int4-mc-cluster routes them through the crate).
 #pragma once
 #include "int4_gemm_tma.cuh"
 
