@@ -80,7 +80,7 @@ struct RVar { const char* name; TFn f[2][2]; int tn, smem, cl; };
 #define RV2(TN, ST, DG, NAME) RVK(krs_c2, 2, TN, ST, DG, NAME)
 #define RV4(TN, ST, DG, NAME) RVK(krs_c4, 4, TN, ST, DG, NAME)
 static RVar RVARS[] = {
-  RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"),
+  RV(176, 4, 0, "rs176s4"), RV(128, 5, 0, "rs128s5"), RV(88, 6, 0, "rs88s6"), RV(192, 3, 0, "rs192s3"),
   RV2(176, 4, 0, "rs176s4c2"), RV2(128, 5, 0, "rs128s5c2"), RV4(128, 5, 0, "rs128s5c4"), RV2(256, 3, 0, "rs256s3c2"),
   RV2(176, 3, 0, "rs176s3c2"), RV4(256, 3, 0, "rs256s3c4"),
 };
@@ -287,7 +287,7 @@ int main(int argc, char** argv) {
     return ms * 1000.0f / iters;
   };
   struct T { int K, N; } kn[] = {{4096, 11008}, {11008, 4096}, {4096, 4096}};
-  const int ms[] = {128, 256, 384, 512, 1024};
+  const int ms[] = {128, 192, 256, 384, 512, 1024};
   for (auto& ts : kn) for (int M : ms) {
     Prob P; make(P, M, ts.N, ts.K, 128, 2);
     int iters = 50;

@@ -250,7 +250,8 @@ fn linear_bias_act_rs_path() -> Result<()> {
 
 /// The RS GEMM at wide N (src/quant/launch.rs `rs_wide_n_shapes` pins each shape here to its token
 /// block on 132 SMs): 128-token blocks for M=100 (CUDA_RS_MIN_M < M <= CUDA_TC_MAX_M: the range the
-/// RS GEMM took over from the TMA GEMM) and above, 176-token blocks at M=512 / 520, odd feature-block
+/// RS GEMM took over from the TMA GEMM) and above, 192-token blocks at M=185 / 190 (partial token
+/// blocks), 176-token blocks at M=512 / 520, odd feature-block
 /// counts (N=11136, 4104, 2056), K tails of 1 .. 3 words, every group size, sym / asym, f16 / bf16,
 /// bias and every activation. CUDA only.
 #[test]
@@ -259,6 +260,7 @@ fn matmul_hopper_rs_wide_n() -> Result<()> {
         for cfg in configs() {
             for dtype in [DType::F16, DType::BF16] {
                 check_matmul(&dev, 100, 11008, 2 * cfg.group_size, cfg, dtype)?;
+                check_matmul(&dev, 190, 11008, 3 * cfg.group_size, cfg, dtype)?;
             }
         }
         check_matmul(&dev, 512, 11136, 256, Int4Config::default(), DType::F16)?;
@@ -268,6 +270,7 @@ fn matmul_hopper_rs_wide_n() -> Result<()> {
         check_matmul(&dev, 384, 4096, 1024, Int4Config { group_size: 128, symmetric: false }, DType::BF16)?;
         for (dtype, symmetric) in [(DType::F16, true), (DType::BF16, false)] {
             check_linear(&dev, 384, 4096, 128, Int4Config { group_size: 64, symmetric }, dtype)?;
+            check_linear(&dev, 185, 11008, 256, Int4Config { group_size: 128, symmetric }, dtype)?;
         }
     }
     Ok(())

@@ -216,6 +216,8 @@ pub(crate) enum RsVariant {
     T128,
     /// 176 tokens: M=512 is 3 token blocks (258 blocks at N=11008).
     T176,
+    /// 192 tokens (3 stages): M=177..192 in one token block (86 blocks at N=11008: one wave).
+    T192,
 }
 
 impl RsVariant {
@@ -224,6 +226,7 @@ impl RsVariant {
             Self::T88 => "t88s6",
             Self::T128 => "t128s5",
             Self::T176 => "t176s4",
+            Self::T192 => "t192s3",
         }
     }
     /// Activation rows per block (`TN`, the wgmma N).
@@ -232,6 +235,7 @@ impl RsVariant {
             Self::T88 => 88,
             Self::T128 => 128,
             Self::T176 => 176,
+            Self::T192 => 192,
         }
     }
     /// Ring stages (`STAGES`).
@@ -240,6 +244,7 @@ impl RsVariant {
             Self::T88 => 6,
             Self::T128 => 5,
             Self::T176 => 4,
+            Self::T192 => 3,
         }
     }
     /// Threads per block: two consumer warpgroups and one producer warp.
@@ -274,19 +279,22 @@ pub(crate) struct RsConfig {
     pub n_blocks: usize,
 }
 
-/// Launch shape of the RS GEMM: the token block with the fewest tokens per SM in its last wave
-/// (waves x `tokens`; one block per SM), ties to the wider block (each weight dequantized once per
-/// token block). K=4096 -> N=11008 on 132 SMs (86 feature blocks): M=256 88 tokens (258 blocks),
-/// M=384 128, M=512 and 1024 176. On an H100 (harness, benchmarks/int4.md round 8) this picked the
-/// fastest of the three variants at every measured point (M = 128 .. 1024 x K=4096 -> N=11008,
-/// K=11008 -> N=4096, K=N=4096).
+/// Launch shape of the RS GEMM: the token block with the lowest cost `waves x (tokens + RS_WAVE_COST)`
+/// (one block per SM), ties to the wider block (each weight dequantized once per token block).
+/// `RS_WAVE_COST` is what a wave costs besides its tokens' tensor-core work, in tokens: the
+/// prologue, the epilogue and the dequantization latency the wgmmas do not hide (H100, K=4096 ->
+/// N=11008, per call: one wave of 128-token blocks at M=128 30.0 µs, two waves of 88-token blocks at
+/// M=192 55.9). K=4096 -> N=11008 on 132 SMs (86 feature blocks): M=128 128 tokens, M=192 192 (one
+/// wave), M=256 88 (258 blocks), M=384 128, M=512 and 1024 176. Round 8's harness (M = 128 .. 1024 x
+/// K=4096 -> N=11008, K=11008 -> N=4096, K=N=4096) found the fastest of T88 / T128 / T176 at the
+/// points this picks them.
 pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig {
     let n_blocks = n.div_ceil(RS_BLOCK_W).max(1);
     let sm_count = sm_count.max(1);
     let shape = |variant: RsVariant| RsConfig { variant, m_blocks: m.div_ceil(variant.tokens()).max(1), n_blocks };
-    let cost = |c: &RsConfig| (c.m_blocks * c.n_blocks).div_ceil(sm_count) * c.variant.tokens();
-    let mut best = shape(RsVariant::T176);
-    for v in [RsVariant::T128, RsVariant::T88] {
+    let cost = |c: &RsConfig| (c.m_blocks * c.n_blocks).div_ceil(sm_count) * (c.variant.tokens() + RS_WAVE_COST);
+    let mut best = shape(RsVariant::T192);
+    for v in [RsVariant::T176, RsVariant::T128, RsVariant::T88] {
         let c = shape(v);
         if cost(&c) < cost(&best) {
             best = c;
@@ -294,6 +302,9 @@ pub(crate) fn choose_rs_config(m: usize, n: usize, sm_count: usize) -> RsConfig 
     }
     best
 }
+
+/// A wave's cost besides its tokens, in tokens (see [`choose_rs_config`]).
+const RS_WAVE_COST: usize = 128;
 
 #[cfg(test)]
 mod tests {
@@ -407,6 +418,10 @@ mod tests {
         assert_eq!(choose_rs_config(512, 11008, 132), want(RsVariant::T176, 3));
         assert_eq!(choose_rs_config(1024, 11008, 132), want(RsVariant::T176, 6));
         assert_eq!(choose_rs_config(128, 11008, 132), want(RsVariant::T128, 1));
+        // one wave of 192-token blocks rather than two of 88
+        assert_eq!(choose_rs_config(192, 11008, 132), want(RsVariant::T192, 1));
+        assert_eq!(choose_rs_config(177, 11008, 132), want(RsVariant::T192, 1));
+        assert_eq!(choose_rs_config(176, 11008, 132), want(RsVariant::T176, 1));
         // N=4096 (32 feature blocks): the harness's fastest variant at each M
         let n4096 = |m| choose_rs_config(m, 4096, 132).variant;
         assert_eq!(
@@ -435,6 +450,8 @@ mod tests {
             (c.variant, c.m_blocks, c.n_blocks)
         };
         assert_eq!(c(100, 11008), (RsVariant::T128, 1, 86));
+        assert_eq!(c(190, 11008), (RsVariant::T192, 1, 86));
+        assert_eq!(c(185, 11008), (RsVariant::T192, 1, 86));
         assert_eq!(c(512, 11136), (RsVariant::T176, 3, 87));
         assert_eq!(c(520, 11136), (RsVariant::T176, 3, 87));
         assert_eq!(c(1000, 4104), (RsVariant::T128, 8, 33));
@@ -446,7 +463,7 @@ mod tests {
     fn rs_shared_memory() {
         // 4 stages x (2 x 176 x 128 x boxes + 16 tiles x 512 B + scales and zeros [4][128] f16)
         assert_eq!(RsVariant::T176.smem_bytes(), 4 * (45056 + 8192 + 2048) + 64 + 1024);
-        for v in [RsVariant::T88, RsVariant::T128, RsVariant::T176] {
+        for v in [RsVariant::T88, RsVariant::T128, RsVariant::T176, RsVariant::T192] {
             // what an H100 block can opt in to (static_assert in RsSmem)
             assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
             assert_eq!(v.tokens() * 128 % 1024, 0, "{v:?}: 1024-byte swizzle atoms");
