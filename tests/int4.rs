@@ -236,6 +236,16 @@ fn matmul_hopper_rs_small() -> Result<()> {
     Ok(())
 }
 
+/// A small problem on the RS GEMM's 192-token blocks for compute-sanitizer racecheck (M=190 at
+/// N=11008: one token block per feature block, src/quant/launch.rs `rs_wide_n_shapes`; K=256).
+#[test]
+fn matmul_hopper_rs_t192_small() -> Result<()> {
+    for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+        check_matmul(&dev, 190, 11008, 256, Int4Config { group_size: 64, symmetric: false }, DType::BF16)?;
+    }
+    Ok(())
+}
+
 /// Bias and every activation in the RS GEMM's epilogue (M=520: 176-token blocks, N=136: a partial
 /// feature block), f16 and bf16, sym and asym.
 #[test]
