@@ -104,23 +104,9 @@ template <> struct WordDequant<__nv_bfloat16> {
   }
 };
 
-// The INT4 GEMMs' epilogue on an f32 sum of output column `col`: `+ bias[col]` (bias null: none),
-// then the activation `act` (`tg::Act` numbering, a runtime switch: one kernel serves all), in
-// f32 before the output's one rounding.
-template <typename T> __device__ __forceinline__ float bias_act(float v, const T* bias, int col, int act) {
-  if (bias != nullptr) v += tg::to_float<T>(bias[col]);
-  switch (act) {
-    case (int)Act::Gelu: return tg::activate<Act::Gelu>(v);
-    case (int)Act::GeluTanh: return tg::activate<Act::GeluTanh>(v);
-    case (int)Act::Relu: return tg::activate<Act::Relu>(v);
-    case (int)Act::Silu: return tg::activate<Act::Silu>(v);
-    default: return v;
-  }
-}
-
 // Calls f(std::integral_constant<Act, A>{}) for the runtime activation `act`: an epilogue that
 // applies the activation to many unrolled accumulators is instantiated once per activation and
-// picked by one switch (bias_act's switch inlined per accumulator makes epilogues of ~100 KB of
+// picked by one switch (a switch inlined per accumulator makes epilogues of ~100 KB of
 // code whose instruction fetches cost more than the math).
 template <typename F> __device__ __forceinline__ void with_act(int act, F&& f) {
   switch (act) {
@@ -130,6 +116,17 @@ template <typename F> __device__ __forceinline__ void with_act(int act, F&& f) {
     case (int)Act::Silu: f(std::integral_constant<Act, Act::Silu>{}); break;
     default: f(std::integral_constant<Act, Act::Identity>{}); break;
   }
+}
+
+// The INT4 GEMMs' epilogue on an f32 sum of output column `col`: `+ bias[col]` (bias null: none),
+// then the activation `act` (`tg::Act` numbering, picked at run time: one kernel serves all), in
+// f32 before the output's one rounding. Per output, for loops that are not unrolled over many
+// accumulators (see `with_act` for those).
+template <typename T> __device__ __forceinline__ float bias_act(float v, const T* bias, int col, int act) {
+  if (bias != nullptr) v += tg::to_float<T>(bias[col]);
+  float r = v;
+  with_act(act, [&](auto a) { r = tg::activate<decltype(a)::value>(v); });
+  return r;
 }
 
 }  // namespace tg::int4

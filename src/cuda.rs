@@ -168,6 +168,12 @@ pub(crate) fn load_func(
     Ok(f)
 }
 
+/// One entry of [`launch_ex`]'s `params`: a pointer to the argument's value, which must stay alive
+/// (and unmoved) until the launch call returns.
+pub(crate) fn kernel_param<T>(value: &mut T) -> *mut c_void {
+    value as *mut T as *mut c_void
+}
+
 /// Set when the driver refused a programmatic dependent launch: [`launch_ex`] then launches
 /// without it for the rest of the process.
 static PDL_REFUSED: AtomicBool = AtomicBool::new(false);

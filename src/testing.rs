@@ -19,7 +19,7 @@ pub fn poison_outputs() -> bool {
 
 static PROGRAMMATIC_LAUNCH: AtomicBool = AtomicBool::new(true);
 
-/// Lets the crate launch its PDL-ready kernels (the cooperative FFN, the small-M INT4 GEMM) as
+/// Lets the crate launch its PDL-ready kernels (the cooperative FFN, the small-M and RS INT4 GEMMs) as
 /// programmatic dependent launches on compute capability 9.0+ (on by default; see `launch_ex` in
 /// src/cuda.rs). Off, they launch as before: the host-cost probe times both.
 pub fn set_programmatic_launch(on: bool) {

@@ -11,7 +11,7 @@ use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{backend::BackendStorage, bail, CudaStorage, DType, Layout, Result};
 
 use super::{weight_layout, Epilogue, FfnKernel, WeightLayout};
-use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, launch_ex, load_func, ptx, sm_count};
+use crate::cuda::{alloc_output, contiguous_view, dtype_suffix, kernel_param, launch_ex, load_func, ptx, sm_count};
 use crate::Activation;
 
 /// Output features per block (the mma's M side); mirrors `ffn::ROWS`.
@@ -591,14 +591,20 @@ pub(crate) struct CoopConfig {
 }
 
 impl CoopConfig {
-    /// Entry-point suffix (kernels/ffn_coop.cu): `""` (16-row units), `"_pf"`, `"_r8"` or `"_pr8"`.
-    fn suffix(&self) -> &'static str {
+    /// The entry point (kernels/ffn_coop.cu): its cache-key name and its suffix, `""` (16-row
+    /// units), `"_pf"`, `"_r8"` or `"_pr8"`.
+    fn entry_point(&self) -> (&'static str, &'static str) {
         match (self.paired, self.rows) {
-            (true, _) => "_pr8",
-            (false, COOP_NARROW_ROWS) => "_r8",
-            _ if self.prefetch => "_pf",
-            _ => "",
+            (true, _) => ("ffn_coop_pr8", "_pr8"),
+            (false, COOP_NARROW_ROWS) => ("ffn_coop_r8", "_r8"),
+            _ if self.prefetch => ("ffn_coop_pf", "_pf"),
+            _ => ("ffn_coop", ""),
         }
+    }
+    /// The entry point's suffix ([`CoopConfig::entry_point`]).
+    #[cfg(test)]
+    fn suffix(&self) -> &'static str {
+        self.entry_point().1
     }
 }
 
@@ -846,14 +852,9 @@ fn coop_plan(
     }
     let cfg = choose_coop_launch(m, h, o, sms, per_sm);
     debug_assert_eq!(cfg.nt, nt);
-    let func = match cfg.suffix() {
-        "" => func,
-        suffix => {
-            let name = match suffix {
-                "_pr8" => "ffn_coop_pr8",
-                "_pf" => "ffn_coop_pf",
-                _ => "ffn_coop_r8",
-            };
+    let func = match cfg.entry_point() {
+        (_, "") => func,
+        (name, suffix) => {
             let key = (name, dtype, act, false, nt, true);
             let f = entry(dev, "ffn_coop", ptx::FFN_COOP, key, || {
                 Ok(format!("ffn_coop_{}_{}_nt{nt}{suffix}", dtype_suffix(dtype, "fused_ffn")?, act.name()))
@@ -915,7 +916,7 @@ fn cooperative<T: CudaDType + DeviceRepr>(a: &WholeArgs<T>, y: &mut CudaSlice<T>
             block_dim: ((COOP_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut args = [&mut params as *mut CoopParams as *mut std::ffi::c_void];
+        let mut args = [kernel_param(&mut params)];
         // SAFETY: the one parameter is a `CoopParams`, which mirrors `ffn::CoopParams`; the pointers
         // hold the elements of `WholePtrs`' contract; the scratch holds m·h hidden elements,
         // `partial_len` floats and >= `groups` zeroed tickets and stays cached (the lock is held)

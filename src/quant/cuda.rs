@@ -16,8 +16,8 @@ use super::format::Int4Weight;
 use super::launch::{choose_gemm_config, choose_rs_config, choose_tc_config, RsVariant};
 pub(super) use crate::cuda::is_sm90;
 use crate::cuda::{
-    alloc_output, contiguous_view, dtype_suffix, elementwise_config, ensure_smem, launch_ex, load_func, ptx, sm_count,
-    tensor_map, MapElem,
+    alloc_output, contiguous_view, dtype_suffix, elementwise_config, ensure_smem, kernel_param, launch_ex, load_func,
+    ptx, sm_count, tensor_map, MapElem,
 };
 use crate::Activation;
 
@@ -177,17 +177,16 @@ fn matmul_t<T: CudaDType + DeviceRepr>(
         let mut bias_ptr = bias_dev.as_ref().map_or(0, |(ptr, _)| *ptr);
         let mut dims = dims;
         let mut gemm_act = if bias_in_gemm { act_code(act) } else { ACT_IDENTITY };
-        let arg = |v: &mut u64| v as *mut u64 as *mut std::ffi::c_void;
         let mut args = [
-            arg(&mut x_ptr),
-            arg(&mut p_ptr),
-            arg(&mut s_ptr),
-            arg(&mut z_ptr),
-            arg(&mut y_ptr),
-            arg(&mut part_ptr),
-            &mut dims as *mut GemmDims as *mut std::ffi::c_void,
-            arg(&mut bias_ptr),
-            &mut gemm_act as *mut i32 as *mut std::ffi::c_void,
+            kernel_param(&mut x_ptr),
+            kernel_param(&mut p_ptr),
+            kernel_param(&mut s_ptr),
+            kernel_param(&mut z_ptr),
+            kernel_param(&mut y_ptr),
+            kernel_param(&mut part_ptr),
+            kernel_param(&mut dims),
+            kernel_param(&mut bias_ptr),
+            kernel_param(&mut gemm_act),
         ];
         let lc = LaunchConfig {
             grid_dim: (cfg.blocks_x as u32, cfg.splits as u32, cfg.m_blocks as u32),
@@ -382,13 +381,12 @@ fn matmul_rs<T: CudaDType + DeviceRepr>(
         let bias_ptr = bias.map(|b| b.device_ptr(&stream));
         let (mut maps, mut y_ptr, mut dims, mut act) = (maps, y_ptr, dims, act_code(act));
         let mut bias_arg = bias_ptr.as_ref().map_or(0u64, |b| b.0); // 0: a null pointer, no bias
-        let arg = |v: &mut u64| v as *mut u64 as *mut std::ffi::c_void;
         let mut args = [
-            &mut maps as *mut TmaMaps as *mut std::ffi::c_void,
-            arg(&mut y_ptr),
-            &mut dims as *mut WsDims as *mut std::ffi::c_void,
-            arg(&mut bias_arg),
-            &mut act as *mut i32 as *mut std::ffi::c_void,
+            kernel_param(&mut maps),
+            kernel_param(&mut y_ptr),
+            kernel_param(&mut dims),
+            kernel_param(&mut bias_arg),
+            kernel_param(&mut act),
         ];
         let lc = LaunchConfig {
             grid_dim: (cfg.m_blocks as u32, cfg.n_blocks as u32, 1),
